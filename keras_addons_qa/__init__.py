@@ -1,0 +1,14 @@
+"""Keras 3 layers, losses and constraints that core Keras lacks.
+
+Every public class is registered under the package name `keras_addons_qa`, so
+models using them load with `keras.saving.load_model(path)` in safe mode and
+without `custom_objects`.
+"""
+
+from keras_addons_qa import constraints
+from keras_addons_qa import layers
+from keras_addons_qa import losses
+
+__version__ = "0.1.0"
+
+__all__ = ["constraints", "layers", "losses", "__version__"]

@@ -1,0 +1,83 @@
+"""Argument validation shared by every public class (internal).
+
+Each check raises `ValueError` naming the argument and the value received,
+the way Keras's own layers do.
+"""
+
+import math
+import numbers
+
+
+def non_negative_float(name, value):
+    """Returns `value` as a float; it must be finite and >= 0."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ValueError(
+            f"Argument `{name}` must be a finite number >= 0. "
+            f"Received: {name}={value!r}"
+        )
+    return float(value)
+
+
+def positive_float(name, value):
+    """Returns `value` as a float; it must be finite and > 0."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ValueError(
+            f"Argument `{name}` must be a finite number > 0. "
+            f"Received: {name}={value!r}"
+        )
+    return float(value)
+
+
+def integer_at_least(name, value, minimum):
+    """Returns `value` as an int; it must be an integer >= `minimum`."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or value < minimum
+    ):
+        raise ValueError(
+            f"Argument `{name}` must be an integer >= {minimum}. "
+            f"Received: {name}={value!r}"
+        )
+    return int(value)
+
+
+def one_of(name, value, choices):
+    """Returns `value`; it must be one of `choices`."""
+    if value not in choices:
+        raise ValueError(
+            f"Argument `{name}` must be one of {sorted(choices)}. "
+            f"Received: {name}={value!r}"
+        )
+    return value
+
+
+def check_mask_shape(mask_shape, input_shape, input_name="inputs"):
+    """Raises if a mask's static shape is not a prefix of the input's.
+
+    A Keras mask marks whole steps: for `inputs` of shape
+    `(batch, time, features)` it is `(batch, time)`. Dimensions that are
+    unknown at trace time (`None`) are not compared.
+    """
+    mask_shape = tuple(mask_shape)
+    input_shape = tuple(input_shape)
+    ok = len(mask_shape) <= len(input_shape) and all(
+        m is None or i is None or m == i
+        for m, i in zip(mask_shape, input_shape)
+    )
+    if not ok:
+        raise ValueError(
+            f"The mask must have the leading shape of `{input_name}` "
+            f"{input_shape[: max(len(mask_shape), 1)]}. Received: "
+            f"mask.shape={mask_shape}, {input_name}.shape={input_shape}"
+        )

@@ -1,0 +1,98 @@
+"""The numerical pieces several components share (internal).
+
+Written once and tested once: masking that keeps padding out of outputs *and*
+gradients, a softmax that gives zeros for rows with nothing to attend to, the
+expected index of a distribution, and sharpening in log space. Everything here
+computes in float32; callers cast the result back to their compute dtype.
+"""
+
+from keras import ops
+
+# The most negative finite float32. Used instead of -inf or -1e9 as the
+# "masked" logit: it never turns into NaN through `0 * -inf`, and it is only
+# ever used in float32 (in float16, -1e9 is already -inf).
+_FLOAT32_MIN = -3.4028234663852886e38
+# The smallest normal float32: the floor for probabilities before a log.
+_FLOAT32_TINY = 1.1754943508222875e-38
+
+
+def broadcast_mask(mask, ndim):
+    """Returns a bool `mask` with trailing unit axes up to rank `ndim`."""
+    mask = ops.cast(mask, "bool")
+    for _ in range(ndim - len(mask.shape)):
+        mask = ops.expand_dims(mask, -1)
+    return mask
+
+
+def sanitize(x, mask):
+    """Replaces masked entries of `x` by zeros, for values and gradients.
+
+    `ops.where` picks values, and its gradient is zero for the unpicked
+    branch, so whatever padding holds (inf, NaN) reaches neither the result
+    nor any gradient downstream. `mask` may have fewer axes than `x`.
+    """
+    mask = broadcast_mask(mask, len(x.shape))
+    return ops.where(mask, x, ops.zeros_like(x))
+
+
+def masked_softmax(logits, mask=None, axis=-1):
+    """Softmax over the entries where `mask` is True, in float32.
+
+    Masked entries get exactly 0, and a row with no True entry gets all
+    zeros (not a uniform distribution over padding, and not NaN). Gradients
+    are finite everywhere and exactly zero for masked entries, whatever the
+    masked logits hold.
+
+    Args:
+        logits: float tensor of any dtype.
+        mask: optional bool tensor broadcastable to `logits`.
+        axis: the axis to normalize over.
+
+    Returns:
+        float32 tensor of the shape of `logits`.
+    """
+    logits = ops.cast(logits, "float32")
+    if mask is None:
+        return ops.softmax(logits, axis=axis)
+    mask = ops.broadcast_to(ops.cast(mask, "bool"), ops.shape(logits))
+    safe = ops.where(mask, logits, ops.zeros_like(logits))
+    row_max = ops.max(
+        ops.where(mask, safe, ops.full_like(safe, _FLOAT32_MIN)),
+        axis=axis,
+        keepdims=True,
+    )
+    # Every real entry is <= 0 after the shift; masked ones are routed to 0.
+    shifted = ops.where(mask, safe - ops.stop_gradient(row_max), 0.0)
+    exp = ops.where(mask, ops.exp(shifted), 0.0)
+    total = ops.sum(exp, axis=axis, keepdims=True)
+    return exp / ops.where(total > 0, total, ops.ones_like(total))
+
+
+def expected_index(probs):
+    """`sum_i i * p_i` over the last axis, in float32 (differentiable)."""
+    probs = ops.cast(probs, "float32")
+    index = ops.arange(probs.shape[-1], dtype="float32")
+    return ops.sum(probs * index, axis=-1)
+
+
+def safe_log(probs):
+    """`log(p)` in float32 with `p` floored at the smallest normal float32.
+
+    Probabilities of exactly 0 give a large finite negative number, not
+    `-inf`, so neither the value nor the gradient is ever NaN.
+    """
+    probs = ops.cast(probs, "float32")
+    return ops.log(ops.maximum(probs, _FLOAT32_TINY))
+
+
+def log_sharpen(log_probs, power, iterations=1):
+    """Log of `normalize(p ** power)` applied `iterations` times.
+
+    Each step is `log_softmax(power * log p)`: it is renormalized as it goes,
+    so no power of a probability is ever formed and a power of 1000 is as
+    finite as a power of 2.
+    """
+    log_probs = ops.cast(log_probs, "float32")
+    for _ in range(iterations):
+        log_probs = ops.log_softmax(power * log_probs, axis=-1)
+    return log_probs

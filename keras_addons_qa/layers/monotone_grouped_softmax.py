@@ -1,0 +1,287 @@
+import keras
+from keras import ops
+
+from keras_addons_qa import _checks
+from keras_addons_qa import _numerics
+
+_DIRECTIONS = ("increasing", "decreasing")
+
+
+def expected_index(probs):
+    """Expected class index of each group, `E_g = sum_i i * p[..., g, i]`.
+
+    The differentiable stand-in for `argmax` that `MonotoneGroupedSoftmax`
+    penalizes.
+
+    Args:
+        probs: `(..., num_groups, group_size)` probabilities.
+
+    Returns:
+        float32 tensor `(..., num_groups)`.
+    """
+    return _numerics.expected_index(probs)
+
+
+def _prefix_max(values):
+    """Running max over the last axis and the index where it is attained.
+
+    A Hillis-Steele scan: log2(K) vectorized steps instead of a Python loop
+    over K, so the graph stays small and XLA-friendly.
+    """
+    size = values.shape[-1]
+    index = ops.broadcast_to(
+        ops.arange(size, dtype="int32"), ops.shape(values)
+    )
+    shift = 1
+    while shift < size:
+        lead = [[0, 0]] * (len(values.shape) - 1)
+        shifted_values = ops.pad(
+            values[..., : size - shift],
+            lead + [[shift, 0]],
+            constant_values=float("-inf"),
+        )
+        shifted_index = ops.pad(index[..., : size - shift], lead + [[shift, 0]])
+        take = shifted_values > values
+        values = ops.where(take, shifted_values, values)
+        index = ops.where(take, shifted_index, index)
+        shift *= 2
+    return values, index
+
+
+def monotone_decode(probs, direction="increasing"):
+    """Most probable monotone index sequence across groups.
+
+    Returns, for each example, the indices `k_0, ..., k_{G-1}` that maximize
+    `sum_g log p[g, k_g]` subject to `k_0 <= k_1 <= ... <= k_{G-1}` (or `>=`
+    for `direction="decreasing"`): the exact maximum a-posteriori decoding
+    under the monotonicity constraint, unlike a per-group `argmax`. It is a
+    dynamic program over groups (Viterbi with a running max), all in
+    `keras.ops`, so it runs under `jit_compile` on every backend.
+
+    Args:
+        probs: `(..., num_groups, group_size)` probabilities, for example the
+            output of `MonotoneGroupedSoftmax`.
+        direction: `"increasing"` (non-decreasing indices) or `"decreasing"`.
+
+    Returns:
+        int32 tensor `(..., num_groups)` of indices.
+
+    Example:
+
+    >>> import numpy as np
+    >>> probs = np.array([[[0.1, 0.0, 0.9], [0.0, 0.6, 0.4]]], "float32")
+    >>> np.asarray(monotone_decode(probs)).tolist()  # argmax says [2, 1]
+    [[2, 2]]
+    """
+    _checks.one_of("direction", direction, _DIRECTIONS)
+    probs = ops.convert_to_tensor(probs)
+    if len(probs.shape) < 2:
+        raise ValueError(
+            "`probs` must have shape (..., num_groups, group_size). "
+            f"Received: probs.shape={probs.shape}"
+        )
+    num_groups, group_size = probs.shape[-2], probs.shape[-1]
+    log_probs = _numerics.safe_log(probs)
+    if direction == "decreasing":
+        log_probs = ops.flip(log_probs, axis=-1)
+
+    # best[..., j]: best score of a sequence for groups 0..g ending at j.
+    best = log_probs[..., 0, :]
+    backpointers = []
+    for g in range(1, num_groups):
+        running_best, argbest = _prefix_max(best)
+        backpointers.append(argbest)
+        best = running_best + log_probs[..., g, :]
+
+    last = ops.cast(ops.argmax(best, axis=-1), "int32")
+    path = [last]
+    for argbest in reversed(backpointers):
+        last = ops.take_along_axis(argbest, last[..., None], axis=-1)[..., 0]
+        path.append(last)
+    path = ops.stack(path[::-1], axis=-1)
+    if direction == "decreasing":
+        path = (group_size - 1) - path
+    return path
+
+
+@keras.saving.register_keras_serializable(package="keras_addons_qa")
+class MonotoneGroupedSoftmax(keras.layers.Layer):
+    """Grouped softmax whose active index is pushed to be monotone.
+
+    One dense projection to `num_groups * group_size` logits, reshaped
+    group-major to `(num_groups, group_size)`, and a softmax inside each
+    group. The class chosen in each group (for example the row of a boundary
+    in each image column) should not decrease from group to group. `argmax`
+    has no gradient, so the layer penalizes the expected index
+    `E_g = sum_i i * p[g, i]` instead and adds, through `add_loss`,
+
+        penalty_weight * mean_over_batch(sum_g relu(E_g - E_{g+1} + margin)^2)
+
+    for `direction="increasing"` (`E_{g+1} - E_g` for `"decreasing"`). The
+    penalty is zero when the groups are already ordered and has a non-zero
+    gradient with respect to the kernel and bias otherwise. At inference,
+    `monotone_decode` returns the most probable sequence that is exactly
+    monotone.
+
+    Inputs of rank > 2 are projected along their last axis: the penalty is
+    then summed over every position of an example and averaged over the
+    batch. With a mask, masked positions add nothing to the penalty.
+
+    Softmax and penalty are computed in float32; the output is cast to the
+    layer's compute dtype.
+
+    Args:
+        num_groups: Number of groups, an integer >= 1.
+        group_size: Classes per group, an integer >= 2.
+        penalty_weight: Weight of the monotonicity penalty, a float >= 0.
+        margin: Required gap between consecutive expected indices, >= 0.
+        direction: `"increasing"` or `"decreasing"`.
+        use_bias: Whether the projection has a bias.
+        kernel_initializer: Initializer of the `(features, G * K)` kernel.
+        bias_initializer: Initializer of the `(G * K,)` bias.
+        kernel_regularizer: Optional regularizer of the kernel.
+        kernel_constraint: Optional constraint of the kernel.
+        **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
+
+    Call arguments:
+        inputs: `(batch, ..., features)` tensor.
+        mask: Optional bool mask of the leading shape of `inputs`.
+
+    Input shape:
+        `(batch, ..., features)`.
+
+    Output shape:
+        `(batch, ..., num_groups, group_size)` probabilities; each group sums
+        to 1.
+
+    Example:
+
+    >>> import numpy as np
+    >>> layer = MonotoneGroupedSoftmax(num_groups=4, group_size=8)
+    >>> probs = layer(np.random.rand(2, 16).astype("float32"))
+    >>> tuple(probs.shape)
+    (2, 4, 8)
+    >>> tuple(layer.monotone_decode(probs).shape)
+    (2, 4)
+    """
+
+    def __init__(
+        self,
+        num_groups,
+        group_size,
+        penalty_weight=1.0,
+        margin=0.0,
+        direction="increasing",
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        kernel_constraint=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_groups = _checks.integer_at_least("num_groups", num_groups, 1)
+        self.group_size = _checks.integer_at_least("group_size", group_size, 2)
+        self.penalty_weight = _checks.non_negative_float(
+            "penalty_weight", penalty_weight
+        )
+        self.margin = _checks.non_negative_float("margin", margin)
+        self.direction = _checks.one_of("direction", direction, _DIRECTIONS)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.kernel_constraint = keras.constraints.get(kernel_constraint)
+        self.supports_masking = True
+
+    def build(self, input_shape):
+        if len(input_shape) < 2 or input_shape[-1] is None:
+            raise ValueError(
+                "MonotoneGroupedSoftmax expects inputs of shape "
+                "(batch, ..., features) with a known feature size. "
+                f"Received: input_shape={input_shape}"
+            )
+        units = self.num_groups * self.group_size
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(input_shape[-1], units),
+            initializer=self.kernel_initializer,
+            regularizer=self.kernel_regularizer,
+            constraint=self.kernel_constraint,
+        )
+        if self.use_bias:
+            self.bias = self.add_weight(
+                name="bias", shape=(units,), initializer=self.bias_initializer
+            )
+        else:
+            self.bias = None
+
+    def call(self, inputs, mask=None):
+        if mask is not None:
+            _checks.check_mask_shape(mask.shape, inputs.shape)
+            # Padding may hold anything; keep it out of every gradient.
+            inputs = _numerics.sanitize(inputs, mask)
+        logits = ops.matmul(inputs, self.kernel)
+        if self.use_bias:
+            logits = logits + self.bias
+        grouped_shape = tuple(ops.shape(logits)[:-1]) + (
+            self.num_groups,
+            self.group_size,
+        )
+        logits = ops.reshape(logits, grouped_shape)
+        probs = ops.softmax(ops.cast(logits, "float32"), axis=-1)
+        self.add_loss(self.monotonicity_penalty(probs, mask))
+        return ops.cast(probs, self.compute_dtype)
+
+    def monotonicity_penalty(self, probs, mask=None):
+        """The float32 penalty this layer adds through `add_loss` for `probs`.
+
+        `penalty_weight * mean_over_batch(sum_g relu(E_g - E_{g+1} + margin)^2)`
+        (mirrored for `"decreasing"`); masked positions add nothing.
+        """
+        index = _numerics.expected_index(probs)
+        step = index[..., 1:] - index[..., :-1]
+        if self.direction == "increasing":
+            violation = ops.relu(self.margin - step)
+        else:
+            violation = ops.relu(self.margin + step)
+        per_position = ops.sum(ops.square(violation), axis=-1)
+        if mask is not None:
+            per_position = _numerics.sanitize(per_position, mask)
+        batch_size = ops.cast(ops.shape(per_position)[0], "float32")
+        total = ops.divide_no_nan(ops.sum(per_position), batch_size)
+        return self.penalty_weight * total
+
+    def expected_index(self, probs):
+        """Expected index per group of `probs` (see `expected_index`)."""
+        return expected_index(probs)
+
+    def monotone_decode(self, probs):
+        """Exactly monotone decoding of `probs` in this layer's direction."""
+        return monotone_decode(probs, direction=self.direction)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.num_groups, self.group_size)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_groups": self.num_groups,
+            "group_size": self.group_size,
+            "penalty_weight": self.penalty_weight,
+            "margin": self.margin,
+            "direction": self.direction,
+            "use_bias": self.use_bias,
+            "kernel_initializer": keras.initializers.serialize(
+                self.kernel_initializer
+            ),
+            "bias_initializer": keras.initializers.serialize(
+                self.bias_initializer
+            ),
+            "kernel_regularizer": keras.regularizers.serialize(
+                self.kernel_regularizer
+            ),
+            "kernel_constraint": keras.constraints.serialize(
+                self.kernel_constraint
+            ),
+        }

@@ -1,0 +1,147 @@
+import keras
+import numpy as np
+from keras import ops
+
+from keras_addons_qa import _checks
+from keras_addons_qa import _numerics
+
+_DISTANCES = ("mse", "cosine")
+
+
+@keras.saving.register_keras_serializable(package="keras_addons_qa")
+class AlmostOneHotEmbeddingLoss(keras.losses.Loss):
+    """Compares the embedding of a sharpened softmax with a target vector.
+
+    A differentiable stand-in for "take the argmax word, look up its
+    embedding, compare it with the target embedding" (argmax has no
+    gradient). The predicted distribution `p` is sharpened towards one-hot,
+
+        q = normalize(p ** power), repeated `iterations` times,
+
+    mapped through the embedding matrix, `e = q @ embedding`, and compared
+    with `y_true` by `distance`.
+
+    Two things make it safe to use where the textbook recipe fails:
+
+    - The sharpening is done in log space, `q = softmax(power * log p)` (once
+      per iteration), so no power of a probability is ever formed: a
+      `power` of 1000, probabilities of 1e-30, or exact zeros give finite
+      losses and finite gradients (`p ** power` underflows to 0 and
+      `0 / 0` is NaN).
+    - `q @ embedding` is one matrix product for the whole batch (and time
+      axis): memory `batch * (vocab + dim)`, never `batch * vocab * dim` as
+      when the embedding is tiled per example.
+
+    Args:
+        embedding: `(vocab, dim)` matrix: a NumPy array, nested list, or
+            backend tensor. It is stored as float32 and saved in the config.
+        power: Sharpening exponent, a finite float > 0 (1 leaves `p` as is).
+        iterations: How many times to sharpen, an integer >= 1. The result
+            equals one sharpening with exponent `power ** iterations`.
+        distance: `"mse"` (mean squared error over `dim`) or `"cosine"`
+            (negative cosine similarity, as `keras.losses.CosineSimilarity`:
+            -1 for identical directions).
+        from_logits: Whether `y_pred` holds logits rather than probabilities.
+        reduction: Reduction of the per-example losses, as for every Keras
+            loss. Defaults to `"sum_over_batch_size"`.
+        name: Name of the loss.
+        dtype: Dtype of the returned loss; the computation itself always
+            runs in float32.
+
+    Call arguments:
+        y_true: `(..., dim)` target vectors.
+        y_pred: `(..., vocab)` probabilities (or logits).
+        sample_weight: Optional weights, as for every Keras loss.
+
+    Example:
+
+    >>> import numpy as np
+    >>> loss = AlmostOneHotEmbeddingLoss(np.eye(3), power=2.0)
+    >>> p = np.array([[0.5, 0.3, 0.2]], "float32")
+    >>> round(float(loss(np.array([[1.0, 0.0, 0.0]]), p)), 5)
+    0.0614
+    """
+
+    def __init__(
+        self,
+        embedding,
+        power=4.0,
+        iterations=1,
+        distance="mse",
+        from_logits=False,
+        reduction="sum_over_batch_size",
+        name="almost_one_hot_embedding",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        matrix = np.asarray(
+            ops.convert_to_numpy(embedding)
+            if ops.is_tensor(embedding)
+            else embedding,
+            dtype="float32",
+        )
+        if matrix.ndim != 2:
+            raise ValueError(
+                "Argument `embedding` must be a 2-D (vocab, dim) matrix. "
+                f"Received: embedding.shape={matrix.shape}"
+            )
+        self.embedding = matrix
+        self.power = _checks.positive_float("power", power)
+        self.iterations = _checks.integer_at_least("iterations", iterations, 1)
+        self.distance = _checks.one_of("distance", distance, _DISTANCES)
+        self.from_logits = bool(from_logits)
+        self._dtype_arg = dtype
+
+    @property
+    def vocab_size(self):
+        return self.embedding.shape[0]
+
+    @property
+    def embedding_dim(self):
+        return self.embedding.shape[1]
+
+    def sharpen(self, y_pred):
+        """Returns `q`, the sharpened float32 distribution over the vocab."""
+        y_pred = ops.cast(y_pred, "float32")
+        if self.from_logits:
+            log_probs = ops.log_softmax(y_pred, axis=-1)
+        else:
+            log_probs = _numerics.safe_log(y_pred)
+        return ops.exp(_numerics.log_sharpen(log_probs, self.power, self.iterations))
+
+    def call(self, y_true, y_pred):
+        if y_pred.shape[-1] is not None and y_pred.shape[-1] != self.vocab_size:
+            raise ValueError(
+                "The last axis of `y_pred` must be the vocabulary size "
+                f"{self.vocab_size} of `embedding`. Received: "
+                f"y_pred.shape={y_pred.shape}"
+            )
+        if y_true.shape[-1] is not None and y_true.shape[-1] != self.embedding_dim:
+            raise ValueError(
+                "The last axis of `y_true` must be the embedding size "
+                f"{self.embedding_dim} of `embedding`. Received: "
+                f"y_true.shape={y_true.shape}"
+            )
+        q = self.sharpen(y_pred)
+        # One (..., vocab) @ (vocab, dim) product: no per-example tiling.
+        predicted = ops.matmul(q, ops.convert_to_tensor(self.embedding))
+        target = ops.cast(y_true, "float32")
+        if self.distance == "mse":
+            return ops.mean(ops.square(predicted - target), axis=-1)
+        return -ops.sum(_l2_normalize(predicted) * _l2_normalize(target), axis=-1)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "embedding": self.embedding.tolist(),
+            "power": self.power,
+            "iterations": self.iterations,
+            "distance": self.distance,
+            "from_logits": self.from_logits,
+            "dtype": self._dtype_arg,
+        }
+
+
+def _l2_normalize(x):
+    # The same epsilon as keras.losses.CosineSimilarity; zero vectors stay 0.
+    return x * ops.rsqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), 1e-12))
