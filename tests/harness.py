@@ -1,0 +1,86 @@
+"""The one place tests touch private Keras API, plus shared test helpers.
+
+`keras.src.testing.TestCase` is Keras's own layer harness (`run_layer_test`,
+`run_class_serialization_test`). It is private: it is imported here and only
+here, and pyproject.toml pins Keras to the 3.x line it was written against.
+"""
+
+import contextlib
+import os
+
+import keras
+import numpy as np
+import pytest
+from keras.src.testing import TestCase  # noqa: F401  (re-exported)
+
+BACKEND = keras.backend.backend()
+
+tensorflow_only = pytest.mark.skipif(
+    BACKEND != "tensorflow",
+    reason="uses TensorFlow APIs (tf.function, GradientTape, tf.distribute) "
+    "that have no counterpart on this backend",
+)
+
+
+def to_numpy(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+def assert_finite(*tensors):
+    for t in tensors:
+        values = np.asarray(to_numpy(t), dtype="float64")
+        assert np.all(np.isfinite(values)), f"non-finite values: {values}"
+
+
+@contextlib.contextmanager
+def dtype_policy(name):
+    """Sets a global dtype policy for the block and restores the old one."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def gradients(fn, variables):
+    """Gradients of the scalar `fn()` with respect to `variables`.
+
+    `variables` are `keras.Variable`s (a layer's weights) or tensors.
+    """
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            tape.watch([getattr(v, "value", v) for v in variables])
+            value = fn()
+        return value, tape.gradient(
+            value, [getattr(v, "value", v) for v in variables]
+        )
+    if BACKEND == "torch":
+        import torch
+
+        leaves = [getattr(v, "value", v) for v in variables]
+        for leaf in leaves:
+            leaf.requires_grad_(True)
+        value = fn()
+        grads = torch.autograd.grad(value, leaves, allow_unused=True)
+        return value, [
+            torch.zeros_like(leaf) if g is None else g
+            for g, leaf in zip(grads, leaves)
+        ]
+    pytest.skip(f"gradient helper not written for the {BACKEND} backend")
+
+
+def save_and_reload(model, directory):
+    """Saves `model` as .keras and loads it in safe mode, no custom objects."""
+    path = os.path.join(str(directory), "model.keras")
+    model.save(path)
+    return keras.saving.load_model(path, safe_mode=True)
+
+
+FIT_MODES = {
+    "eager": dict(run_eagerly=True),
+    "graph": dict(jit_compile=False),
+    "xla": dict(jit_compile=True),
+}
