@@ -1,0 +1,187 @@
+import keras
+import numpy as np
+import pytest
+
+from keras_addons_qa.losses import AlmostOneHotEmbeddingLoss
+from tests import harness
+
+P = np.array([[0.5, 0.3, 0.2]], "float32")
+
+
+class AlmostOneHotEmbeddingLossHarnessTest(harness.TestCase):
+    def test_class_serialization(self):
+        self.run_class_serialization_test(
+            AlmostOneHotEmbeddingLoss(
+                np.arange(6.0).reshape(3, 2), power=3.0, iterations=2,
+                distance="cosine", from_logits=True,
+            )
+        )
+
+
+@pytest.mark.parametrize(
+    "iterations, expected",
+    [(1, [0.65789, 0.23684, 0.10526]), (2, [0.86565, 0.11219, 0.02216])],
+)
+def test_seed_sharpening_values(iterations, expected):
+    loss = AlmostOneHotEmbeddingLoss(np.eye(3), power=2.0, iterations=iterations)
+    np.testing.assert_allclose(harness.to_numpy(loss.sharpen(P)), [expected], atol=1e-5)
+    # With an identity embedding, the mapped vector is q itself.
+    target = np.array([[1.0, 0.0, 0.0]], "float32")
+    mse = np.mean((np.array(expected) - target) ** 2)
+    np.testing.assert_allclose(harness.to_numpy(loss(target, P)), mse, atol=1e-5)
+
+
+def test_iterations_equal_one_sharpening_with_the_power_raised():
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(7), size=4).astype("float32")
+    twice = AlmostOneHotEmbeddingLoss(np.eye(7), power=1.5, iterations=3)
+    once = AlmostOneHotEmbeddingLoss(np.eye(7), power=1.5**3)
+    np.testing.assert_allclose(
+        harness.to_numpy(twice.sharpen(p)), harness.to_numpy(once.sharpen(p)), atol=1e-6
+    )
+
+
+def test_mse_and_cosine_against_numpy_and_keras():
+    rng = np.random.default_rng(1)
+    emb = rng.normal(size=(5, 4)).astype("float32")
+    p = rng.dirichlet(np.ones(5), size=6).astype("float32")
+    y = rng.normal(size=(6, 4)).astype("float32")
+    q = p**3 / (p**3).sum(-1, keepdims=True)
+    mapped = q @ emb
+    mse = AlmostOneHotEmbeddingLoss(emb, power=3.0)
+    np.testing.assert_allclose(
+        harness.to_numpy(mse(y, p)), np.mean((mapped - y) ** 2), rtol=1e-5
+    )
+    cosine = AlmostOneHotEmbeddingLoss(emb, power=3.0, distance="cosine")
+    stock = keras.losses.CosineSimilarity()
+    np.testing.assert_allclose(
+        harness.to_numpy(cosine(y, p)), harness.to_numpy(stock(y, mapped)), rtol=1e-5
+    )
+
+
+def test_from_logits_equals_softmax_of_probabilities():
+    rng = np.random.default_rng(2)
+    emb = rng.normal(size=(6, 3)).astype("float32")
+    logits = rng.normal(size=(4, 6)).astype("float32") * 5
+    y = rng.normal(size=(4, 3)).astype("float32")
+    probs = harness.to_numpy(keras.ops.softmax(logits))
+    a = AlmostOneHotEmbeddingLoss(emb, power=5.0, from_logits=True)(y, logits)
+    b = AlmostOneHotEmbeddingLoss(emb, power=5.0)(y, probs)
+    np.testing.assert_allclose(harness.to_numpy(a), harness.to_numpy(b), rtol=1e-5)
+
+
+@pytest.mark.parametrize("power, iterations", [(1000.0, 1), (4.0, 30), (2.0, 1)])
+@pytest.mark.parametrize("from_logits", [False, True])
+def test_extreme_powers_and_probabilities_stay_finite(power, iterations, from_logits):
+    emb = np.random.default_rng(3).normal(size=(4, 3)).astype("float32")
+    if from_logits:
+        y_pred = np.array([[1e4, -1e4, 0.0, 3.0], [-1e4, -1e4, -1e4, -1e4]], "float32")
+    else:
+        y_pred = np.array([[1e-30, 0.0, 0.5, 0.5 - 1e-30], [0.0, 0.0, 1.0, 0.0]], "float32")
+    # The naive recipe breaks here: p ** 1000 underflows to 0, and 0 / 0 is NaN.
+    if power == 1000.0 and not from_logits:
+        with np.errstate(all="ignore"):
+            naive = y_pred**power / (y_pred**power).sum(-1, keepdims=True)
+        assert np.isnan(naive).any()
+    loss = AlmostOneHotEmbeddingLoss(
+        emb, power=power, iterations=iterations, from_logits=from_logits
+    )
+    y_true = np.ones((2, 3), "float32")
+    pred = keras.ops.convert_to_tensor(y_pred)
+    value, (grad,) = harness.gradients(lambda: loss(y_true, pred), [pred])
+    harness.assert_finite(value, grad)
+
+
+def test_sequences_use_the_per_step_loss():
+    rng = np.random.default_rng(4)
+    emb = rng.normal(size=(5, 2)).astype("float32")
+    p = rng.dirichlet(np.ones(5), size=(3, 4)).astype("float32")
+    y = rng.normal(size=(3, 4, 2)).astype("float32")
+    loss = AlmostOneHotEmbeddingLoss(emb, reduction="none")
+    per_step = harness.to_numpy(loss(y, p))
+    assert per_step.shape == (3, 4)
+    flat = harness.to_numpy(loss(y.reshape(12, 2), p.reshape(12, 5)))
+    np.testing.assert_allclose(per_step.reshape(12), flat, rtol=1e-6)
+
+
+@harness.tensorflow_only
+def test_no_tensor_of_batch_by_vocab_by_dim_is_ever_formed():
+    # The seed's recipe tiles the embedding per example: batch * vocab * dim
+    # numbers (17 GB for 512 x 32768 x 256). Ours is one matmul: the largest
+    # tensor in the forward *and* backward graph is the embedding or p.
+    import tensorflow as tf
+
+    batch, vocab, dim = 16, 64, 32
+    loss = AlmostOneHotEmbeddingLoss(np.ones((vocab, dim)), power=3.0)
+
+    @tf.function
+    def loss_and_grad(y_true, y_pred):
+        with tf.GradientTape() as tape:
+            tape.watch(y_pred)
+            value = loss(y_true, y_pred)
+        return value, tape.gradient(value, y_pred)
+
+    graph = loss_and_grad.get_concrete_function(
+        tf.TensorSpec((batch, dim)), tf.TensorSpec((batch, vocab))
+    ).graph
+    sizes = [
+        t.shape.num_elements()
+        for op in graph.get_operations()
+        for t in op.outputs
+        if t.shape.is_fully_defined()
+    ]
+    assert max(sizes) == max(batch * vocab, vocab * dim)
+    assert max(sizes) < batch * vocab * dim
+
+
+def test_works_in_compile_and_fit():
+    rng = np.random.default_rng(5)
+    emb = rng.normal(size=(8, 4)).astype("float32")
+    labels = rng.integers(0, 8, size=128)
+    x = np.eye(8, dtype="float32")[labels] + rng.normal(size=(128, 8)).astype("float32") * 0.1
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(8, activation="softmax")])
+    model.compile(keras.optimizers.Adam(0.05), loss=AlmostOneHotEmbeddingLoss(emb))
+    history = model.fit(x, emb[labels], epochs=15, batch_size=32, verbose=0)
+    losses = history.history["loss"]
+    assert np.all(np.isfinite(losses)) and losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"power": 0.0}, "power=0.0"),
+        ({"power": -2.0}, "power=-2.0"),
+        ({"power": float("inf")}, "power=inf"),
+        ({"iterations": 0}, "iterations=0"),
+        ({"iterations": 1.5}, "iterations=1.5"),
+        ({"distance": "l1"}, "distance='l1'"),
+        ({"embedding": np.ones((2, 3, 4))}, r"embedding.shape=\(2, 3, 4\)"),
+        ({"embedding": np.ones(3)}, r"embedding.shape=\(3,\)"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    kwargs = {"embedding": np.eye(3), **kwargs}
+    with pytest.raises(ValueError, match=message):
+        AlmostOneHotEmbeddingLoss(**kwargs)
+
+
+def test_bad_inputs():
+    loss = AlmostOneHotEmbeddingLoss(np.eye(3))
+    with pytest.raises(ValueError, match=r"y_pred.shape=\(1, 4\)"):
+        loss(np.zeros((1, 3)), np.full((1, 4), 0.25))
+    with pytest.raises(ValueError, match=r"y_true.shape=\(1, 2\)"):
+        loss(np.zeros((1, 2)), P)
+
+
+def test_config_round_trip_keeps_the_matrix():
+    emb = np.arange(6.0).reshape(3, 2)
+    loss = AlmostOneHotEmbeddingLoss(emb, power=2.5, distance="cosine", name="x")
+    config = loss.get_config()
+    for key in ("embedding", "power", "iterations", "distance", "from_logits",
+                "reduction", "name", "dtype"):
+        assert key in config
+    clone = AlmostOneHotEmbeddingLoss.from_config(config)
+    np.testing.assert_array_equal(clone.embedding, emb)
+    assert clone.get_config() == config
+    restored = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert isinstance(restored, AlmostOneHotEmbeddingLoss)
