@@ -66,12 +66,34 @@ def loss_case():
     return model, X, target, loss
 
 
+def attention_case():
+    inputs = keras.Input((6,), dtype="int32")
+    hidden = keras.layers.Embedding(20, 8, mask_zero=True)(inputs)
+    hidden = kaq.layers.QKVAttention(2, 4, dropout=0.1)(hidden, hidden)
+    pooled = kaq.layers.MaskedAttentionPooling(4)(hidden)
+    model = keras.Model(inputs, keras.layers.Dense(1)(pooled))
+    return model, TOKENS, (TOKENS > 0).sum(1, keepdims=True).astype("float32"), keras.losses.MeanSquaredError()
+
+
+def causal_attention_case():
+    inputs = keras.Input((6,), dtype="int32")
+    hidden = keras.layers.Embedding(20, 8, mask_zero=True)(inputs)
+    hidden = kaq.layers.QKVAttention(2, 4, output_dim=3)(
+        hidden, hidden, use_causal_mask=True
+    )
+    pooled = kaq.layers.MaskedAttentionPooling(4)(hidden)
+    model = keras.Model(inputs, keras.layers.Dense(1)(pooled))
+    return model, TOKENS, TOKENS[:, :1].astype("float32") / 10, keras.losses.MeanSquaredError()
+
+
 CASES = {
     "activity_penalty": activity_penalty_case,
     "masked_activity_penalty": masked_activity_penalty_case,
     "monotone_grouped_softmax": monotone_case,
     "non_negative": non_negative_case,
     "almost_one_hot_loss": loss_case,
+    "qkv_attention_and_pooling": attention_case,
+    "causal_qkv_attention": causal_attention_case,
 }
 
 
@@ -118,24 +140,29 @@ def test_hand_written_xla_train_step(case):
     optimizer = keras.optimizers.SGD(0.05)
     optimizer.build(model.trainable_variables)
 
-    def step(x, y):
+    def step(x, y, training):
         with tf.GradientTape() as tape:
-            value = loss_fn(y, model(x, training=True)) + sum(model.losses)
+            value = loss_fn(y, model(x, training=training)) + sum(model.losses)
         grads = tape.gradient(value, model.trainable_variables)
         optimizer.apply(grads, model.trainable_variables)
         return value
 
+    # Dropout draws differ between eager and XLA kernels, so the equality
+    # check runs in inference mode; a training-mode XLA step runs after it.
     initial = [v.numpy() for v in model.variables]
-    eager_value = step(x, y)
+    eager_value = step(x, y, training=False)
     eager_weights = [v.numpy() for v in model.variables]
     for v, w in zip(model.variables, initial):
         v.assign(w)
     optimizer = keras.optimizers.SGD(0.05)
     optimizer.build(model.trainable_variables)
-    xla_value = tf.function(step, jit_compile=True)(x, y)
+    xla_step = tf.function(step, jit_compile=True)
+    xla_value = xla_step(x, y, training=False)
     np.testing.assert_allclose(xla_value.numpy(), eager_value.numpy(), rtol=1e-5)
     for v, w in zip(model.variables, eager_weights):
         np.testing.assert_allclose(v.numpy(), w, rtol=1e-4, atol=1e-6)
+    values = [xla_step(x, y, training=True).numpy() for _ in range(5)]
+    harness.assert_finite(np.array(values), *model.trainable_variables)
     _check_constraint(model)
 
 

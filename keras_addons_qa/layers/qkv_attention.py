@@ -251,9 +251,9 @@ class QKVAttention(keras.layers.Layer):
         return_attention_scores=False,
         training=None,
     ):
-        if key is None:
-            key = value
-            key_mask = None  # the value mask already covers the key
+        key_is_value = key is None
+        if key_is_value:
+            key_mask = None  # the value mask covers the key
         batch, q_len, v_len = query.shape[0], query.shape[1], value.shape[1]
         for name, mask, length in (
             ("query_mask", query_mask, q_len),
@@ -272,7 +272,9 @@ class QKVAttention(keras.layers.Layer):
             query = _numerics.sanitize(query, query_mask)
         if value_mask is not None:
             value = _numerics.sanitize(value, value_mask)
-        if key_mask is not None:
+        if key_is_value:
+            key = value
+        elif key_mask is not None:
             key = _numerics.sanitize(key, key_mask)
 
         mask = self._combined_mask(

@@ -1,0 +1,178 @@
+import keras
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
+
+from keras_addons_qa.layers import MaskedAttentionPooling
+from tests import harness
+
+
+class MaskedAttentionPoolingHarnessTest(harness.TestCase):
+    def test_layer_harness(self):
+        self.run_layer_test(
+            MaskedAttentionPooling,
+            init_kwargs={"units": 4},
+            input_shape=(2, 5, 3),
+            expected_output_shape=(2, 3),
+            expected_num_trainable_weights=3,
+            expected_num_non_trainable_weights=0,
+            expected_num_losses=0,
+            supports_masking=True,
+        )
+
+    def test_layer_harness_no_bias(self):
+        self.run_layer_test(
+            MaskedAttentionPooling,
+            init_kwargs={"units": 2, "use_bias": False, "kernel_regularizer": "l2"},
+            input_shape=(3, 4, 6),
+            expected_output_shape=(3, 6),
+            expected_num_trainable_weights=2,
+            expected_num_losses=1,
+            supports_masking=True,
+        )
+
+
+def _scalar_layer():
+    """features=1, units=1, W=1, b=0, u=1: the score of step t is tanh(h_t)."""
+    layer = MaskedAttentionPooling(1, kernel_initializer="ones", context_initializer="ones")
+    layer.build((None, None, 1))
+    return layer
+
+
+def test_seed_example_renormalizes_over_real_steps():
+    # Seed 001: scores [0.1, 0.2, 0, 0, 0] with mask [1, 1, 0, 0, 0] must
+    # give [0.475, 0.525, 0, 0, 0], not a softmax watered down by padding.
+    scores = np.array([0.1, 0.2, 0.0, 0.0, 0.0])
+    x = np.arctanh(scores).reshape(1, 5, 1).astype("float32")
+    mask = np.array([[1, 1, 0, 0, 0]], bool)
+    _, weights = _scalar_layer()(x, mask=mask, return_attention_scores=True)
+    np.testing.assert_allclose(
+        harness.to_numpy(weights), [[0.47502, 0.52498, 0, 0, 0]], atol=1e-5
+    )
+    assert np.all(harness.to_numpy(weights)[0, 2:] == 0.0)
+    # Without the mask, padding takes 56% of the attention (the seed's
+    # [0.20, 0.23, 0.19, 0.19, 0.19]).
+    _, unmasked = _scalar_layer()(x, return_attention_scores=True)
+    expected = np.exp(scores) / np.exp(scores).sum()
+    np.testing.assert_allclose(harness.to_numpy(unmasked), [expected], atol=1e-6)
+    np.testing.assert_allclose(expected.round(2), [0.21, 0.23, 0.19, 0.19, 0.19])
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    batch=st.integers(1, 4),
+    time=st.integers(1, 9),
+    features=st.integers(1, 6),
+    units=st.integers(1, 5),
+    seed=st.integers(0, 2**31 - 1),
+    pad=st.sampled_from([0.0, 1e30, -1e30, np.inf, np.nan]),
+)
+def test_padded_equals_truncated(batch, time, features, units, seed, pad):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, time + 1, size=batch)
+    x = rng.normal(size=(batch, time, features)).astype("float32")
+    mask = np.arange(time)[None, :] < lengths[:, None]
+    x_padded = np.where(mask[..., None], x, np.float32(pad)).astype("float32")
+    layer = MaskedAttentionPooling(units)
+    pooled, weights = layer(x_padded, mask=mask, return_attention_scores=True)
+    pooled, weights = harness.to_numpy(pooled), harness.to_numpy(weights)
+    harness.assert_finite(pooled, weights)
+    assert np.all(weights[~mask] == 0.0)
+    np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
+    for i, length in enumerate(lengths):
+        ref_pooled, ref_weights = layer(
+            x[i : i + 1, :length], return_attention_scores=True
+        )
+        np.testing.assert_allclose(pooled[i], harness.to_numpy(ref_pooled)[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            weights[i, :length], harness.to_numpy(ref_weights)[0], rtol=1e-5, atol=1e-7
+        )
+
+
+@pytest.mark.parametrize("pad", [1e30, np.inf, np.nan])
+def test_padding_reaches_no_gradient(pad):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 6, 3)).astype("float32")
+    mask = np.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], bool)
+    layer = MaskedAttentionPooling(4)
+    layer.build(x.shape)
+
+    def grads_for(data):
+        inputs = keras.ops.convert_to_tensor(data)
+        value, grads = harness.gradients(
+            lambda: keras.ops.sum(keras.ops.square(layer(inputs, mask=mask))),
+            [inputs] + layer.trainable_weights,
+        )
+        return value, [harness.to_numpy(g) for g in grads]
+
+    clean_value, clean = grads_for(x)
+    x_padded = x.copy()
+    x_padded[0, 4:] = pad
+    value, padded = grads_for(x_padded)
+    np.testing.assert_allclose(harness.to_numpy(value), harness.to_numpy(clean_value), rtol=1e-6)
+    for a, b in zip(padded, clean):
+        harness.assert_finite(a)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert np.all(padded[0][0, 4:] == 0.0)
+
+
+def test_row_without_real_steps_gives_zeros_and_finite_gradients():
+    x = np.random.default_rng(1).normal(size=(2, 4, 3)).astype("float32")
+    x[0] = np.nan
+    mask = np.array([[0, 0, 0, 0], [1, 1, 0, 0]], bool)
+    layer = MaskedAttentionPooling(5)
+    pooled, weights = layer(x, mask=mask, return_attention_scores=True)
+    assert np.all(harness.to_numpy(pooled)[0] == 0.0)
+    assert np.all(harness.to_numpy(weights)[0] == 0.0)
+    inputs = keras.ops.convert_to_tensor(x)
+    _, grads = harness.gradients(
+        lambda: keras.ops.sum(layer(inputs, mask=mask)), [inputs] + layer.trainable_weights
+    )
+    harness.assert_finite(*grads)
+
+
+def test_implicit_mask_from_embedding_equals_explicit_mask():
+    tokens = np.array([[4, 2, 7, 0, 0], [3, 3, 3, 3, 9]])
+    inputs = keras.Input((5,), dtype="int32")
+    embedding = keras.layers.Embedding(10, 6, mask_zero=True)
+    pooling = MaskedAttentionPooling(3)
+    model = keras.Model(inputs, pooling(embedding(inputs)))
+    implicit = harness.to_numpy(model(tokens))
+    explicit = harness.to_numpy(pooling(embedding(tokens), mask=tokens > 0))
+    np.testing.assert_allclose(implicit, explicit, rtol=1e-6)
+    truncated = harness.to_numpy(pooling(embedding(tokens[:1, :3])))
+    np.testing.assert_allclose(implicit[0], truncated[0], rtol=1e-5)
+
+
+def test_compute_mask_is_none_and_output_has_no_mask():
+    layer = MaskedAttentionPooling(2)
+    x = np.zeros((1, 3, 2), "float32")
+    assert layer.compute_mask(x, np.ones((1, 3), bool)) is None
+
+
+def test_bad_inputs_and_arguments():
+    layer = MaskedAttentionPooling(2)
+    with pytest.raises(ValueError, match=r"inputs.shape=\(2, 3\)"):
+        layer(np.zeros((2, 3), "float32"))
+    with pytest.raises(ValueError, match=r"inputs.shape=\(1, 2, 3, 4\)"):
+        MaskedAttentionPooling(2)(np.zeros((1, 2, 3, 4), "float32"))
+    with pytest.raises(ValueError, match=r"mask.shape=\(2, 4\)"):
+        MaskedAttentionPooling(2)(np.zeros((2, 3, 5), "float32"), mask=np.ones((2, 4), bool))
+    with pytest.raises(ValueError, match=r"mask.shape=\(2, 3, 5\)"):
+        MaskedAttentionPooling(2)(np.zeros((2, 3, 5), "float32"), mask=np.ones((2, 3, 5), bool))
+    for bad in (0, -3, 2.5, None):
+        with pytest.raises(ValueError, match=f"units={bad!r}"):
+            MaskedAttentionPooling(bad)
+
+
+def test_config_round_trip():
+    layer = MaskedAttentionPooling(
+        7, use_bias=False, context_initializer="ones", kernel_regularizer="l2"
+    )
+    config = layer.get_config()
+    for key in ("units", "use_bias", "kernel_initializer", "bias_initializer",
+                "context_initializer", "kernel_regularizer"):
+        assert key in config
+    assert MaskedAttentionPooling.from_config(config).get_config() == config

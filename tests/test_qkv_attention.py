@@ -1,0 +1,292 @@
+import keras
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
+
+from keras_addons_qa.layers import QKVAttention
+from tests import harness
+
+
+class QKVAttentionHarnessTest(harness.TestCase):
+    def test_layer_harness(self):
+        # As Keras's own MultiHeadAttention test: no training check here
+        # (test_models.py trains it in a model).
+        self.run_layer_test(
+            QKVAttention,
+            init_kwargs={"num_heads": 2, "key_dim": 3},
+            input_shape={"query_shape": (2, 4, 8), "value_shape": (2, 6, 5)},
+            expected_output_shape=(2, 4, 8),
+            expected_num_trainable_weights=8,
+            expected_num_non_trainable_weights=0,
+            expected_num_seed_generators=0,  # no dropout, no seed
+            expected_num_losses=0,
+            supports_masking=True,
+            run_training_check=False,
+        )
+
+    def test_layer_harness_no_bias_custom_dims(self):
+        self.run_layer_test(
+            QKVAttention,
+            init_kwargs={
+                "num_heads": 3,
+                "key_dim": 2,
+                "value_dim": 5,
+                "output_dim": 7,
+                "use_bias": False,
+                "dropout": 0.1,
+            },
+            input_shape={"query_shape": (2, 4, 8), "value_shape": (2, 6, 5)},
+            expected_output_shape=(2, 4, 7),
+            expected_num_trainable_weights=4,
+            expected_num_seed_generators=1,
+            run_training_check=False,
+        )
+
+
+def _pair(num_heads=2, key_dim=3, value_dim=None, output_dim=None, shapes=None):
+    """A built MultiHeadAttention and a QKVAttention with its weights."""
+    q_shape, v_shape, k_shape = shapes
+    mha = keras.layers.MultiHeadAttention(
+        num_heads, key_dim, value_dim=value_dim, output_shape=output_dim,
+        bias_initializer="random_normal",
+    )
+    mha.build(q_shape, v_shape, k_shape)
+    ours = QKVAttention(num_heads, key_dim, value_dim=value_dim, output_dim=output_dim)
+    ours.build(q_shape, v_shape, k_shape)
+    ours.set_weights(mha.get_weights())
+    return mha, ours
+
+
+def test_same_variables_in_the_same_order_as_multi_head_attention():
+    mha, ours = _pair(2, 3, 4, 5, shapes=((None, 4, 6), (None, 7, 8), (None, 7, 9)))
+    assert [tuple(w.shape) for w in ours.weights] == [tuple(w.shape) for w in mha.weights]
+    assert [tuple(w.shape) for w in ours.weights] == [
+        (6, 2, 3), (2, 3), (9, 2, 3), (2, 3), (8, 2, 4), (2, 4), (2, 4, 5), (5,)
+    ]
+    names = [w.path.split("/", 1)[1] for w in ours.weights]
+    assert names == [w.path.split("/", 1)[1] for w in mha.weights]
+
+
+def test_from_multi_head_attention():
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=(2, 3, 6)).astype("float32")
+    v = rng.normal(size=(2, 5, 4)).astype("float32")
+    mha = keras.layers.MultiHeadAttention(3, 2, value_dim=4, bias_initializer="ones")
+    expected = harness.to_numpy(mha(q, v))
+    ours = QKVAttention.from_multi_head_attention(mha, name="converted")
+    np.testing.assert_allclose(harness.to_numpy(ours(q, v)), expected, atol=1e-5)
+    assert ours.name == "converted" and ours.value_dim == 4
+    with pytest.raises(ValueError, match="must be built"):
+        QKVAttention.from_multi_head_attention(keras.layers.MultiHeadAttention(2, 2))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    batch=st.integers(1, 3),
+    q_len=st.integers(1, 6),
+    v_len=st.integers(1, 6),
+    features=st.integers(1, 6),
+    num_heads=st.integers(1, 3),
+    key_dim=st.integers(1, 4),
+    separate_key=st.booleans(),
+    use_value_mask=st.booleans(),
+    use_query_mask=st.booleans(),
+    use_attention_mask=st.booleans(),
+    causal=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_equals_multi_head_attention(
+    batch, q_len, v_len, features, num_heads, key_dim, separate_key,
+    use_value_mask, use_query_mask, use_attention_mask, causal, seed,
+):
+    rng = np.random.default_rng(seed)
+    q = rng.normal(size=(batch, q_len, features)).astype("float32")
+    v = rng.normal(size=(batch, v_len, features + 1)).astype("float32")
+    k = rng.normal(size=(batch, v_len, features + 2)).astype("float32") if separate_key else None
+    shapes = (q.shape, v.shape, None if k is None else k.shape)
+    mha, ours = _pair(num_heads, key_dim, shapes=shapes)
+
+    value_mask = rng.random((batch, v_len)) < 0.7 if use_value_mask else None
+    query_mask = rng.random((batch, q_len)) < 0.7 if use_query_mask else None
+    attention_mask = rng.random((batch, q_len, v_len)) < 0.8 if use_attention_mask else None
+    # MultiHeadAttention reads the query mask only from the query's Keras
+    # mask; handing it over as part of the attention mask is the same thing.
+    mha_attention_mask = attention_mask
+    if query_mask is not None:
+        full = np.ones((batch, q_len, v_len), bool) if attention_mask is None else attention_mask
+        mha_attention_mask = full & query_mask[:, :, None]
+
+    visible = np.ones((batch, q_len, v_len), bool)
+    for part in (
+        None if value_mask is None else value_mask[:, None, :],
+        None if query_mask is None else query_mask[:, :, None],
+        attention_mask,
+        np.tril(np.ones((q_len, v_len), bool))[None] if causal else None,
+    ):
+        if part is not None:
+            visible = visible & part
+    sees_a_key = visible.any(-1)  # (batch, q_len)
+
+    for return_scores in (False, True):
+        kwargs = dict(
+            key=k, value_mask=value_mask, use_causal_mask=causal,
+            return_attention_scores=return_scores,
+        )
+        expected = mha(q, v, attention_mask=mha_attention_mask, **kwargs)
+        actual = ours(q, v, query_mask=query_mask, attention_mask=attention_mask, **kwargs)
+        if return_scores:
+            (expected, expected_scores), (actual, actual_scores) = expected, actual
+            expected_scores = harness.to_numpy(expected_scores)
+            actual_scores = harness.to_numpy(actual_scores)
+            np.testing.assert_allclose(
+                actual_scores.transpose(0, 2, 1, 3)[sees_a_key],
+                expected_scores.transpose(0, 2, 1, 3)[sees_a_key],
+                atol=1e-5,
+            )
+            assert np.all(actual_scores.transpose(0, 2, 1, 3)[~sees_a_key] == 0.0)
+            assert np.all(actual_scores[np.broadcast_to(~visible[:, None], actual_scores.shape)] == 0.0)
+        expected, actual = harness.to_numpy(expected), harness.to_numpy(actual)
+        np.testing.assert_allclose(actual[sees_a_key], expected[sees_a_key], atol=1e-5)
+        # A query that sees no key: a zero context, so exactly the output bias.
+        bias = harness.to_numpy(ours.weights[-1])
+        np.testing.assert_array_equal(actual[~sees_a_key], np.broadcast_to(bias, actual[~sees_a_key].shape))
+
+
+def test_fully_padded_value_gives_the_output_bias_with_finite_gradients():
+    rng = np.random.default_rng(1)
+    q = rng.normal(size=(2, 3, 4)).astype("float32")
+    v = rng.normal(size=(2, 5, 4)).astype("float32")
+    v[0] = np.nan  # fully padded sequence, holding garbage
+    value_mask = np.array([[0] * 5, [1, 1, 0, 0, 0]], bool)
+    layer = QKVAttention(2, 3, bias_initializer="random_normal")
+    for return_scores in (False, True):
+        result = layer(q, v, value_mask=value_mask, return_attention_scores=return_scores)
+        out = harness.to_numpy(result[0] if return_scores else result)
+        bias = harness.to_numpy(layer.weights[-1])
+        np.testing.assert_array_equal(out[0], np.broadcast_to(bias, out[0].shape))
+        harness.assert_finite(out)
+    value = keras.ops.convert_to_tensor(v)
+    _, grads = harness.gradients(
+        lambda: keras.ops.sum(layer(q, value, value_mask=value_mask)),
+        [value] + layer.trainable_weights,
+    )
+    harness.assert_finite(*grads)
+    assert np.all(harness.to_numpy(grads[0])[0] == 0.0)
+
+
+@pytest.mark.parametrize("pad", [1e30, np.inf, np.nan])
+def test_padding_changes_neither_outputs_nor_gradients(pad):
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(2, 6, 4)).astype("float32")
+    mask = np.array([[1, 1, 1, 1, 0, 0], [1] * 6], bool)
+    layer = QKVAttention(2, 3)
+    layer.build(x.shape, x.shape)
+
+    def run(data):
+        tensor = keras.ops.convert_to_tensor(data)
+        value, grads = harness.gradients(
+            lambda: keras.ops.sum(
+                keras.ops.square(layer(tensor, tensor, query_mask=mask, value_mask=mask))
+                * mask[..., None]
+            ),
+            [tensor] + layer.trainable_weights,
+        )
+        return harness.to_numpy(value), [harness.to_numpy(g) for g in grads]
+
+    clean_value, clean = run(x)
+    padded_x = x.copy()
+    padded_x[0, 4:] = pad
+    value, padded = run(padded_x)
+    np.testing.assert_allclose(value, clean_value, rtol=1e-6)
+    for a, b in zip(padded, clean):
+        harness.assert_finite(a)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_and_explicit_paths_agree():
+    rng = np.random.default_rng(3)
+    q = rng.normal(size=(3, 5, 6)).astype("float32")
+    v = rng.normal(size=(3, 7, 6)).astype("float32")
+    value_mask = np.arange(7)[None] < np.array([[7], [3], [0]])
+    layer = QKVAttention(2, 4, dropout=0.3, bias_initializer="random_normal")
+    fused = layer(q, v, value_mask=value_mask, use_causal_mask=True, training=False)
+    explicit, _ = layer(
+        q, v, value_mask=value_mask, use_causal_mask=True, training=False,
+        return_attention_scores=True,
+    )
+    np.testing.assert_allclose(harness.to_numpy(fused), harness.to_numpy(explicit), atol=1e-6)
+
+
+def test_dropout_only_in_training():
+    x = np.random.default_rng(4).normal(size=(2, 8, 4)).astype("float32")
+    layer = QKVAttention(2, 4, dropout=0.5)
+    inference = harness.to_numpy(layer(x, x, training=False))
+    np.testing.assert_array_equal(inference, harness.to_numpy(layer(x, x)))
+    trained = harness.to_numpy(layer(x, x, training=True))
+    harness.assert_finite(trained)
+    assert np.abs(trained - inference).max() > 1e-3
+
+
+def test_output_carries_the_query_mask_and_masks_arrive_implicitly():
+    tokens = np.array([[5, 6, 7, 0], [1, 0, 0, 0]])
+    inputs = keras.Input((4,), dtype="int32")
+    embedding = keras.layers.Embedding(10, 8, mask_zero=True)
+    attention = QKVAttention(2, 4)
+    embedded = embedding(inputs)
+    attended = attention(embedded, embedded)
+    model = keras.Model(inputs, attended)
+    implicit = harness.to_numpy(model(tokens))
+    vectors = embedding(tokens)
+    mask = tokens > 0
+    explicit = attention(vectors, vectors, query_mask=mask, value_mask=mask)
+    np.testing.assert_allclose(implicit, harness.to_numpy(explicit), atol=1e-6)
+    out_mask = getattr(explicit, "_keras_mask", None)
+    if out_mask is not None:  # attribute-based on TF and torch
+        np.testing.assert_array_equal(harness.to_numpy(out_mask), mask)
+    # Downstream layers see it: averaging over real steps only.
+    pooled = keras.layers.GlobalAveragePooling1D()(attended)
+    pooled_model = keras.Model(inputs, pooled)
+    expected = np.stack([implicit[0, :3].mean(0), implicit[1, :1].mean(0)])
+    np.testing.assert_allclose(harness.to_numpy(pooled_model(tokens)), expected, atol=1e-5)
+
+
+def test_bad_arguments_and_inputs():
+    for kwargs, message in (
+        ({"num_heads": 0, "key_dim": 2}, "num_heads=0"),
+        ({"num_heads": 2.0, "key_dim": 2}, "num_heads=2.0"),
+        ({"num_heads": 2, "key_dim": -1}, "key_dim=-1"),
+        ({"num_heads": 2, "key_dim": 2, "dropout": 1.0}, "dropout=1.0"),
+        ({"num_heads": 2, "key_dim": 2, "dropout": -0.1}, "dropout=-0.1"),
+        ({"num_heads": 2, "key_dim": 2, "value_dim": 0}, "value_dim=0"),
+        ({"num_heads": 2, "key_dim": 2, "output_dim": 0}, "output_dim=0"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            QKVAttention(**kwargs)
+    q = np.zeros((2, 3, 4), "float32")
+    v = np.zeros((2, 5, 4), "float32")
+    layer = QKVAttention(2, 2)
+    with pytest.raises(ValueError, match=r"value_mask.shape=\(2, 3\)"):
+        layer(q, v, value_mask=np.ones((2, 3), bool))
+    with pytest.raises(ValueError, match=r"query_mask.shape=\(2, 5\)"):
+        layer(q, v, query_mask=np.ones((2, 5), bool))
+    with pytest.raises(ValueError, match=r"attention_mask.shape=\(2, 5, 3\)"):
+        layer(q, v, attention_mask=np.ones((2, 5, 3), bool))
+    with pytest.raises(ValueError, match=r"attention_mask.shape=\(2, 3\)"):
+        layer(q, v, attention_mask=np.ones((2, 3), bool))
+    with pytest.raises(ValueError, match=r"query.shape=\(2, 3\)"):
+        QKVAttention(2, 2)(np.zeros((2, 3), "float32"), v)
+
+
+def test_config_round_trip():
+    layer = QKVAttention(
+        3, 4, value_dim=5, output_dim=6, dropout=0.2, use_bias=False,
+        kernel_regularizer="l2", kernel_constraint="non_neg",
+    )
+    config = layer.get_config()
+    for key in ("num_heads", "key_dim", "value_dim", "output_dim", "dropout",
+                "use_bias", "kernel_initializer", "bias_initializer",
+                "kernel_regularizer", "kernel_constraint"):
+        assert key in config
+    assert QKVAttention.from_config(config).get_config() == config
