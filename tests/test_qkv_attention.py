@@ -74,7 +74,9 @@ def test_from_multi_head_attention():
     q = rng.normal(size=(2, 3, 6)).astype("float32")
     v = rng.normal(size=(2, 5, 4)).astype("float32")
     mha = keras.layers.MultiHeadAttention(3, 2, value_dim=4, bias_initializer="ones")
-    expected = harness.to_numpy(mha(q, v))
+    # MultiHeadAttention's own fused path crashes on JAX when value_dim !=
+    # key_dim; asking it for scores takes its explicit path on every backend.
+    expected = harness.to_numpy(mha(q, v, return_attention_scores=True)[0])
     ours = QKVAttention.from_multi_head_attention(mha, name="converted")
     np.testing.assert_allclose(harness.to_numpy(ours(q, v)), expected, atol=1e-5)
     assert ours.name == "converted" and ours.value_dim == 4
@@ -290,3 +292,18 @@ def test_config_round_trip():
                 "kernel_regularizer", "kernel_constraint"):
         assert key in config
     assert QKVAttention.from_config(config).get_config() == config
+
+
+def test_value_dim_different_from_key_dim_matches_multi_head_attention():
+    # The fused op of the JAX backend requires value_dim == key_dim; the
+    # layer must take the explicit path otherwise, on every backend.
+    rng = np.random.default_rng(5)
+    q = rng.normal(size=(2, 4, 6)).astype("float32")
+    v = rng.normal(size=(2, 5, 6)).astype("float32")
+    mask = np.array([[1, 1, 1, 0, 0], [1] * 5], bool)
+    mha, ours = _pair(2, 3, value_dim=5, shapes=(q.shape, v.shape, None))
+    np.testing.assert_allclose(
+        harness.to_numpy(ours(q, v, value_mask=mask)),
+        harness.to_numpy(mha(q, v, value_mask=mask, return_attention_scores=True)[0]),
+        atol=1e-5,
+    )

@@ -36,11 +36,11 @@ class QKVAttention(keras.layers.Layer):
     `(B, T, S)` and `use_causal_mask` add to them; all combine by AND. The
     output carries the query mask as its Keras mask.
 
-    The softmax always runs in float32. Without dropout at training time and
-    without returned scores, attention goes through
-    `keras.ops.dot_product_attention` (the backend's fused kernel where it
-    has one); otherwise through an explicit einsum path. Both give the same
-    result (tested).
+    The softmax always runs in float32. Without dropout at training time,
+    without returned scores and with `value_dim == key_dim`, attention goes
+    through `keras.ops.dot_product_attention` (the backend's fused kernel
+    where it has one); otherwise through an explicit einsum path. Both give
+    the same result (tested).
 
     Args:
         num_heads: Number of attention heads, an int >= 1.
@@ -286,7 +286,10 @@ class QKVAttention(keras.layers.Layer):
         v = self._value_dense(value)  # (B, S, N, value_dim)
 
         dropout_active = self.dropout > 0 and bool(training)
-        if return_attention_scores or dropout_active:
+        # jax.nn.dot_product_attention (the JAX backend's fused op) needs
+        # value heads as wide as key heads.
+        fusable = self.value_dim == self.key_dim
+        if return_attention_scores or dropout_active or not fusable:
             context, scores = self._explicit_attention(q, k, v, mask, training)
         else:
             context, scores = self._fused_attention(q, k, v, mask), None
