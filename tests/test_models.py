@@ -122,9 +122,8 @@ def test_reported_loss_includes_the_layer_penalties(case):
     model, x, y, loss = CASES[case]()
     model.compile("sgd", loss=loss)
     reported = model.evaluate(x, y, verbose=0, batch_size=len(x))
-    loss_fn = loss
     predictions = model(x)
-    expected = float(harness.to_numpy(loss_fn(y, predictions)))
+    expected = float(harness.to_numpy(loss(y, predictions)))
     expected += sum(float(harness.to_numpy(v)) for v in model.losses)
     np.testing.assert_allclose(reported, expected, rtol=1e-5)
 
@@ -136,13 +135,12 @@ def test_hand_written_xla_train_step(case):
 
     keras.utils.set_random_seed(2)
     model, x, y, loss = CASES[case]()
-    loss_fn = loss
     optimizer = keras.optimizers.SGD(0.05)
     optimizer.build(model.trainable_variables)
 
     def step(x, y, training):
         with tf.GradientTape() as tape:
-            value = loss_fn(y, model(x, training=training)) + sum(model.losses)
+            value = loss(y, model(x, training=training)) + sum(model.losses)
         grads = tape.gradient(value, model.trainable_variables)
         optimizer.apply(grads, model.trainable_variables)
         return value
