@@ -1,12 +1,12 @@
-# `make test` and `make demo` work on a fresh machine: the first run creates
-# .venv and installs the package with its extras; later runs reuse it and
-# reinstall only when pyproject.toml changes.
+# `make test`, `make demo` and `make notebooks` work on a fresh machine: the
+# first run creates .venv and installs the package with its extras; later
+# runs reuse it and reinstall only when pyproject.toml changes.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-test
 
-.PHONY: test demo clean
+.PHONY: test demo notebooks clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,9 +17,13 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	KERAS_BACKEND=$${KERAS_BACKEND:-tensorflow} $(PY) -m pytest -q
 
+# Every tutorial in full mode; figures go to examples/output/.
 demo: $(STAMP)
-	@echo "make demo: the tutorials (examples/NN_*.py) arrive with the tutorials issue;"
-	@echo "it will run each one and write its figures to examples/output/."
+	KERAS_BACKEND=$${KERAS_BACKEND:-tensorflow} $(PY) examples/run_all.py
+
+# The tutorials as .ipynb notebooks in examples/notebooks/.
+notebooks: $(STAMP)
+	$(PY) examples/to_notebooks.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
