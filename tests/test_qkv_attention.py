@@ -221,6 +221,61 @@ def test_fused_and_explicit_paths_agree():
     np.testing.assert_allclose(harness.to_numpy(fused), harness.to_numpy(explicit), atol=1e-6)
 
 
+_STEP_MASKS = {
+    # Right-padded rows (one empty): the JAX backend sends these to the
+    # length-based kernel (cuDNN on a GPU, XLA elsewhere).
+    "right_padded": np.arange(9)[None] < np.array([[9], [4], [1], [0]]),
+    # Not right-padded: the same layer must take the boolean-mask branch.
+    "left_padded": np.arange(9)[None] >= np.array([[0], [5], [8], [9]]),
+    "holes": np.array([[1, 0, 1, 1, 0, 1, 1, 1, 0]] * 2 + [[0] * 8 + [1]] + [[0] * 9], bool),
+}
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("kind", sorted(_STEP_MASKS))
+def test_fused_path_keeps_mask_semantics(kind, causal):
+    """The fused path (length-based on JAX) equals the explicit softmax.
+
+    Covers both branches of the JAX path: right-padded masks become lengths,
+    any other mask keeps its boolean form; empty rows give a zero context.
+    """
+    rng = np.random.default_rng(5)
+    value_mask = _STEP_MASKS[kind]
+    query_mask = np.roll(value_mask, 1, axis=0)
+    x = rng.normal(size=(4, 9, 8)).astype("float32")
+    layer = QKVAttention(2, 4, bias_initializer="random_normal")
+    kwargs = dict(query_mask=query_mask, value_mask=value_mask, use_causal_mask=causal)
+    fused = harness.to_numpy(layer(x, x, **kwargs))
+    explicit, _ = layer(x, x, return_attention_scores=True, **kwargs)
+    np.testing.assert_allclose(fused, harness.to_numpy(explicit), atol=2e-6)
+    harness.assert_finite(fused)
+
+
+@pytest.mark.skipif(
+    harness.BACKEND != "jax", reason="the length-based path exists only on JAX"
+)
+def test_jax_length_path_is_used_for_right_padding_and_matches_a_mask():
+    import jax
+    import jax.numpy as jnp
+
+    from keras_addons_qa import _jax_attention
+
+    rng = np.random.default_rng(6)
+    q, k, v = (jnp.asarray(rng.normal(size=(3, 6, 2, 4)), "float32") for _ in range(3))
+    key_valid = jnp.asarray(np.arange(6)[None] < np.array([[6], [2], [0]]))
+    out = _jax_attention.padded_attention(q, k, v, None, key_valid, 0.5, False)
+    reference = jax.nn.dot_product_attention(
+        q, k, v, mask=key_valid[:, None, None, :], scale=0.5
+    )
+    np.testing.assert_allclose(np.asarray(out[:2]), np.asarray(reference[:2]), atol=1e-6)
+    assert np.all(np.asarray(out[2]) == 0.0)  # the empty row: zero context
+    # The right-padded branch is the one with lengths in the traced program.
+    text = jax.jit(
+        lambda *a: _jax_attention.padded_attention(*a, None, key_valid, 0.5, False)
+    ).lower(q, k, v).as_text()
+    assert "cond" in text or "case" in text
+
+
 def test_dropout_only_in_training():
     x = np.random.default_rng(4).normal(size=(2, 8, 4)).astype("float32")
     layer = QKVAttention(2, 4, dropout=0.5)

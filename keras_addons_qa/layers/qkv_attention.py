@@ -289,8 +289,19 @@ class QKVAttention(keras.layers.Layer):
         # jax.nn.dot_product_attention (the JAX backend's fused op) needs
         # value heads as wide as key heads.
         fusable = self.value_dim == self.key_dim
+        lengths_path = _jax_padded_attention() if attention_mask is None else None
         if return_attention_scores or dropout_active or not fusable:
             context, scores = self._explicit_attention(q, k, v, mask, training)
+        elif lengths_path is not None:
+            # JAX: right-padded masks go to cuDNN as lengths (exact either way).
+            context = lengths_path(
+                q, k, v,
+                query_valid=query_mask,
+                key_valid=_and_masks(value_mask, key_mask),
+                scale=self._scale,
+                is_causal=bool(use_causal_mask),
+            )
+            scores = None
         else:
             context, scores = self._fused_attention(q, k, v, mask), None
         output = self._output_dense(context)
@@ -399,6 +410,27 @@ class QKVAttention(keras.layers.Layer):
                 self.kernel_constraint
             ),
         }
+
+
+def _and_masks(*masks):
+    present = [ops.cast(m, "bool") for m in masks if m is not None]
+    if not present:
+        return None
+    out = present[0]
+    for m in present[1:]:
+        out = ops.logical_and(out, m)
+    return out
+
+
+def _jax_padded_attention():
+    """The JAX length-based attention, or None on other backends."""
+    if keras.backend.backend() != "jax":
+        return None
+    try:
+        from keras_addons_qa import _jax_attention
+    except ImportError:  # pragma: no cover - JAX missing: generic path
+        return None
+    return _jax_attention.padded_attention
 
 
 def _check_shape(name, shape, expected):

@@ -1,0 +1,5 @@
+import sys
+
+from benchmarks.cpu import main
+
+sys.exit(main())

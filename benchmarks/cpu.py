@@ -1,0 +1,376 @@
+"""CPU ratio suite: each component against what a user would write instead.
+
+Every case times forward+backward (gradients of a scalar with respect to the
+trainable weights and the inputs) in float32 on the TensorFlow backend, both
+as a `tf.function` graph and with `jit_compile=True`. The two sides of a case
+run in the same process, interleaved (ours, theirs, ours, theirs, ...), and
+each reports the median over repeats of the mean time per step; the ratio is
+ours / theirs (lower is better). Peak memory comes from TensorFlow's BFC
+allocator on the CPU (enabled by this module through
+`TF_CPU_ALLOCATOR_USE_BFC`), reset before each measured step.
+
+    python -m benchmarks [--tiny] [--repeats N] [--output-dir DIR]
+                         [--update-readme]
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from keras import ops  # noqa: E402
+
+import keras_addons_qa as kaq  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ---------------------------------------------------------------- the cases
+# Each case builds both sides and returns
+#     {"ours": (loss_fn, variables, inputs), "theirs": (...)}
+# where loss_fn(*inputs) is the scalar whose gradient the step computes with
+# respect to `variables` and the float inputs.
+
+
+def _padded(batch, length, dim, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(batch, length, dim)).astype("float32")
+    lengths = rng.integers(length // 2, length + 1, size=batch)
+    mask = np.arange(length)[None] < lengths[:, None]
+    return tf.constant(x), tf.constant(mask)
+
+
+def case_qkv_attention(batch=16, length=128, dim=128, heads=4):
+    x, mask = _padded(batch, length, dim)
+    mha = keras.layers.MultiHeadAttention(heads, dim // heads)
+    mha(x, x)
+    ours = kaq.layers.QKVAttention.from_multi_head_attention(mha)
+    square = tf.logical_and(mask[:, :, None], mask[:, None, :])
+
+    def theirs_fn(x):
+        return ops.sum(ops.square(mha(x, x, attention_mask=square)))
+
+    def ours_fn(x):
+        return ops.sum(
+            ops.square(ours(x, x, query_mask=mask, value_mask=mask))
+        )
+
+    return {
+        "ours": (ours_fn, ours.trainable_variables, (x,)),
+        "theirs": (theirs_fn, mha.trainable_variables, (x,)),
+    }
+
+
+class StockPooling(keras.layers.Layer):
+    """The stock composition: Dense(tanh) -> Dense(1) -> Softmax(mask) -> sum."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = keras.layers.Dense(units, activation="tanh")
+        self.score = keras.layers.Dense(1, use_bias=False)
+        self.softmax = keras.layers.Softmax(axis=1)
+
+    def call(self, x, mask):
+        scores = ops.squeeze(self.score(self.hidden(x)), -1)
+        weights = self.softmax(scores, mask=mask)
+        return ops.sum(x * weights[:, :, None], axis=1)
+
+
+def case_masked_attention_pooling(batch=64, length=256, dim=128, units=64):
+    x, mask = _padded(batch, length, dim, seed=1)
+    ours = kaq.layers.MaskedAttentionPooling(units)
+    theirs = StockPooling(units, name="stock_pooling")
+    ours(x, mask=mask)
+    theirs(x, mask)
+    return {
+        "ours": (lambda x: ops.sum(ops.square(ours(x, mask=mask))),
+                 ours.trainable_variables, (x,)),
+        "theirs": (lambda x: ops.sum(ops.square(theirs(x, mask))),
+                   theirs.trainable_variables, (x,)),
+    }
+
+
+def case_monotone_grouped_softmax(batch=64, features=256, groups=32, size=16):
+    x = tf.constant(np.random.default_rng(2).normal(size=(batch, features)), "float32")
+    ours = kaq.layers.MonotoneGroupedSoftmax(groups, size)
+    ours(x)
+    # The seed's loop: one Dense + softmax per group (its argmax penalty has
+    # no gradient, so it is left out; ours includes its penalty).
+    loop = [keras.layers.Dense(size, activation="softmax") for _ in range(groups)]
+    for layer in loop:
+        layer(x)
+
+    def ours_fn(x):
+        probs = ours(x)
+        return ops.sum(ops.square(probs)) + ours.losses[-1]
+
+    def theirs_fn(x):
+        probs = ops.stack([layer(x) for layer in loop], axis=1)
+        return ops.sum(ops.square(probs))
+
+    theirs_vars = [v for layer in loop for v in layer.trainable_variables]
+    return {
+        "ours": (ours_fn, ours.trainable_variables, (x,)),
+        "theirs": (theirs_fn, theirs_vars, (x,)),
+    }
+
+
+def case_activity_penalty(batch=256, features=512, units=512):
+    x = tf.constant(np.random.default_rng(3).normal(size=(batch, features)), "float32")
+    dense = keras.layers.Dense(units, activation="relu")
+    penalty = kaq.layers.ActivityPenalty(l1=1e-4, l2=1e-4)
+    dense(x)
+
+    def ours_fn(x):
+        h = penalty(dense(x))
+        return ops.sum(ops.square(h)) + penalty.losses[-1]
+
+    def theirs_fn(x):
+        return ops.sum(ops.square(dense(x)))
+
+    return {
+        "ours": (ours_fn, dense.trainable_variables, (x,)),
+        "theirs": (theirs_fn, dense.trainable_variables, (x,)),
+    }
+
+
+def case_almost_one_hot_embedding_loss(batch=64, vocab=4096, dim=128, power=4.0):
+    rng = np.random.default_rng(4)
+    embedding = rng.normal(size=(vocab, dim)).astype("float32")
+    logits = tf.constant(rng.normal(size=(batch, vocab)), "float32")
+    target = tf.constant(rng.normal(size=(batch, dim)), "float32")
+    loss = kaq.losses.AlmostOneHotEmbeddingLoss(embedding, power=power)
+    matrix = tf.constant(embedding)
+
+    def ours_fn(logits):
+        return loss(target, ops.softmax(logits))
+
+    def theirs_fn(logits):
+        # Seed 000: p ** power, normalize, reshape to (B, 1, V), tile the
+        # matrix per example, batched matmul, then the MSE.
+        lifted = ops.softmax(logits) ** power
+        q = lifted / ops.sum(lifted, axis=1, keepdims=True)
+        tiled = ops.tile(matrix[None], (ops.shape(q)[0], 1, 1))
+        vectors = ops.squeeze(ops.matmul(q[:, None, :], tiled), 1)
+        return ops.mean(ops.square(vectors - target))
+
+    return {
+        "ours": (ours_fn, [], (logits,)),
+        "theirs": (theirs_fn, [], (logits,)),
+    }
+
+
+CASES = {
+    "QKVAttention B16 T128 D128 H4 (padded self-attention)": (
+        case_qkv_attention, "keras.layers.MultiHeadAttention, same weights", 1.0
+    ),
+    "MaskedAttentionPooling B64 T256 D128 units 64": (
+        case_masked_attention_pooling,
+        "Dense(tanh) -> Dense(1) -> Softmax(mask) -> weighted sum", 1.0,
+    ),
+    "MonotoneGroupedSoftmax 32 groups of 16 (B64, 256 features)": (
+        case_monotone_grouped_softmax, "seed loop: a Dense + softmax per group", 0.5
+    ),
+    "Dense(512) + ActivityPenalty (B256)": (
+        case_activity_penalty, "the same Dense alone", 1.10
+    ),
+    "AlmostOneHotEmbeddingLoss B64 V4096 D128": (
+        case_almost_one_hot_embedding_loss, "seed recipe: p**4, tile, matmul", 0.25
+    ),
+}
+
+TINY = {
+    case_qkv_attention: dict(batch=2, length=16, dim=16, heads=2),
+    case_masked_attention_pooling: dict(batch=2, length=16, dim=8, units=4),
+    case_monotone_grouped_softmax: dict(batch=2, features=8, groups=4, size=4),
+    case_activity_penalty: dict(batch=2, features=8, units=8),
+    case_almost_one_hot_embedding_loss: dict(batch=2, vocab=32, dim=8),
+}
+
+
+# --------------------------------------------------------------- the timing
+
+
+def make_step(loss_fn, variables, inputs, jit):
+    @tf.function(jit_compile=jit, reduce_retracing=True)
+    def step(*inputs):
+        with tf.GradientTape() as tape:
+            tape.watch(list(inputs))
+            loss = loss_fn(*inputs)
+        return loss, tape.gradient(loss, list(variables) + list(inputs))
+
+    return step
+
+
+def _run(step, inputs, n):
+    start = time.perf_counter()
+    for _ in range(n):
+        out = step(*inputs)
+    tf.nest.map_structure(lambda t: t.numpy() if t is not None else None, out)
+    return (time.perf_counter() - start) / n
+
+
+def peak_bytes(step, inputs):
+    """Peak extra allocator bytes during one step (None if not measurable)."""
+    try:
+        tf.config.experimental.reset_memory_stats("CPU:0")
+        before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+        step(*inputs)
+        return tf.config.experimental.get_memory_info("CPU:0")["peak"] - before
+    except (ValueError, RuntimeError):
+        return None
+
+
+def measure(case_fn, kwargs, jit, repeats, min_seconds):
+    sides = case_fn(**kwargs)
+    steps = {}
+    for name, (loss_fn, variables, inputs) in sides.items():
+        steps[name] = (make_step(loss_fn, variables, inputs, jit), inputs)
+        _run(*steps[name], 2)  # trace, compile, warm up
+    # Steps per repeat: enough for min_seconds on the slower side.
+    slow = max(_run(s, i, 1) for s, i in steps.values())
+    n = max(1, int(min_seconds / max(slow, 1e-6)))
+    times = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, (step, inputs) in steps.items():  # interleaved
+            times[name].append(_run(step, inputs, n))
+    result = {name: statistics.median(t) for name, t in times.items()}
+    result["peak"] = {name: peak_bytes(s, i) for name, (s, i) in steps.items()}
+    return result
+
+
+def scaling(lengths, repeats, min_seconds):
+    """Step time vs sequence length for the two attention layers (graph)."""
+    rows = []
+    for length in lengths:
+        qkv = measure(case_qkv_attention, dict(batch=4, length=length), False,
+                      repeats, min_seconds)
+        pool = measure(case_masked_attention_pooling, dict(length=length), False,
+                       repeats, min_seconds)
+        rows.append((length, qkv["ours"], qkv["theirs"], pool["ours"], pool["theirs"]))
+        print(f"  T={length:5d}  QKV {qkv['ours'] * 1e3:8.2f} ms (MHA "
+              f"{qkv['theirs'] * 1e3:8.2f})  pooling {pool['ours'] * 1e3:7.2f} ms "
+              f"(stock {pool['theirs'] * 1e3:7.2f})", flush=True)
+    return rows
+
+
+def _mb(value):
+    return "n/a" if value is None else f"{value / 2**20:.1f}"
+
+
+def machine():
+    cpus = os.cpu_count()
+    return (f"{platform.processor() or platform.machine()}, {cpus} CPU cores, "
+            f"TensorFlow {tf.__version__}, Keras {keras.__version__}")
+
+
+def table(results):
+    lines = [
+        "| case | theirs | mode | ours (ms) | theirs (ms) | ratio | goal | met |"
+        " peak MB ours / theirs |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | :---: | ---: |",
+    ]
+    for (name, theirs, goal, mode), r in results.items():
+        ratio = r["ours"] / r["theirs"]
+        lines.append(
+            f"| {name} | {theirs} | {mode} | {r['ours'] * 1e3:.3f} | "
+            f"{r['theirs'] * 1e3:.3f} | {ratio:.2f} | <= {goal:g} | "
+            f"{'yes' if ratio <= goal else 'NO'} | {_mb(r['peak']['ours'])} / "
+            f"{_mb(r['peak']['theirs'])} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lengths = [r[0] for r in rows]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for index, label, style in (
+        (1, "QKVAttention (B4 D128 H4)", "o-"),
+        (2, "MultiHeadAttention", "o--"),
+        (3, "MaskedAttentionPooling (B64 D128)", "s-"),
+        (4, "stock pooling composition", "s--"),
+    ):
+        ax.plot(lengths, [r[index] * 1e3 for r in rows], style, label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("sequence length T")
+    ax.set_ylabel("fwd+bwd ms (tf.function graph, CPU)")
+    ax.legend(fontsize=8)
+    ax.set_title("Step time vs sequence length")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def update_readme(markdown):
+    path = os.path.join(ROOT, "README.md")
+    start, end = "<!-- bench:cpu:start -->", "<!-- bench:cpu:end -->"
+    with open(path) as f:
+        text = f.read()
+    if start not in text or end not in text:
+        raise SystemExit(f"README.md has no {start} ... {end} block")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    with open(path, "w") as f:
+        f.write(f"{head}{start}\n{markdown}\n{end}{tail}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="smoke-test sizes")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--min-seconds", type=float, default=0.2,
+                        help="length of one timed repeat of one side")
+    parser.add_argument("--output-dir", default=os.path.join(ROOT, "benchmarks", "results"))
+    parser.add_argument("--update-readme", action="store_true")
+    parser.add_argument("--no-scaling", action="store_true")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.repeats, args.min_seconds = 1, 0.0
+    os.makedirs(args.output_dir, exist_ok=True)
+
+    results = {}
+    for name, (case_fn, theirs, goal) in CASES.items():
+        kwargs = TINY[case_fn] if args.tiny else {}
+        for mode, jit in (("graph", False), ("XLA", True)):
+            r = measure(case_fn, kwargs, jit, args.repeats, args.min_seconds)
+            results[(name, theirs, goal, mode)] = r
+            print(f"{name} [{mode}]: ours {r['ours'] * 1e3:.3f} ms, theirs "
+                  f"{r['theirs'] * 1e3:.3f} ms, ratio {r['ours'] / r['theirs']:.2f} "
+                  f"(goal <= {goal:g}); peak MB {_mb(r['peak']['ours'])} / "
+                  f"{_mb(r['peak']['theirs'])}", flush=True)
+
+    stamp = datetime.date.today().isoformat()
+    sizes = " at smoke-test sizes (--tiny): not a measurement" if args.tiny else ""
+    markdown = (f"Measured {stamp} on {machine()}; fwd+bwd, float32, median of "
+                f"{args.repeats} interleaved repeats{sizes}.\n\n{table(results)}")
+    if not args.no_scaling:
+        lengths = [16, 32] if args.tiny else [64, 128, 256, 512, 1024, 2048]
+        print("scaling with sequence length (graph mode):", flush=True)
+        rows = scaling(lengths, max(1, args.repeats // 2), args.min_seconds)
+        plot(rows, os.path.join(args.output_dir, "cpu_scaling.png"))
+        markdown += "\n\n![CPU scaling](benchmarks/results/cpu_scaling.png)"
+    with open(os.path.join(args.output_dir, "cpu.md"), "w") as f:
+        f.write(markdown + "\n")
+    print("\n" + markdown)
+    if args.update_readme:
+        update_readme(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

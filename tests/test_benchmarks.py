@@ -1,0 +1,26 @@
+"""The benchmark suite runs end to end (tiny sizes; speed is not asserted)."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_cpu_suite_runs_at_tiny_sizes(tmp_path):
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "MPLBACKEND": "Agg"}
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--tiny", "--output-dir", str(tmp_path)],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    table = (tmp_path / "cpu.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 1 + 10  # header + 5 cases x (graph, XLA)
+    for row in rows[1:]:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        ours_ms, theirs_ms, ratio = (float(c) for c in cells[3:6])
+        assert ours_ms > 0 and theirs_ms > 0
+        assert abs(ratio - ours_ms / theirs_ms) < 0.01 + 0.01 * ratio
+    assert (tmp_path / "cpu_scaling.png").stat().st_size > 10_000
