@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-test
 
-.PHONY: test demo notebooks clean
+.PHONY: test demo notebooks bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: $(STAMP)
 # The tutorials as .ipynb notebooks in examples/notebooks/.
 notebooks: $(STAMP)
 	$(PY) examples/to_notebooks.py
+
+# The CPU ratio suite; rewrites benchmarks/results/ and the README table.
+bench: $(STAMP)
+	$(PY) -m benchmarks --update-readme
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -338,6 +338,7 @@ def main(argv=None):
     parser.add_argument("--output-dir", default=os.path.join(ROOT, "benchmarks", "results"))
     parser.add_argument("--update-readme", action="store_true")
     parser.add_argument("--no-scaling", action="store_true")
+    parser.add_argument("--only", default="", help="run cases whose name has this")
     args = parser.parse_args(argv)
     if args.tiny:
         args.repeats, args.min_seconds = 1, 0.0
@@ -345,6 +346,8 @@ def main(argv=None):
 
     results = {}
     for name, (case_fn, theirs, goal) in CASES.items():
+        if args.only not in name:
+            continue
         kwargs = TINY[case_fn] if args.tiny else {}
         for mode, jit in (("graph", False), ("XLA", True)):
             r = measure(case_fn, kwargs, jit, args.repeats, args.min_seconds)

@@ -47,7 +47,7 @@ keras.utils.set_random_seed(0)
 # entries for training and hold out 10% to measure the error.
 
 # %%
-users, items, rank = (300, 200, 6) if QUICK else (1000, 600, 6)
+users, items, rank = (300, 200, 6) if QUICK else (600, 400, 6)
 rng = np.random.default_rng(0)
 true_w = rng.gamma(1.0, 0.5, size=(users, rank))
 true_h = rng.gamma(1.0, 0.5, size=(items, rank))
@@ -56,7 +56,7 @@ u, i = np.meshgrid(np.arange(users), np.arange(items), indexing="ij")
 u, i, r = u.ravel(), i.ravel(), ratings.ravel().astype("float32")
 order = rng.permutation(u.size)
 train, test = order[: int(0.4 * u.size)], order[int(0.4 * u.size) : int(0.5 * u.size)]
-epochs = 12 if QUICK else 40
+epochs = 12 if QUICK else 30
 
 
 # %% [markdown]
