@@ -42,48 +42,36 @@ def _attention(q, k, v, scale, is_causal, lengths=None, mask=None):
     return jax.nn.dot_product_attention(q, k, v, mask=mask, **kwargs)
 
 
-def padded_attention(q, k, v, query_valid, key_valid, scale, is_causal):
-    """Scaled dot-product attention with step masks.
+def padded_attention(q, k, v, key_valid, scale, is_causal):
+    """Scaled dot-product attention with a key mask, exact for any mask.
 
     Args:
         q: `(B, T, N, H)` projected queries.
         k, v: `(B, S, N, H)` projected keys and values.
-        query_valid: `(B, T)` bool or None; False rows get a zero context.
         key_valid: `(B, S)` bool or None; False keys get no weight.
         scale: Logit scale.
         is_causal: Whether query `i` may only see keys `j <= i`.
 
     Returns:
-        `(B, T, N, H)` context; zero for queries that see no key.
+        `(B, T, N, H)` context. Rows of queries that see no key hold
+        finite values of no meaning; the caller zeroes them.
     """
     if key_valid is None:
-        context = jax.nn.dot_product_attention(
+        return jax.nn.dot_product_attention(
             q, k, v, scale=scale, is_causal=is_causal
         )
-    else:
-        key_valid = key_valid.astype(bool)
-        steps = key_valid.shape[1]
-        lengths = jnp.sum(key_valid, axis=1, dtype=jnp.int32)
-        right_padded = jnp.all(
-            key_valid == (jnp.arange(steps)[None, :] < lengths[:, None])
-        )
-        # An empty row would be 0/0 inside the kernel; give it one (zeroed)
-        # key and discard its context below.
-        safe_lengths = jnp.maximum(lengths, 1)
-        mask = key_valid[:, None, None, :]
-        context = jax.lax.cond(
-            right_padded,
-            lambda: _attention(q, k, v, scale, is_causal, lengths=safe_lengths),
-            lambda: _attention(q, k, v, scale, is_causal, mask=mask),
-        )
-    sees_a_key = jnp.ones(q.shape[:2], bool)
-    if key_valid is not None:
-        if is_causal:  # query i sees a key iff one of keys 0..i is valid
-            seen = jnp.cumsum(key_valid, axis=1, dtype=jnp.int32) > 0
-            rows = jnp.minimum(jnp.arange(q.shape[1]), key_valid.shape[1] - 1)
-            sees_a_key = sees_a_key & seen[:, rows]
-        else:
-            sees_a_key = sees_a_key & jnp.any(key_valid, 1, keepdims=True)
-    if query_valid is not None:
-        sees_a_key = sees_a_key & query_valid.astype(bool)
-    return jnp.where(sees_a_key[:, :, None, None], context, jnp.zeros_like(context))
+    key_valid = key_valid.astype(bool)
+    steps = key_valid.shape[1]
+    lengths = jnp.sum(key_valid, axis=1, dtype=jnp.int32)
+    right_padded = jnp.all(
+        key_valid == (jnp.arange(steps)[None, :] < lengths[:, None])
+    )
+    # An empty row would be 0/0 inside the kernel; give it one (zeroed) key
+    # instead: the caller discards its context.
+    safe_lengths = jnp.maximum(lengths, 1)
+    mask = key_valid[:, None, None, :]
+    return jax.lax.cond(
+        right_padded,
+        lambda: _attention(q, k, v, scale, is_causal, lengths=safe_lengths),
+        lambda: _attention(q, k, v, scale, is_causal, mask=mask),
+    )

@@ -32,7 +32,7 @@ def sanitize(x, mask):
     nor any gradient downstream. `mask` may have fewer axes than `x`.
     """
     mask = broadcast_mask(mask, len(x.shape))
-    return ops.where(mask, x, ops.zeros_like(x))
+    return ops.where(mask, x, ops.zeros((), x.dtype))
 
 
 def masked_softmax(logits, mask=None, axis=-1):
@@ -85,14 +85,16 @@ def safe_log(probs):
     return ops.log(ops.maximum(probs, _FLOAT32_TINY))
 
 
-def log_sharpen(log_probs, power, iterations=1):
-    """Log of `normalize(p ** power)` applied `iterations` times.
+def sharpen(log_probs, power, iterations=1):
+    """`normalize(p ** power)`, applied `iterations` times, from `log p`.
 
-    Each step is `log_softmax(power * log p)`: it is renormalized as it goes,
-    so no power of a probability is ever formed and a power of 1000 is as
-    finite as a power of 2.
+    Each step is `softmax(power * log p)` (the intermediate ones in log
+    form, `log_softmax`): it is renormalized as it goes, so no power of a
+    probability is ever formed and a power of 1000 is as finite as a power
+    of 2. The last step is a plain softmax, which keeps one fewer
+    `(..., vocab)` temporary alive than `exp(log_softmax(...))`.
     """
     log_probs = ops.cast(log_probs, "float32")
-    for _ in range(iterations):
+    for _ in range(iterations - 1):
         log_probs = ops.log_softmax(power * log_probs, axis=-1)
-    return log_probs
+    return ops.softmax(power * log_probs, axis=-1)

@@ -115,8 +115,9 @@ class MaskedAttentionPooling(keras.layers.Layer):
             hidden = hidden + self.bias
         scores = ops.matmul(ops.tanh(hidden), self.context)  # (batch, time)
         weights = _numerics.masked_softmax(scores, mask)
-        pooled = ops.einsum(
-            "bt,btf->bf", ops.cast(weights, inputs.dtype), inputs
+        # A batched (1, T) @ (T, F) product: no (B, T, F) temporary.
+        pooled = ops.squeeze(
+            ops.matmul(ops.cast(weights, inputs.dtype)[:, None, :], inputs), 1
         )
         if return_attention_scores:
             return pooled, ops.cast(weights, self.compute_dtype)

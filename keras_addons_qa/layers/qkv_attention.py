@@ -268,19 +268,19 @@ class QKVAttention(keras.layers.Layer):
             )
 
         # Padding may hold anything (inf, NaN): zero it before projecting.
-        if query_mask is not None:
-            query = _numerics.sanitize(query, query_mask)
+        # (Self-attention with one mask: sanitize the shared tensor once.)
+        same = query is value and query_mask is value_mask
         if value_mask is not None:
             value = _numerics.sanitize(value, value_mask)
+        if same:
+            query = value
+        elif query_mask is not None:
+            query = _numerics.sanitize(query, query_mask)
         if key_is_value:
             key = value
         elif key_mask is not None:
             key = _numerics.sanitize(key, key_mask)
 
-        mask = self._combined_mask(
-            query, value, query_mask, value_mask, key_mask, attention_mask,
-            use_causal_mask,
-        )
         q = self._query_dense(query)  # (B, T, N, key_dim)
         k = self._key_dense(key)  # (B, S, N, key_dim)
         v = self._value_dense(value)  # (B, S, N, value_dim)
@@ -289,21 +289,30 @@ class QKVAttention(keras.layers.Layer):
         # jax.nn.dot_product_attention (the JAX backend's fused op) needs
         # value heads as wide as key heads.
         fusable = self.value_dim == self.key_dim
-        lengths_path = _jax_padded_attention() if attention_mask is None else None
+        if return_attention_scores or dropout_active or not fusable or (
+            attention_mask is not None
+        ):
+            mask = self._combined_mask(
+                query, value, query_mask, value_mask, key_mask, attention_mask,
+                use_causal_mask,
+            )
         if return_attention_scores or dropout_active or not fusable:
             context, scores = self._explicit_attention(q, k, v, mask, training)
-        elif lengths_path is not None:
-            # JAX: right-padded masks go to cuDNN as lengths (exact either way).
-            context = lengths_path(
-                q, k, v,
-                query_valid=query_mask,
-                key_valid=_and_masks(value_mask, key_mask),
-                scale=self._scale,
-                is_causal=bool(use_causal_mask),
-            )
-            scores = None
-        else:
+        elif attention_mask is not None:
             context, scores = self._fused_attention(q, k, v, mask), None
+        else:
+            # Step masks only: the kernel sees the key mask (and causality),
+            # never a (B, T, S) tensor; queries that see no key are zeroed.
+            context = self._fused_step_attention(
+                q, k, v, _and_masks(value_mask, key_mask), bool(use_causal_mask)
+            )
+            sees = _sees_a_key(
+                query_mask, _and_masks(value_mask, key_mask),
+                bool(use_causal_mask), q_len=ops.shape(q)[1],
+            )
+            if sees is not None:
+                context = ops.where(sees[:, :, None, None], context, 0.0)
+            scores = None
         output = self._output_dense(context)
         if query_mask is not None:
             _compat.set_keras_mask(output, ops.cast(query_mask, "bool"))
@@ -348,6 +357,19 @@ class QKVAttention(keras.layers.Layer):
         dropped = self._dropout_layer(scores, training=training)
         context = ops.einsum("bnts,bsnh->btnh", dropped, v)
         return context, scores
+
+    def _fused_step_attention(self, q, k, v, key_valid, is_causal):
+        """Fused attention with a `(B, S)` key mask (or none) and causality."""
+        lengths_path = _jax_padded_attention()
+        if lengths_path is not None:
+            # JAX: right-padded masks go to cuDNN as lengths (exact either way).
+            return lengths_path(q, k, v, key_valid, self._scale, is_causal)
+        kernel_mask = None
+        if key_valid is not None:
+            kernel_mask = key_valid[:, None, None, :]  # (B, 1, 1, S)
+        return ops.dot_product_attention(
+            q, k, v, mask=kernel_mask, scale=self._scale, is_causal=is_causal
+        )
 
     def _fused_attention(self, q, k, v, mask):
         if mask is None:
@@ -420,6 +442,22 @@ def _and_masks(*masks):
     for m in present[1:]:
         out = ops.logical_and(out, m)
     return out
+
+
+def _sees_a_key(query_valid, key_valid, is_causal, q_len):
+    """`(B, T)` bool: which queries see at least one key (None: all do)."""
+    sees = None
+    if key_valid is not None:
+        if is_causal:  # query i sees a key iff one of keys 0..i is valid
+            seen = ops.cumsum(ops.cast(key_valid, "int32"), axis=1) > 0
+            rows = ops.minimum(ops.arange(q_len), ops.shape(key_valid)[1] - 1)
+            sees = ops.take(seen, rows, axis=1)
+        else:
+            sees = ops.any(key_valid, axis=1, keepdims=True)
+    if query_valid is not None:
+        query_valid = ops.cast(query_valid, "bool")
+        sees = query_valid if sees is None else ops.logical_and(sees, query_valid)
+    return sees
 
 
 def _jax_padded_attention():

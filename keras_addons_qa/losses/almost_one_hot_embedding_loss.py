@@ -107,7 +107,7 @@ class AlmostOneHotEmbeddingLoss(keras.losses.Loss):
             log_probs = ops.log_softmax(y_pred, axis=-1)
         else:
             log_probs = _numerics.safe_log(y_pred)
-        return ops.exp(_numerics.log_sharpen(log_probs, self.power, self.iterations))
+        return _numerics.sharpen(log_probs, self.power, self.iterations)
 
     def call(self, y_true, y_pred):
         if y_pred.shape[-1] is not None and y_pred.shape[-1] != self.vocab_size:
