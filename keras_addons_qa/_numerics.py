@@ -3,9 +3,11 @@
 Written once and tested once: masking that keeps padding out of outputs *and*
 gradients, a softmax that gives zeros for rows with nothing to attend to, the
 expected index of a distribution, and sharpening in log space. Everything here
-computes in float32; callers cast the result back to their compute dtype.
+computes in float32 (float64 inputs stay float64, see `widen`); callers cast
+the result back to their compute dtype.
 """
 
+import keras
 from keras import ops
 
 # The most negative finite float32. Used instead of -inf or -1e9 as the
@@ -14,6 +16,29 @@ from keras import ops
 _FLOAT32_MIN = -3.4028234663852886e38
 # The smallest normal float32: the floor for probabilities before a log.
 _FLOAT32_TINY = 1.1754943508222875e-38
+
+
+def widen(x):
+    """Casts `x` to float32, or keeps float64: the precision we compute in.
+
+    Softmax, penalties and losses never run in float16 / bfloat16 (their
+    range and resolution are too small); float64 stays float64, so float64
+    models (and finite-difference gradient checks) lose nothing.
+    """
+    if keras.backend.standardize_dtype(x.dtype) == "float64":
+        return ops.cast(x, "float64")  # also turns a Variable into a tensor
+    return ops.cast(x, "float32")
+
+
+def tanh(x):
+    """`ops.tanh`, except that float64 stays float64 on every backend.
+
+    On JAX, Keras 3.15's `ops.tanh` returns float32 for float64 inputs; the
+    identity `tanh(x) = 2 sigmoid(2x) - 1` keeps the dtype there.
+    """
+    if keras.backend.standardize_dtype(x.dtype) == "float64":
+        return 2.0 * ops.sigmoid(2.0 * x) - 1.0
+    return ops.tanh(x)
 
 
 def broadcast_mask(mask, ndim):
@@ -51,7 +76,7 @@ def masked_softmax(logits, mask=None, axis=-1):
     Returns:
         float32 tensor of the shape of `logits`.
     """
-    logits = ops.cast(logits, "float32")
+    logits = widen(logits)
     if mask is None:
         return ops.softmax(logits, axis=axis)
     mask = ops.broadcast_to(ops.cast(mask, "bool"), ops.shape(logits))
@@ -70,8 +95,8 @@ def masked_softmax(logits, mask=None, axis=-1):
 
 def expected_index(probs):
     """`sum_i i * p_i` over the last axis, in float32 (differentiable)."""
-    probs = ops.cast(probs, "float32")
-    index = ops.arange(probs.shape[-1], dtype="float32")
+    probs = widen(probs)
+    index = ops.arange(probs.shape[-1], dtype=probs.dtype)
     return ops.sum(probs * index, axis=-1)
 
 
@@ -81,7 +106,7 @@ def safe_log(probs):
     Probabilities of exactly 0 give a large finite negative number, not
     `-inf`, so neither the value nor the gradient is ever NaN.
     """
-    probs = ops.cast(probs, "float32")
+    probs = widen(probs)
     return ops.log(ops.maximum(probs, _FLOAT32_TINY))
 
 
@@ -94,7 +119,7 @@ def sharpen(log_probs, power, iterations=1):
     of 2. The last step is a plain softmax, which keeps one fewer
     `(..., vocab)` temporary alive than `exp(log_softmax(...))`.
     """
-    log_probs = ops.cast(log_probs, "float32")
+    log_probs = widen(log_probs)
     for _ in range(iterations - 1):
         log_probs = ops.log_softmax(power * log_probs, axis=-1)
     return ops.softmax(power * log_probs, axis=-1)

@@ -46,7 +46,10 @@ def dtype_policy(name):
 def gradients(fn, variables):
     """Gradients of the scalar `fn()` with respect to `variables`.
 
-    `variables` are `keras.Variable`s (a layer's weights) or tensors.
+    `variables` are `keras.Variable`s: a layer's weights, or inputs wrapped
+    with `keras.Variable(data)` so that every backend can differentiate the
+    closure `fn` with respect to them (JAX substitutes them through a
+    `keras.StatelessScope`).
     """
     if BACKEND == "tensorflow":
         import tensorflow as tf
@@ -69,6 +72,24 @@ def gradients(fn, variables):
             torch.zeros_like(leaf) if g is None else g
             for g, leaf in zip(grads, leaves)
         ]
+    if BACKEND == "jax":
+        import jax
+
+        variables = list(variables)
+        for v in variables:
+            if not isinstance(v, keras.Variable):
+                raise TypeError(
+                    "On JAX, gradients are taken with respect to keras.Variables "
+                    f"(the closure reads them); got {type(v).__name__}"
+                )
+
+        def pure(values):
+            with keras.StatelessScope(
+                state_mapping=list(zip(variables, values)), collect_losses=True
+            ):
+                return fn()
+
+        return jax.value_and_grad(pure)([v.value for v in variables])
     pytest.skip(f"gradient helper not written for the {BACKEND} backend")
 
 

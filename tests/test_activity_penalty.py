@@ -68,7 +68,7 @@ def test_masked_steps_add_nothing(pad_value):
         harness.to_numpy(layer.penalty(x_padded, mask)), expected, rtol=1e-5
     )
 
-    inputs = keras.ops.convert_to_tensor(x_padded)
+    inputs = keras.Variable(x_padded)
     value, (grad,) = harness.gradients(
         lambda: layer.penalty(inputs, mask), [inputs]
     )

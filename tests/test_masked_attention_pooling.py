@@ -100,7 +100,7 @@ def test_padding_reaches_no_gradient(pad):
     layer.build(x.shape)
 
     def grads_for(data):
-        inputs = keras.ops.convert_to_tensor(data)
+        inputs = keras.Variable(data)
         value, grads = harness.gradients(
             lambda: keras.ops.sum(keras.ops.square(layer(inputs, mask=mask))),
             [inputs] + layer.trainable_weights,
@@ -126,7 +126,7 @@ def test_row_without_real_steps_gives_zeros_and_finite_gradients():
     pooled, weights = layer(x, mask=mask, return_attention_scores=True)
     assert np.all(harness.to_numpy(pooled)[0] == 0.0)
     assert np.all(harness.to_numpy(weights)[0] == 0.0)
-    inputs = keras.ops.convert_to_tensor(x)
+    inputs = keras.Variable(x)
     _, grads = harness.gradients(
         lambda: keras.ops.sum(layer(inputs, mask=mask)), [inputs] + layer.trainable_weights
     )

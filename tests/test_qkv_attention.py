@@ -169,7 +169,7 @@ def test_fully_padded_value_gives_the_output_bias_with_finite_gradients():
         bias = harness.to_numpy(layer.weights[-1])
         np.testing.assert_array_equal(out[0], np.broadcast_to(bias, out[0].shape))
         harness.assert_finite(out)
-    value = keras.ops.convert_to_tensor(v)
+    value = keras.Variable(v)
     _, grads = harness.gradients(
         lambda: keras.ops.sum(layer(q, value, value_mask=value_mask)),
         [value] + layer.trainable_weights,
@@ -187,7 +187,7 @@ def test_padding_changes_neither_outputs_nor_gradients(pad):
     layer.build(x.shape, x.shape)
 
     def run(data):
-        tensor = keras.ops.convert_to_tensor(data)
+        tensor = keras.Variable(data)
         value, grads = harness.gradients(
             lambda: keras.ops.sum(
                 keras.ops.square(layer(tensor, tensor, query_mask=mask, value_mask=mask))

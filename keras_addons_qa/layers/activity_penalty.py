@@ -63,18 +63,18 @@ class ActivityPenalty(keras.layers.Layer):
 
     def penalty(self, inputs, mask=None):
         """Returns the float32 penalty for `inputs`, without adding it."""
-        x = ops.cast(inputs, "float32")
+        x = _numerics.widen(inputs)
         if mask is not None:
             _checks.check_mask_shape(mask.shape, inputs.shape)
             x = _numerics.sanitize(x, mask)
-        total = ops.convert_to_tensor(0.0, dtype="float32")
+        total = ops.zeros((), x.dtype)
         if self.l1:
             total = total + self.l1 * ops.sum(ops.abs(x))
         if self.l2:
             total = total + self.l2 * ops.sum(ops.square(x))
         if len(x.shape) == 0:
             return total
-        batch_size = ops.cast(ops.shape(x)[0], "float32")
+        batch_size = ops.cast(ops.shape(x)[0], x.dtype)
         return ops.divide_no_nan(total, batch_size)
 
     def compute_output_shape(self, input_shape):

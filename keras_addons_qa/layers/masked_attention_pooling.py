@@ -113,7 +113,7 @@ class MaskedAttentionPooling(keras.layers.Layer):
         hidden = ops.matmul(inputs, self.kernel)
         if self.use_bias:
             hidden = hidden + self.bias
-        scores = ops.matmul(ops.tanh(hidden), self.context)  # (batch, time)
+        scores = ops.matmul(_numerics.tanh(hidden), self.context)  # (batch, time)
         weights = _numerics.masked_softmax(scores, mask)
         # A batched (1, T) @ (T, F) product: no (B, T, F) temporary.
         pooled = ops.squeeze(

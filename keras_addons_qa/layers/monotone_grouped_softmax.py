@@ -229,7 +229,7 @@ class MonotoneGroupedSoftmax(keras.layers.Layer):
             self.group_size,
         )
         logits = ops.reshape(logits, grouped_shape)
-        probs = ops.softmax(ops.cast(logits, "float32"), axis=-1)
+        probs = ops.softmax(_numerics.widen(logits), axis=-1)
         self.add_loss(self.monotonicity_penalty(probs, mask))
         return ops.cast(probs, self.compute_dtype)
 
@@ -248,7 +248,7 @@ class MonotoneGroupedSoftmax(keras.layers.Layer):
         per_position = ops.sum(ops.square(violation), axis=-1)
         if mask is not None:
             per_position = _numerics.sanitize(per_position, mask)
-        batch_size = ops.cast(ops.shape(per_position)[0], "float32")
+        batch_size = ops.cast(ops.shape(per_position)[0], per_position.dtype)
         total = ops.divide_no_nan(ops.sum(per_position), batch_size)
         return self.penalty_weight * total
 

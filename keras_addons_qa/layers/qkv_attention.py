@@ -287,8 +287,12 @@ class QKVAttention(keras.layers.Layer):
 
         dropout_active = self.dropout > 0 and bool(training)
         # jax.nn.dot_product_attention (the JAX backend's fused op) needs
-        # value heads as wide as key heads.
-        fusable = self.value_dim == self.key_dim
+        # value heads as wide as key heads, and computes its logits in
+        # float32: float64 layers take the explicit path.
+        fusable = (
+            self.value_dim == self.key_dim
+            and keras.backend.standardize_dtype(q.dtype) != "float64"
+        )
         if return_attention_scores or dropout_active or not fusable or (
             attention_mask is not None
         ):

@@ -102,7 +102,7 @@ class AlmostOneHotEmbeddingLoss(keras.losses.Loss):
 
     def sharpen(self, y_pred):
         """Returns `q`, the sharpened float32 distribution over the vocab."""
-        y_pred = ops.cast(y_pred, "float32")
+        y_pred = _numerics.widen(y_pred)
         if self.from_logits:
             log_probs = ops.log_softmax(y_pred, axis=-1)
         else:
@@ -124,10 +124,13 @@ class AlmostOneHotEmbeddingLoss(keras.losses.Loss):
             )
         q = self.sharpen(y_pred)
         # One (..., vocab) @ (vocab, dim) product: no per-example tiling.
-        predicted = ops.matmul(q, ops.convert_to_tensor(self.embedding))
-        target = ops.cast(y_true, "float32")
+        predicted = ops.matmul(q, ops.convert_to_tensor(self.embedding, q.dtype))
+        target = ops.cast(y_true, q.dtype)
         if self.distance == "mse":
-            return ops.mean(ops.square(predicted - target), axis=-1)
+            # sum / dim rather than ops.mean: Keras's JAX `mean` computes
+            # float64 inputs at float32 precision (Keras 3.15).
+            squared = ops.sum(ops.square(predicted - target), axis=-1)
+            return squared / ops.cast(ops.shape(predicted)[-1], squared.dtype)
         return -ops.sum(_l2_normalize(predicted) * _l2_normalize(target), axis=-1)
 
     def get_config(self):
