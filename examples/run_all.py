@@ -3,7 +3,7 @@
 Used by `make demo` (full runs) and by the tests (`--quick`). Each tutorial
 runs in its own process, as a user would run it, and must exit 0, write its
 PNG to the output directory and print a `RESULT ...` line, which becomes
-the table's key-metric column.
+the table's key-metric column; its whole printout is saved beside the PNG.
 
     python examples/run_all.py [--quick] [--output-dir DIR] [NAME ...]
 """
@@ -32,6 +32,8 @@ def run_tutorial(path, output_dir, quick):
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - start
     output = done.stdout + done.stderr
+    # The full printout, for the numbers behind the summary line.
+    (pathlib.Path(output_dir) / (path.stem + ".log")).write_text(output)
     png = pathlib.Path(output_dir) / (path.stem + ".png")
     results = [line for line in done.stdout.splitlines() if line.startswith("RESULT")]
     ok = done.returncode == 0 and png.is_file() and bool(results)
@@ -62,7 +64,7 @@ def main(argv=None):
     for name, result, seconds, ok in rows:
         flag = "" if ok else "  FAILED"
         print(f"{name:<{width}}  {seconds:7.1f}  {result}{flag}")
-    print(f"\nfigures in {args.output_dir}")
+    print(f"\nfigures and full printouts (.log) in {args.output_dir}")
     return 1 if failed else 0
 
 

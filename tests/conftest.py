@@ -1,14 +1,19 @@
-"""Test configuration: backend choice and two logical CPUs for TensorFlow.
+"""Test configuration: backend choice and two devices on one CPU.
 
 The TensorFlow backend is the default. On it, the host CPU is split into two
 logical devices before TensorFlow initializes, so that tests can run
-`tf.distribute.MirroredStrategy` over two replicas on one machine.
+`tf.distribute.MirroredStrategy` over two replicas on one machine. On JAX,
+XLA is asked for two host devices, for `keras.distribution.DataParallel`.
 """
 
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if os.environ["KERAS_BACKEND"] == "jax":
+    _flag = "--xla_force_host_platform_device_count=2"
+    if _flag not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 
 import keras  # noqa: E402
 
