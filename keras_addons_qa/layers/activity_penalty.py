@@ -75,7 +75,8 @@ class ActivityPenalty(keras.layers.Layer):
         if len(x.shape) == 0:
             return total
         batch_size = ops.cast(ops.shape(x)[0], x.dtype)
-        return ops.divide_no_nan(total, batch_size)
+        # max(batch, 1): an empty batch gives 0, not 0 / 0.
+        return total / ops.maximum(batch_size, 1.0)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -249,7 +249,8 @@ class MonotoneGroupedSoftmax(keras.layers.Layer):
         if mask is not None:
             per_position = _numerics.sanitize(per_position, mask)
         batch_size = ops.cast(ops.shape(per_position)[0], per_position.dtype)
-        total = ops.divide_no_nan(ops.sum(per_position), batch_size)
+        # max(batch, 1): an empty batch gives 0, not 0 / 0.
+        total = ops.sum(per_position) / ops.maximum(batch_size, 1.0)
         return self.penalty_weight * total
 
     def expected_index(self, probs):
