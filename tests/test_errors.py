@@ -1,0 +1,91 @@
+"""Every argument and input error in the README's table, raised as documented.
+
+The table in README.md (between the `errors:start` / `errors:end` markers)
+is the contract: each row names a case below, and the test checks that the
+case raises `ValueError` with the message the row quotes. A row without a
+case, or a case without a row, fails the test, so the two cannot drift.
+"""
+
+import pathlib
+import re
+
+import keras
+import numpy as np
+import pytest
+
+import keras_addons_qa as kaq
+
+README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+L = kaq.layers
+X3 = np.zeros((2, 5, 3), "float32")
+BAD_MASK = np.ones((2, 4), bool)
+
+
+def _mha_unbuilt():
+    return L.QKVAttention.from_multi_head_attention(keras.layers.MultiHeadAttention(2, 4))
+
+
+def _loss(y_true, y_pred):
+    return kaq.losses.AlmostOneHotEmbeddingLoss(np.eye(4, 3))(y_true, y_pred)
+
+
+CASES = {
+    "ap-l1": lambda: L.ActivityPenalty(l1=-0.1),
+    "ap-l2": lambda: L.ActivityPenalty(l2=float("nan")),
+    "ap-mask": lambda: L.ActivityPenalty(l1=0.1)(X3, mask=BAD_MASK),
+    "mgs-num_groups": lambda: L.MonotoneGroupedSoftmax(0, 4),
+    "mgs-group_size": lambda: L.MonotoneGroupedSoftmax(3, 1),
+    "mgs-penalty_weight": lambda: L.MonotoneGroupedSoftmax(3, 4, penalty_weight=-1.0),
+    "mgs-margin": lambda: L.MonotoneGroupedSoftmax(3, 4, margin=float("inf")),
+    "mgs-direction": lambda: L.MonotoneGroupedSoftmax(3, 4, direction="up"),
+    "mgs-input": lambda: L.MonotoneGroupedSoftmax(3, 4)(np.zeros((5,), "float32")),
+    "mgs-mask": lambda: L.MonotoneGroupedSoftmax(3, 4)(X3, mask=BAD_MASK),
+    "decode-probs": lambda: L.monotone_decode(np.zeros((6,), "float32")),
+    "map-units": lambda: L.MaskedAttentionPooling(0),
+    "map-input": lambda: L.MaskedAttentionPooling(4)(np.zeros((2, 5), "float32")),
+    "map-mask": lambda: L.MaskedAttentionPooling(4)(X3, mask=BAD_MASK),
+    "qkv-num_heads": lambda: L.QKVAttention(0, 4),
+    "qkv-key_dim": lambda: L.QKVAttention(2, 0),
+    "qkv-dropout": lambda: L.QKVAttention(2, 4, dropout=1.0),
+    "qkv-input": lambda: L.QKVAttention(2, 4)(np.zeros((2, 5), "float32"), X3),
+    "qkv-key": lambda: L.QKVAttention(2, 4)(X3, X3, key=np.zeros((2, 6, 3), "float32")),
+    "qkv-query_mask": lambda: L.QKVAttention(2, 4)(X3, X3, query_mask=BAD_MASK),
+    "qkv-attention_mask": lambda: L.QKVAttention(2, 4)(
+        X3, X3, attention_mask=np.ones((2, 5, 4), bool)
+    ),
+    "qkv-from_mha": _mha_unbuilt,
+    "nn-min_value": lambda: kaq.constraints.NonNegative(min_value=-1.0),
+    "loss-embedding": lambda: kaq.losses.AlmostOneHotEmbeddingLoss(np.zeros(5)),
+    "loss-power": lambda: kaq.losses.AlmostOneHotEmbeddingLoss(np.eye(3), power=0),
+    "loss-iterations": lambda: kaq.losses.AlmostOneHotEmbeddingLoss(np.eye(3), iterations=0),
+    "loss-distance": lambda: kaq.losses.AlmostOneHotEmbeddingLoss(np.eye(3), distance="l1"),
+    "loss-y_pred": lambda: _loss(np.zeros((2, 3)), np.zeros((2, 5))),
+    "loss-y_true": lambda: _loss(np.zeros((2, 2)), np.full((2, 4), 0.25)),
+}
+
+
+def readme_rows():
+    """(id, message) from each row of the README's error table."""
+    text = README.read_text()
+    table = text.split("<!-- errors:start -->")[1].split("<!-- errors:end -->")[0]
+    rows = []
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`") and cells[0] != "`id`":
+            # The message cell is one code span; inner backticks are doubled.
+            message = re.fullmatch(r"``? ?(.*?) ?``?", cells[3]).group(1)
+            rows.append((cells[0].strip("`"), message))
+    return rows
+
+
+def test_the_table_and_the_cases_match():
+    ids = [row[0] for row in readme_rows()]
+    assert len(ids) == len(set(ids))
+    assert sorted(ids) == sorted(CASES)
+
+
+@pytest.mark.parametrize("case_id,message", readme_rows(), ids=[r[0] for r in readme_rows()])
+def test_each_row_raises_its_message(case_id, message):
+    with pytest.raises(ValueError) as info:
+        CASES[case_id]()
+    assert message in str(info.value), (message, str(info.value))
