@@ -25,3 +25,16 @@ if keras.backend.backend() == "tensorflow":
         _cpus[0],
         [tf.config.LogicalDeviceConfiguration()] * 2,
     )
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Reports how many hypothesis cases each property test ran."""
+    import sys
+
+    module = sys.modules.get("tests.test_properties")
+    counts = getattr(module, "CASES_RUN", None)
+    if counts:
+        summary = ", ".join(f"{name} {count}" for name, count in sorted(counts.items()))
+        terminalreporter.write_line(
+            f"property cases run: {summary} (total {sum(counts.values())})"
+        )
