@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-test
 
-.PHONY: test demo notebooks bench clean
+.PHONY: test test-backends demo notebooks bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,20 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	KERAS_BACKEND=$${KERAS_BACKEND:-tensorflow} $(PY) -m pytest -q
+
+# The same suite on Keras's JAX and PyTorch backends (CPU builds). TORCH is
+# the PyTorch requirement: the CPU-only wheel, so no CUDA libraries come
+# along on a CPU machine (override it where another build is wanted).
+TORCH ?= torch==2.13.0+cpu
+BACKENDS_STAMP := $(VENV)/.installed-backends
+
+$(BACKENDS_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[test,jax]" "$(TORCH)"
+	touch $@
+
+test-backends: $(BACKENDS_STAMP)
+	KERAS_BACKEND=jax $(PY) -m pytest -q
+	KERAS_BACKEND=torch $(PY) -m pytest -q
 
 # Every tutorial in full mode; figures go to examples/output/.
 demo: $(STAMP)

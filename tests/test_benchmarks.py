@@ -5,9 +5,17 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
+from tests import harness
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.skipif(
+    harness.BACKEND != "tensorflow",
+    reason="the CPU ratio suite measures the TensorFlow backend (graph and XLA)",
+)
 def test_cpu_suite_runs_at_tiny_sizes(tmp_path):
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "MPLBACKEND": "Agg"}
     done = subprocess.run(

@@ -12,6 +12,16 @@ import re
 
 import pytest
 
+from tests import harness
+
+# The tutorials run once, on the default TensorFlow backend (each is a
+# minute of training); every component is tested on every backend by the
+# other test files.
+pytestmark = pytest.mark.skipif(
+    harness.BACKEND != "tensorflow",
+    reason="tutorials run on the default TensorFlow backend only",
+)
+
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 
 
