@@ -100,7 +100,7 @@ def case_masked_attention_pooling(batch=64, length=256, dim=128, units=64):
     }
 
 
-def case_monotone_grouped_softmax(batch=64, features=256, groups=32, size=16):
+def case_monotone_grouped_softmax(batch=256, features=512, groups=32, size=16):
     x = tf.constant(np.random.default_rng(2).normal(size=(batch, features)), "float32")
     ours = kaq.layers.MonotoneGroupedSoftmax(groups, size)
     ours(x)
@@ -178,7 +178,7 @@ CASES = {
         case_masked_attention_pooling,
         "Dense(tanh) -> Dense(1) -> Softmax(mask) -> weighted sum", 1.0,
     ),
-    "MonotoneGroupedSoftmax 32 groups of 16 (B64, 256 features)": (
+    "MonotoneGroupedSoftmax 32 groups of 16 (B256, 512 features)": (
         case_monotone_grouped_softmax, "seed loop: a Dense + softmax per group", 0.5
     ),
     "Dense(512) + ActivityPenalty (B256)": (

@@ -6,6 +6,7 @@ here, and pyproject.toml pins Keras to the 3.x line it was written against.
 """
 
 import contextlib
+import functools
 import os
 
 import keras
@@ -91,6 +92,21 @@ def gradients(fn, variables):
 
         return jax.value_and_grad(pure)([v.value for v in variables])
     pytest.skip(f"gradient helper not written for the {BACKEND} backend")
+
+
+@functools.lru_cache(maxsize=None)
+def mirrored_strategy():
+    """One `MirroredStrategy` over two logical CPUs, shared by all tests.
+
+    TensorFlow numbers collective instances per process; two strategies in
+    one process can hand the same instance key to different all-reduces
+    ("Shape mismatch in the collective instance"), so tests share this one.
+    """
+    import tensorflow as tf
+
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+    assert len(devices) >= 2, "conftest.py splits the CPU into two devices"
+    return tf.distribute.MirroredStrategy(devices[:2])
 
 
 def save_and_reload(model, directory):

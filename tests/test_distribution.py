@@ -83,13 +83,9 @@ def _compare(single, distributed, initial):
 
 @harness.tensorflow_only
 def test_mirrored_strategy_step_equals_single_device():
-    import tensorflow as tf
-
-    devices = tf.config.list_logical_devices("CPU")
-    assert len(devices) >= 2, "conftest.py splits the CPU into two devices"
     model, initial = _initial_weights()
     single = _one_step(model, initial)
-    strategy = tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+    strategy = harness.mirrored_strategy()
     assert strategy.num_replicas_in_sync == 2
     with strategy.scope():
         mirrored_model = _model()
