@@ -191,7 +191,7 @@ def test_padding_changes_neither_outputs_nor_gradients(pad):
         value, grads = harness.gradients(
             lambda: keras.ops.sum(
                 keras.ops.square(layer(tensor, tensor, query_mask=mask, value_mask=mask))
-                * mask[..., None]
+                * keras.ops.convert_to_tensor(mask[..., None], "float32")
             ),
             [tensor] + layer.trainable_weights,
         )

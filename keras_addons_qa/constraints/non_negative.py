@@ -24,7 +24,7 @@ class NonNegative(keras.constraints.Constraint):
     Example:
 
     >>> import numpy as np
-    >>> np.asarray(NonNegative()(np.array([-1.0, 0.5], "float32"))).tolist()
+    >>> keras.ops.convert_to_numpy(NonNegative()(np.array([-1.0, 0.5], "float32"))).tolist()
     [0.0, 0.5]
     >>> layer = keras.layers.Dense(3, kernel_constraint=NonNegative())
     """

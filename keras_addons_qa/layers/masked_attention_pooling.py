@@ -51,7 +51,7 @@ class MaskedAttentionPooling(keras.layers.Layer):
     >>> x = np.random.rand(2, 5, 3).astype("float32")
     >>> mask = np.array([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1]], bool)
     >>> pooled, weights = layer(x, mask=mask, return_attention_scores=True)
-    >>> tuple(pooled.shape), np.asarray(weights)[0, 2:].tolist()
+    >>> tuple(pooled.shape), keras.ops.convert_to_numpy(weights)[0, 2:].tolist()
     ((2, 3), [0.0, 0.0, 0.0])
 
     References:
@@ -106,7 +106,7 @@ class MaskedAttentionPooling(keras.layers.Layer):
             if len(mask.shape) != 2:
                 raise ValueError(
                     "The mask must have shape (batch, time). Received: "
-                    f"mask.shape={mask.shape}, inputs.shape={inputs.shape}"
+                    f"mask.shape={tuple(mask.shape)}, inputs.shape={tuple(inputs.shape)}"
                 )
             _checks.check_mask_shape(mask.shape, inputs.shape)
             inputs = _numerics.sanitize(inputs, mask)

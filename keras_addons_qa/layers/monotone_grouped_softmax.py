@@ -70,7 +70,7 @@ def monotone_decode(probs, direction="increasing"):
 
     >>> import numpy as np
     >>> probs = np.array([[[0.1, 0.0, 0.9], [0.0, 0.6, 0.4]]], "float32")
-    >>> np.asarray(monotone_decode(probs)).tolist()  # argmax says [2, 1]
+    >>> keras.ops.convert_to_numpy(monotone_decode(probs)).tolist()  # argmax: [2, 1]
     [[2, 2]]
     """
     _checks.one_of("direction", direction, _DIRECTIONS)
@@ -78,7 +78,7 @@ def monotone_decode(probs, direction="increasing"):
     if len(probs.shape) < 2:
         raise ValueError(
             "`probs` must have shape (..., num_groups, group_size). "
-            f"Received: probs.shape={probs.shape}"
+            f"Received: probs.shape={tuple(probs.shape)}"
         )
     num_groups, group_size = probs.shape[-2], probs.shape[-1]
     log_probs = _numerics.safe_log(probs)
@@ -199,7 +199,7 @@ class MonotoneGroupedSoftmax(keras.layers.Layer):
             raise ValueError(
                 "MonotoneGroupedSoftmax expects inputs of shape "
                 "(batch, ..., features) with a known feature size. "
-                f"Received: input_shape={input_shape}"
+                f"Received: input_shape={tuple(input_shape)}"
             )
         units = self.num_groups * self.group_size
         self.kernel = self.add_weight(

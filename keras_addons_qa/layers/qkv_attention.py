@@ -81,7 +81,7 @@ class QKVAttention(keras.layers.Layer):
     ...                     return_attention_scores=True)
     >>> tuple(out.shape), tuple(scores.shape)
     ((2, 5, 8), (2, 2, 5, 5))
-    >>> float(np.abs(np.asarray(scores)[0, :, :, 3:]).max())  # padded keys
+    >>> float(np.abs(keras.ops.convert_to_numpy(scores)[0, :, :, 3:]).max())  # padded keys
     0.0
 
     References:

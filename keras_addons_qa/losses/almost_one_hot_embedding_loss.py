@@ -83,7 +83,7 @@ class AlmostOneHotEmbeddingLoss(keras.losses.Loss):
         if matrix.ndim != 2:
             raise ValueError(
                 "Argument `embedding` must be a 2-D (vocab, dim) matrix. "
-                f"Received: embedding.shape={matrix.shape}"
+                f"Received: embedding.shape={tuple(matrix.shape)}"
             )
         self.embedding = matrix
         self.power = _checks.positive_float("power", power)
@@ -114,13 +114,13 @@ class AlmostOneHotEmbeddingLoss(keras.losses.Loss):
             raise ValueError(
                 "The last axis of `y_pred` must be the vocabulary size "
                 f"{self.vocab_size} of `embedding`. Received: "
-                f"y_pred.shape={y_pred.shape}"
+                f"y_pred.shape={tuple(y_pred.shape)}"
             )
         if y_true.shape[-1] is not None and y_true.shape[-1] != self.embedding_dim:
             raise ValueError(
                 "The last axis of `y_true` must be the embedding size "
                 f"{self.embedding_dim} of `embedding`. Received: "
-                f"y_true.shape={y_true.shape}"
+                f"y_true.shape={tuple(y_true.shape)}"
             )
         q = self.sharpen(y_pred)
         # One (..., vocab) @ (vocab, dim) product: no per-example tiling.
