@@ -8,8 +8,8 @@ only when, the mask *is* right-padded: the check runs on the device, and
 `lax.cond` picks the length-based kernel or the general boolean-mask path,
 so the result always has the exact semantics of the mask.
 
-`QKVAttention` calls `padded_attention` only on the JAX backend, and falls
-back to `keras.ops.dot_product_attention` when this module cannot be used.
+`QKVAttention` calls `padded_attention` only on the JAX backend with a GPU,
+and uses `keras.ops.dot_product_attention` everywhere else.
 """
 
 import jax
@@ -18,7 +18,7 @@ import jax.numpy as jnp
 _CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 
 
-def _on_gpu():
+def on_gpu():
     try:
         return jax.default_backend() == "gpu"
     except RuntimeError:  # no backend initialised
@@ -27,7 +27,7 @@ def _on_gpu():
 
 def _attention(q, k, v, scale, is_causal, lengths=None, mask=None):
     kwargs = dict(scale=scale, is_causal=is_causal)
-    if lengths is not None and _on_gpu() and q.dtype in _CUDNN_DTYPES:
+    if lengths is not None and on_gpu() and q.dtype in _CUDNN_DTYPES:
         try:
             return jax.nn.dot_product_attention(
                 q, k, v, key_value_seq_lengths=lengths,

@@ -289,9 +289,13 @@ class QKVAttention(keras.layers.Layer):
         # jax.nn.dot_product_attention (the JAX backend's fused op) needs
         # value heads as wide as key heads, and computes its logits in
         # float32: float64 layers take the explicit path.
+        # XLA on a CPU has no float16 dot with float32 accumulation, which
+        # JAX's fused op asks for: float16 there takes the explicit path too.
+        dtype = keras.backend.standardize_dtype(q.dtype)
         fusable = (
             self.value_dim == self.key_dim
-            and keras.backend.standardize_dtype(q.dtype) != "float64"
+            and dtype != "float64"
+            and not (dtype == "float16" and _jax_off_gpu())
         )
         if return_attention_scores or dropout_active or not fusable or (
             attention_mask is not None
@@ -464,15 +468,28 @@ def _sees_a_key(query_valid, key_valid, is_causal, q_len):
     return sees
 
 
+def _jax_off_gpu():
+    """True on the JAX backend without a GPU."""
+    if keras.backend.backend() != "jax":
+        return False
+    import jax
+
+    return jax.default_backend() != "gpu"
+
+
 def _jax_padded_attention():
-    """The JAX length-based attention, or None on other backends."""
+    """The JAX length-based attention on a GPU, or None elsewhere.
+
+    Its point is cuDNN; on CPU (where XLA's float16 dot with float32
+    accumulation does not exist) and TPU the generic fused op is used.
+    """
     if keras.backend.backend() != "jax":
         return None
     try:
         from keras_addons_qa import _jax_attention
     except ImportError:  # pragma: no cover - JAX missing: generic path
         return None
-    return _jax_attention.padded_attention
+    return _jax_attention.padded_attention if _jax_attention.on_gpu() else None
 
 
 def _check_shape(name, shape, expected):
