@@ -16,6 +16,15 @@ from keras.src.testing import TestCase  # noqa: F401  (re-exported)
 
 BACKEND = keras.backend.backend()
 
+
+def examples(on_tensorflow):
+    """Hypothesis case budget: full on TensorFlow, a third elsewhere.
+
+    Eager JAX and torch compile or dispatch every op per new shape, which
+    makes each random-shape case ~10x slower there.
+    """
+    return on_tensorflow if BACKEND == "tensorflow" else max(10, on_tensorflow // 3)
+
 tensorflow_only = pytest.mark.skipif(
     BACKEND != "tensorflow",
     reason="uses TensorFlow APIs (tf.function, GradientTape, tf.distribute) "

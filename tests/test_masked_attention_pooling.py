@@ -60,7 +60,7 @@ def test_seed_example_renormalizes_over_real_steps():
     np.testing.assert_allclose(expected.round(2), [0.21, 0.23, 0.19, 0.19, 0.19])
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=harness.examples(30), deadline=None)
 @given(
     batch=st.integers(1, 4),
     time=st.integers(1, 9),

@@ -181,7 +181,7 @@ def _brute_force_decode(probs, direction):
     return best, best_path
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=harness.examples(40), deadline=None)
 @given(
     num_groups=st.integers(1, 4),
     group_size=st.integers(2, 5),

@@ -24,10 +24,8 @@ from tests import harness
 
 CASES_RUN = collections.Counter()
 POLICIES = ["float32", "mixed_float16", "mixed_bfloat16"]
-# Eager JAX and torch dispatch each small op separately, ~10x slower than
-# TensorFlow here: fewer cases there keep `.ci/run` well inside its budget.
 SETTINGS = settings(
-    max_examples=100 if harness.BACKEND == "tensorflow" else 25,
+    max_examples=harness.examples(100),
     deadline=None, derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

@@ -84,7 +84,7 @@ def test_from_multi_head_attention():
         QKVAttention.from_multi_head_attention(keras.layers.MultiHeadAttention(2, 2))
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=harness.examples(30), deadline=None)
 @given(
     batch=st.integers(1, 3),
     q_len=st.integers(1, 6),
