@@ -67,11 +67,13 @@ class ActivityPenalty(keras.layers.Layer):
         if mask is not None:
             _checks.check_mask_shape(mask.shape, inputs.shape)
             x = _numerics.sanitize(x, mask)
-        total = ops.zeros((), x.dtype)
+        # Only the terms that are on: every op counts in an unfused graph.
+        terms = []
         if self.l1:
-            total = total + self.l1 * ops.sum(ops.abs(x))
+            terms.append(self.l1 * ops.sum(ops.abs(x)))
         if self.l2:
-            total = total + self.l2 * ops.sum(ops.square(x))
+            terms.append(self.l2 * ops.sum(ops.square(x)))
+        total = sum(terms[1:], terms[0]) if terms else ops.zeros((), x.dtype)
         if len(x.shape) == 0:
             return total
         batch_size = ops.cast(ops.shape(x)[0], x.dtype)
