@@ -37,7 +37,8 @@ class QKVAttention(keras.layers.Layer):
     output carries the query mask as its Keras mask.
 
     The softmax always runs in float32. Without dropout at training time,
-    without returned scores and with `value_dim == key_dim`, attention goes
+    without returned scores, with `value_dim == key_dim` and no
+    `distance_penalty`, attention goes
     through `keras.ops.dot_product_attention` (the backend's fused kernel
     where it has one); otherwise through an explicit einsum path. Both give
     the same result (tested).
@@ -53,6 +54,16 @@ class QKVAttention(keras.layers.Layer):
         bias_initializer: Initializer of the four biases.
         kernel_regularizer: Optional regularizer of the four kernels.
         kernel_constraint: Optional constraint of the four kernels.
+        distance_penalty: Speech-Transformer's locality bias, a finite float
+            >= 0: `distance_penalty * |i - j|` is subtracted from the logit
+            of query `i` and key `j` before the softmax (in float32), so
+            attention prefers nearby steps; a very large value makes
+            self-attention the identity (each query attends to its own
+            step, or to the nearest valid one). When the query and key
+            lengths differ, query positions are mapped onto the key axis by
+            relative scale, aligning step centers: `i' = (i + 1/2) S / T -
+            1/2`. 0 (the default) is plain attention, identical to
+            MultiHeadAttention.
         **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
 
     Call arguments:
@@ -101,6 +112,7 @@ class QKVAttention(keras.layers.Layer):
         bias_initializer="zeros",
         kernel_regularizer=None,
         kernel_constraint=None,
+        distance_penalty=0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -128,6 +140,9 @@ class QKVAttention(keras.layers.Layer):
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         self.kernel_constraint = keras.constraints.get(kernel_constraint)
+        self.distance_penalty = _checks.non_negative_float(
+            "distance_penalty", distance_penalty
+        )
         self.supports_masking = True
         self._scale = 1.0 / float(self.key_dim) ** 0.5
         self._dropout_layer = keras.layers.Dropout(
@@ -294,6 +309,7 @@ class QKVAttention(keras.layers.Layer):
         dtype = keras.backend.standardize_dtype(q.dtype)
         fusable = (
             self.value_dim == self.key_dim
+            and not self.distance_penalty
             and dtype != "float64"
             and not (dtype == "float16" and _jax_off_gpu())
         )
@@ -358,6 +374,10 @@ class QKVAttention(keras.layers.Layer):
     def _explicit_attention(self, q, k, v, mask, training):
         q = q * ops.cast(self._scale, q.dtype)
         logits = ops.einsum("bsnh,btnh->bnts", k, q)
+        if self.distance_penalty:
+            logits = _numerics.widen(logits) - self._distance_bias(
+                ops.shape(q)[1], ops.shape(k)[1], _numerics.widen(logits).dtype
+            )
         weights = _numerics.masked_softmax(
             logits, None if mask is None else ops.expand_dims(mask, 1)
         )
@@ -365,6 +385,17 @@ class QKVAttention(keras.layers.Layer):
         dropped = self._dropout_layer(scores, training=training)
         context = ops.einsum("bnts,bsnh->btnh", dropped, v)
         return context, scores
+
+    def _distance_bias(self, q_len, k_len, dtype):
+        """`distance_penalty * |i' - j|`, `(T, S)`, with `i'` on the key scale."""
+        rows = ops.cast(ops.arange(q_len), dtype)
+        cols = ops.cast(ops.arange(k_len), dtype)
+        scale = ops.cast(k_len, dtype) / ops.cast(q_len, dtype)
+        aligned = (rows + 0.5) * scale - 0.5  # == rows when q_len == k_len
+        distance = ops.abs(aligned[:, None] - cols[None, :])
+        # Capped far below the float32 maximum: a huge penalty is a hard
+        # locality mask, never an inf logit (inf - inf is NaN in the softmax).
+        return ops.minimum(self.distance_penalty * distance, 1e30)
 
     def _fused_step_attention(self, q, k, v, key_valid, is_causal):
         """Fused attention with a `(B, S)` key mask (or none) and causality."""
@@ -439,6 +470,7 @@ class QKVAttention(keras.layers.Layer):
             "kernel_constraint": keras.constraints.serialize(
                 self.kernel_constraint
             ),
+            "distance_penalty": self.distance_penalty,
         }
 
 
