@@ -7,6 +7,7 @@ from keras_addons_qa import _numerics
 # exp(80) is 5.5e34: the variance and the KL stay finite in float32 for any
 # log-variance, and no realistic model gets near the bound.
 _LOG_VAR_LIMIT = 80.0
+_FLOAT16_MAX = 65504.0
 
 
 @keras.saving.register_keras_serializable(package="keras_addons_qa")
@@ -26,9 +27,10 @@ class GaussianSampling(keras.layers.Layer):
     step. `kl_weight` is the beta of a beta-VAE (0 turns the term off).
 
     The KL term and the noise scale compute in float32 and the sample is cast
-    back. `log_var` is clipped to +-80 inside (exp(80) = 5.5e34), so neither
-    the sample, the KL term nor a gradient is inf or NaN for any finite
-    input, in any precision; gradients through the clip are 0 beyond it.
+    back. `log_var` is clipped to +-80 inside (exp(80) = 5.5e34), and a
+    float16 sample saturates at +-65504, so neither the sample, the KL term
+    nor a gradient is inf or NaN for any finite input, in any precision;
+    gradients through a clip are 0 beyond it.
 
     Args:
         kl_weight: Weight of the KL term, a finite float >= 0.
@@ -66,9 +68,6 @@ class GaussianSampling(keras.layers.Layer):
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
-    def build(self, input_shape):
-        _check_pair(input_shape)
-
     def call(self, inputs, training=None):
         mean, log_var = _check_pair(inputs)
         mean32 = _numerics.widen(mean)
@@ -81,6 +80,9 @@ class GaussianSampling(keras.layers.Layer):
             ops.shape(mean32), dtype=mean32.dtype, seed=self.seed_generator
         )
         sample = mean32 + ops.exp(0.5 * log_var32) * eps
+        if keras.backend.standardize_dtype(self.compute_dtype) == "float16":
+            # Saturate rather than overflow to inf (float16 ends at 65504).
+            sample = ops.clip(sample, -_FLOAT16_MAX, _FLOAT16_MAX)
         return ops.cast(sample, self.compute_dtype)
 
     @staticmethod
@@ -101,11 +103,14 @@ class GaussianSampling(keras.layers.Layer):
 
 def _check_pair(inputs):
     """Returns `(mean, log_var)`: two tensors (or shapes) of one shape."""
-    if not isinstance(inputs, (list, tuple)) or len(inputs) != 2:
+    pair = isinstance(inputs, (list, tuple)) and len(inputs) == 2
+    if not pair or not all(
+        hasattr(t, "shape") or isinstance(t, (list, tuple)) for t in inputs
+    ):
         received = (
             f"a {type(inputs).__name__} of {len(inputs)}"
             if isinstance(inputs, (list, tuple))
-            else f"one {type(inputs).__name__}"
+            else f"one tensor of shape {tuple(getattr(inputs, 'shape', ()))}"
         )
         raise ValueError(
             "GaussianSampling expects inputs=[mean, log_var]. Received: "
