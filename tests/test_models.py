@@ -86,6 +86,57 @@ def causal_attention_case():
     return model, TOKENS, TOKENS[:, :1].astype("float32") / 10, keras.losses.MeanSquaredError()
 
 
+IMAGES = RNG.normal(size=(32, 6, 6, 2)).astype("float32")
+PRETRAINED = RNG.normal(size=(20, 4)).astype("float32")
+
+
+def noise_adaptation_case():
+    inputs = keras.Input((8,))
+    clean = keras.layers.Dense(3, activation="softmax")(inputs)
+    noisy = kaq.layers.NoiseAdaptation(3)(clean)
+    labels = np.argmax(X[:, :3], axis=1)
+    labels[::4] = (labels[::4] + 1) % 3  # a quarter of the labels flipped
+    return keras.Model(inputs, noisy), X, labels, keras.losses.SparseCategoricalCrossentropy()
+
+
+def gaussian_sampling_case():
+    inputs = keras.Input((8,))
+    hidden = keras.layers.Dense(8, activation="relu")(inputs)
+    mean = keras.layers.Dense(2)(hidden)
+    log_var = keras.layers.Dense(2)(hidden)
+    code = kaq.layers.GaussianSampling(kl_weight=0.05, seed=5)([mean, log_var])
+    model = keras.Model(inputs, keras.layers.Dense(8)(code))
+    return model, X, X, keras.losses.MeanSquaredError()
+
+
+def decomposed_conv_case():
+    inputs = keras.Input((6, 6, 2))
+    hidden = kaq.layers.DecomposedConv2D(4, 3, padding="same")(inputs)
+    hidden = kaq.layers.DecomposedConv2D(4, (3, 2), strides=2)(hidden)
+    pooled = keras.layers.GlobalAveragePooling2D()(hidden)
+    target = IMAGES[:, :3, :3, :1].mean(axis=(1, 2))
+    return keras.Model(inputs, keras.layers.Dense(1)(pooled)), IMAGES, target, keras.losses.MeanSquaredError()
+
+
+def pretrained_embedding_case():
+    inputs = keras.Input((6,), dtype="int32")
+    hidden = kaq.layers.PretrainedEmbedding(
+        PRETRAINED, trainable_tokens=5, trainable_dim=2, mask_zero=True
+    )(inputs)
+    pooled = kaq.layers.MaskedAttentionPooling(4)(hidden)
+    model = keras.Model(inputs, keras.layers.Dense(1)(pooled))
+    return model, TOKENS, (TOKENS > 0).sum(1, keepdims=True).astype("float32"), keras.losses.MeanSquaredError()
+
+
+def distance_penalty_case():
+    inputs = keras.Input((6,), dtype="int32")
+    hidden = keras.layers.Embedding(20, 8, mask_zero=True)(inputs)
+    hidden = kaq.layers.QKVAttention(2, 4, distance_penalty=0.5)(hidden, hidden)
+    pooled = kaq.layers.MaskedAttentionPooling(4)(hidden)
+    model = keras.Model(inputs, keras.layers.Dense(1)(pooled))
+    return model, TOKENS, TOKENS[:, :1].astype("float32") / 10, keras.losses.MeanSquaredError()
+
+
 CASES = {
     "activity_penalty": activity_penalty_case,
     "masked_activity_penalty": masked_activity_penalty_case,
@@ -94,13 +145,25 @@ CASES = {
     "almost_one_hot_loss": loss_case,
     "qkv_attention_and_pooling": attention_case,
     "causal_qkv_attention": causal_attention_case,
+    "noise_adaptation": noise_adaptation_case,
+    "gaussian_sampling": gaussian_sampling_case,
+    "decomposed_conv2d": decomposed_conv_case,
+    "pretrained_embedding": pretrained_embedding_case,
+    "qkv_distance_penalty": distance_penalty_case,
 }
 
 
 def _check_constraint(model):
+    """The invariants training must keep: constraints hold, frozen stays frozen."""
     for layer in model.layers:
         if isinstance(getattr(layer, "kernel_constraint", None), kaq.constraints.NonNegative):
             assert harness.to_numpy(layer.kernel).min() >= 0.0
+        if isinstance(layer, kaq.layers.NoiseAdaptation):
+            transition = harness.to_numpy(layer.transition).astype("float64")
+            assert transition.min() >= 0.0
+            np.testing.assert_allclose(transition.sum(axis=0), 1.0, atol=1e-5)
+        if isinstance(layer, kaq.layers.PretrainedEmbedding):
+            np.testing.assert_array_equal(harness.to_numpy(layer.embeddings), PRETRAINED)
 
 
 @pytest.mark.parametrize("mode", list(harness.FIT_MODES))
