@@ -81,7 +81,7 @@ class PretrainedEmbedding(keras.layers.Layer):
         if bad:
             raise ValueError(
                 "Argument `embeddings` must be finite. Received: embeddings "
-                f"with {bad} non-finite entries"
+                f"with non-finite entries ({bad} of {matrix.size})"
             )
         self._initial_embeddings = matrix
         self.vocabulary_size, self.embedding_dim = matrix.shape
