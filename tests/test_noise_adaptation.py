@@ -77,6 +77,45 @@ def test_learns_the_noise_transition_from_noisy_labels():
     assert learned.min() >= 0.0
 
 
+def test_trace_penalty_is_added_as_a_loss():
+    layer = NoiseAdaptation(3, trace_penalty=0.5)
+    layer(_probabilities((2, 3)))
+    np.testing.assert_allclose(harness.to_numpy(layer.losses[0]), 1.5, rtol=1e-6)
+    assert NoiseAdaptation(3).get_config()["trace_penalty"] == 0.0
+    quiet = NoiseAdaptation(3)
+    quiet(_probabilities((2, 3)))
+    assert quiet.losses == []
+
+
+def _joint_fit(trace_penalty):
+    """A classifier and the layer trained together on 40%-flipped labels."""
+    rng = np.random.default_rng(5)
+    clean = rng.integers(0, 3, size=1500)
+    x = (np.eye(3)[clean] * 3 + rng.normal(size=(1500, 3))).astype("float32")
+    noisy = np.where(rng.random(1500) < 0.4, (clean + 1) % 3, clean)
+    keras.utils.set_random_seed(0)
+    classifier = keras.Sequential(
+        [keras.Input((3,)), keras.layers.Dense(16, activation="relu"),
+         keras.layers.Dense(3, activation="softmax")]
+    )
+    layer = NoiseAdaptation(3, trace_penalty=trace_penalty)
+    model = keras.Sequential([classifier, layer])
+    model.compile(keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy")
+    model.fit(x, noisy, epochs=15, batch_size=50, verbose=0)
+    return harness.to_numpy(layer.transition)
+
+
+def test_joint_training_needs_the_trace_penalty_to_leave_the_identity():
+    # Without it Q stays at (or within a hair of) the identity: the
+    # classifier absorbs the noise. With it the flips (clean c -> noisy
+    # c + 1) land in Q.
+    np.testing.assert_allclose(_joint_fit(0.0), np.eye(3), atol=0.02)
+    learned = _joint_fit(0.05)
+    flips = learned[[1, 2, 0], [0, 1, 2]]
+    assert flips.min() > 0.2, learned
+    np.testing.assert_allclose(learned.sum(axis=0), 1.0, atol=1e-5)
+
+
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision_output_dtype_and_sums(policy):
     with harness.dtype_policy(policy):
@@ -93,6 +132,11 @@ def test_mixed_precision_output_dtype_and_sums(policy):
 def test_bad_num_classes(value):
     with pytest.raises(ValueError, match=f"num_classes={value!r}"):
         NoiseAdaptation(value)
+
+
+def test_bad_trace_penalty():
+    with pytest.raises(ValueError, match="trace_penalty=-0.1"):
+        NoiseAdaptation(3, trace_penalty=-0.1)
 
 
 def test_wrong_number_of_classes_in_the_input():

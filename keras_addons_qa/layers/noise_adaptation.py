@@ -23,8 +23,19 @@ class NoiseAdaptation(keras.layers.Layer):
     until it is trained. Outputs are `p @ Q^T`: rows that sum to 1 when the
     inputs do. The product runs in float32 and is cast back.
 
+    Trained jointly with a flexible classifier, the model is not
+    identifiable: the classifier can learn the noisy labels itself and leave
+    `Q` at the identity, which is a stationary point of the projected
+    gradient (the diagonal of each column gets the larger push). Sukhbaatar
+    et al. break the tie by pushing `Q` away from the identity;
+    `trace_penalty` adds `trace_penalty * trace(Q)` to the loss for that,
+    so the noise goes into `Q` and the classifier below stays clean. 0.05 is a
+    good start with a mean cross-entropy (tutorial 07 shows the effect).
+
     Args:
         num_classes: The number of classes, an int >= 2.
+        trace_penalty: Weight of the `trace(Q)` loss, a finite float >= 0
+            (0: none).
         **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
 
     Call arguments:
@@ -46,9 +57,10 @@ class NoiseAdaptation(keras.layers.Layer):
           Training Convolutional Networks with Noisy Labels.
     """
 
-    def __init__(self, num_classes, **kwargs):
+    def __init__(self, num_classes, trace_penalty=0.0, **kwargs):
         super().__init__(**kwargs)
         self.num_classes = _checks.integer_at_least("num_classes", num_classes, 2)
+        self.trace_penalty = _checks.non_negative_float("trace_penalty", trace_penalty)
         self.supports_masking = True
 
     def build(self, input_shape):
@@ -64,6 +76,8 @@ class NoiseAdaptation(keras.layers.Layer):
         self._check_classes(inputs.shape)
         p = _numerics.widen(inputs)
         q = ops.cast(self.transition, p.dtype)
+        if self.trace_penalty:
+            self.add_loss(self.trace_penalty * ops.trace(ops.cast(q, "float32")))
         return ops.cast(ops.matmul(p, ops.transpose(q)), self.compute_dtype)
 
     def _check_classes(self, shape):
@@ -78,4 +92,8 @@ class NoiseAdaptation(keras.layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "num_classes": self.num_classes}
+        return {
+            **super().get_config(),
+            "num_classes": self.num_classes,
+            "trace_penalty": self.trace_penalty,
+        }
