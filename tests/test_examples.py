@@ -85,9 +85,36 @@ def _check_06(out):
     assert _number(r"\((\d+)x\); same vectors", out) >= 10
 
 
+def _check_07(out):
+    plain = _number(r"plain\s+clean test accuracy ([\d.]+)", out)
+    stuck = _number(r"trace_penalty=0\s+clean test accuracy ([\d.]+)", out)
+    ours = _number(r"trace_penalty=0.05\s+clean test accuracy ([\d.]+)", out)
+    assert ours > plain + 0.15 and ours > stuck + 0.15
+    assert _number(r"trace_penalty=0\s+clean.*max \|Q - Q_true\| ([\d.]+)", out) > 0.4
+    assert _number(r"columns sum to ([\d.]+)\.\.", out) > 0.99999
+    assert _number(r"columns sum to [\d.]+\.\.([\d.]+)", out) < 1.00001
+
+
+def _check_08(out):
+    plain = _number(r"distance_penalty=0.0: test MSE ([\d.]+)", out)
+    local = _number(r"distance_penalty=2.0: test MSE ([\d.]+)", out)
+    assert local < 0.7 * plain
+    ae = _number(r"kl_weight=0.0:.*circle ([\d.]+)", out)
+    vae = _number(r"kl_weight=1.0:.*circle ([\d.]+)", out)
+    assert vae < ae
+    full = _number(r"Conv2D\s+parameters\s+(\d+)", out)
+    decomposed = _number(r"DecomposedConv2D\s+parameters\s+(\d+)", out)
+    assert decomposed < full
+    fine = _number(r"fine-tuned\s+accuracy: seen words [\d.]+, never-seen words ([\d.]+)", out)
+    ours = _number(r"PretrainedEmbedding\s+accuracy: seen words [\d.]+, never-seen words ([\d.]+)", out)
+    assert ours > fine
+    assert _number(r"PretrainedEmbedding\s+accuracy.*pretrained vectors ([\d.]+)", out) == 0.0
+
+
 CHECKS = {
     "01": _check_01, "02": _check_02, "03": _check_03,
     "04": _check_04, "05": _check_05, "06": _check_06,
+    "07": _check_07, "08": _check_08,
 }
 
 
