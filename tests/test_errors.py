@@ -66,6 +66,7 @@ CASES = {
     "ps-weight": lambda: kaq.constraints.ProbabilitySimplex(axis=2)(np.zeros((3, 2), "float32")),
     "na-num_classes": lambda: L.NoiseAdaptation(1),
     "na-input": lambda: L.NoiseAdaptation(3)(np.zeros((2, 4), "float32")),
+    "na-trace_penalty": lambda: L.NoiseAdaptation(3, trace_penalty=-0.1),
     "dc-filters": lambda: L.DecomposedConv2D(0, 3),
     "dc-kernel_size": lambda: L.DecomposedConv2D(4, (3, 3, 3)),
     "dc-strides": lambda: L.DecomposedConv2D(4, 3, strides=0),
