@@ -15,8 +15,12 @@ import numpy as np
 import pytest
 
 from keras_addons_qa.layers import ActivityPenalty
+from keras_addons_qa.layers import DecomposedConv2D
+from keras_addons_qa.layers import GaussianSampling
 from keras_addons_qa.layers import MaskedAttentionPooling
 from keras_addons_qa.layers import MonotoneGroupedSoftmax
+from keras_addons_qa.layers import NoiseAdaptation
+from keras_addons_qa.layers import PretrainedEmbedding
 from keras_addons_qa.layers import QKVAttention
 from keras_addons_qa.losses import AlmostOneHotEmbeddingLoss
 from tests import harness
@@ -125,12 +129,18 @@ def test_masked_attention_pooling():
         check(fn, [x, layer.kernel, layer.context])
 
 
-@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-def test_qkv_attention(causal):
+@pytest.mark.parametrize(
+    "causal,distance_penalty", [(False, 0.0), (True, 0.0), (False, 0.7)],
+    ids=["full", "causal", "distance_penalty"],
+)
+def test_qkv_attention(causal, distance_penalty):
     with float64():
         x = _inputs((2, 5, 4), 6)
         mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
-        layer = QKVAttention(2, 3, dtype="float64", bias_initializer="random_normal")
+        layer = QKVAttention(
+            2, 3, dtype="float64", bias_initializer="random_normal",
+            distance_penalty=distance_penalty,
+        )
         layer.build((2, 5, 4), (2, 5, 4))
         weights = keras.ops.convert_to_tensor(np.random.default_rng(7).normal(size=(2, 5, 4)))
         kernel = layer.trainable_weights[0]  # the query projection
@@ -157,3 +167,67 @@ def test_almost_one_hot_embedding_loss(distance, from_logits):
             from_logits=from_logits, dtype="float64",
         )
         check(lambda: loss(y_true, y_pred), [y_pred])
+
+
+def test_noise_adaptation():
+    with float64():
+        logits = np.random.default_rng(10).normal(size=(4, 3))
+        probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+        x = keras.Variable(probs, dtype="float64", name="inputs")
+        layer = NoiseAdaptation(3, trace_penalty=0.3, dtype="float64")
+        layer.build((4, 3))
+        layer.transition.assign(np.array([[0.7, 0.1, 0.2], [0.2, 0.8, 0.3], [0.1, 0.1, 0.5]]))
+        labels = keras.ops.convert_to_tensor(np.eye(3)[[0, 2, 1, 1]])
+
+        def fn():
+            out = layer(x)
+            return -keras.ops.sum(labels * keras.ops.log(out)) + layer.losses[-1]
+
+        check(fn, [x, layer.transition])
+
+
+def test_gaussian_sampling_kl_term():
+    with float64():
+        mean = _inputs((3, 4), 11)
+        log_var = _inputs((3, 4), 12)
+        layer = GaussianSampling(kl_weight=0.4, dtype="float64")
+        weights = keras.ops.convert_to_tensor(np.random.default_rng(13).normal(size=(3, 4)))
+
+        def fn():  # inference: the output is the mean, plus the KL term
+            out = layer([mean, log_var], training=False)
+            return keras.ops.sum(out * weights) + layer.losses[-1]
+
+        check(fn, [mean, log_var])
+
+
+def test_decomposed_conv2d():
+    # sigmoid, not tanh, in between: Keras 3.15's JAX `ops.tanh` returns
+    # float32 for float64 inputs, which would drown the differences.
+    with float64():
+        x = _inputs((2, 5, 6, 2), 14)
+        layer = DecomposedConv2D(
+            3, (3, 2), strides=(2, 1), padding="same", activation="sigmoid", dtype="float64"
+        )
+        layer.build((2, 5, 6, 2))
+        out_shape = tuple(layer.compute_output_shape((2, 5, 6, 2)))
+        weights = keras.ops.convert_to_tensor(np.random.default_rng(15).normal(size=out_shape))
+
+        def fn():
+            return keras.ops.sum(layer(x) * weights)
+
+        check(fn, [x, layer.vertical.kernel, layer.horizontal.kernel])
+
+
+def test_pretrained_embedding_table():
+    with float64():
+        vectors = np.random.default_rng(16).normal(size=(6, 3))
+        layer = PretrainedEmbedding(vectors, trainable_tokens=4, trainable_dim=2, dtype="float64")
+        layer.build()
+        layer.trainable_embeddings.assign(np.random.default_rng(17).normal(size=(4, 2)))
+        ids = np.array([[0, 3, 5], [1, 1, 4]])
+        weights = keras.ops.convert_to_tensor(np.random.default_rng(18).normal(size=(2, 3, 5)))
+
+        def fn():
+            return keras.ops.sum(keras.ops.square(layer(ids)) * weights)
+
+        check(fn, [layer.trainable_embeddings])

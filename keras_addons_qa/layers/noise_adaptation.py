@@ -77,7 +77,7 @@ class NoiseAdaptation(keras.layers.Layer):
         p = _numerics.widen(inputs)
         q = ops.cast(self.transition, p.dtype)
         if self.trace_penalty:
-            self.add_loss(self.trace_penalty * ops.trace(ops.cast(q, "float32")))
+            self.add_loss(self.trace_penalty * ops.trace(q))
         return ops.cast(ops.matmul(p, ops.transpose(q)), self.compute_dtype)
 
     def _check_classes(self, shape):
