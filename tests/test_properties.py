@@ -85,8 +85,11 @@ def test_attention_pooling_properties(data, policy, pool):
     policy=st.sampled_from(POLICIES),
     causal=st.booleans(),
     scores=st.booleans(),
+    distance_penalty=st.sampled_from([0.0, 0.5, 1e6]),
 )
-def test_qkv_attention_properties(query, value_len, value_lengths, policy, causal, scores):
+def test_qkv_attention_properties(
+    query, value_len, value_lengths, policy, causal, scores, distance_penalty
+):
     q, query_mask = query
     batch, _, dim = q.shape
     lengths = value_lengths.draw(
@@ -98,7 +101,9 @@ def test_qkv_attention_properties(query, value_len, value_lengths, policy, causa
     v[~value_mask] = np.nan
     CASES_RUN["QKVAttention"] += 1
     with harness.dtype_policy(policy):
-        layer = kaq.layers.QKVAttention(2, 3, bias_initializer="random_normal")
+        layer = kaq.layers.QKVAttention(
+            2, 3, bias_initializer="random_normal", distance_penalty=distance_penalty
+        )
         kwargs = dict(query_mask=query_mask, value_mask=value_mask, use_causal_mask=causal)
         result = layer(q, v, return_attention_scores=scores, **kwargs)
         out = harness.to_numpy(result[0] if scores else result).astype("float64")
@@ -232,3 +237,81 @@ def test_non_negative_properties(shape, scale, min_value, seed):
     np.testing.assert_array_equal(
         harness.to_numpy(kaq.constraints.NonNegative(min_value)(out)), out
     )  # a projection: applying it twice changes nothing
+
+
+@SETTINGS
+@given(
+    shape=st.tuples(st.integers(1, 5), st.integers(1, 5), st.integers(1, 3)),
+    axis=st.integers(-3, 2),
+    scale=st.sampled_from([1e-3, 1.0, 1e3]),
+    seed=st.integers(0, 2**16),
+)
+def test_probability_simplex_properties(shape, axis, scale, seed):
+    CASES_RUN["ProbabilitySimplex"] += 1
+    w = np.random.default_rng(seed).normal(size=shape) * scale
+    project = kaq.constraints.ProbabilitySimplex(axis)
+    out = harness.to_numpy(project(w))
+    assert np.all(out >= 0.0)
+    np.testing.assert_allclose(out.sum(axis=axis), 1.0, rtol=1e-9)
+    # The closest point: w - out is constant (theta) on the support.
+    theta = np.where(out > 0, w - out, np.nan)
+    spread = np.nanmax(theta, axis=axis) - np.nanmin(theta, axis=axis)
+    assert np.all(spread <= 1e-9 * max(scale, 1.0))
+    np.testing.assert_allclose(harness.to_numpy(project(out)), out, atol=1e-12)
+
+
+@SETTINGS
+@given(
+    batch=st.integers(1, 4),
+    classes=st.integers(2, 6),
+    policy=st.sampled_from(POLICIES),
+    zeros=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_noise_adaptation_properties(batch, classes, policy, zeros, seed):
+    CASES_RUN["NoiseAdaptation"] += 1
+    rng = np.random.default_rng(seed)
+    probs = rng.dirichlet(np.ones(classes), size=batch)
+    if zeros:  # one-hot rows: probabilities of exactly 0
+        probs = np.eye(classes)[rng.integers(0, classes, batch)]
+    with harness.dtype_policy(policy):
+        layer = kaq.layers.NoiseAdaptation(classes, trace_penalty=0.1)
+        layer.build((batch, classes))
+        layer.transition.assign(rng.dirichlet(np.ones(classes), size=classes).T)
+        x = keras.Variable(probs.astype("float32"))
+        out = harness.to_numpy(layer(x)).astype("float64")
+        np.testing.assert_allclose(out.sum(-1), 1.0, atol=1e-2)
+        assert np.all(out >= 0.0)
+        _finite_grads(
+            lambda: -keras.ops.sum(keras.ops.log(keras.ops.cast(layer(x), "float32") + 1e-7))
+            + layer.losses[-1],
+            [x, layer.transition],
+        )
+
+
+@SETTINGS
+@given(
+    batch=st.integers(1, 4),
+    dim=st.integers(1, 5),
+    mean_scale=st.sampled_from([1.0, 1e2, 1e4]),
+    log_var_scale=st.sampled_from([1.0, 50.0, 1e4]),
+    policy=st.sampled_from(POLICIES),
+    seed=st.integers(0, 2**16),
+)
+def test_gaussian_sampling_properties(batch, dim, mean_scale, log_var_scale, policy, seed):
+    CASES_RUN["GaussianSampling"] += 1
+    rng = np.random.default_rng(seed)
+    mean = keras.Variable((rng.normal(size=(batch, dim)) * mean_scale).astype("float32"))
+    log_var = keras.Variable((rng.normal(size=(batch, dim)) * log_var_scale).astype("float32"))
+    with harness.dtype_policy(policy):
+        layer = kaq.layers.GaussianSampling(kl_weight=0.5, seed=seed)
+        for training in (False, True):
+            z = layer([mean, log_var], training=training)
+            harness.assert_finite(z, layer.losses[-1])
+            assert keras.backend.standardize_dtype(layer.losses[-1].dtype) == "float32"
+        _finite_grads(
+            lambda: keras.ops.sum(
+                keras.ops.cast(layer([mean, log_var], training=True), "float32")
+            ) + layer.losses[-1],
+            [mean, log_var],
+        )

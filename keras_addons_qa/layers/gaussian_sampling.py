@@ -5,8 +5,12 @@ from keras_addons_qa import _checks
 from keras_addons_qa import _numerics
 
 # exp(80) is 5.5e34: the variance and the KL stay finite in float32 for any
-# log-variance, and no realistic model gets near the bound.
+# log-variance, and no realistic model gets near the bound. A float16
+# `log_var` gets its gradient back in float16, and d KL / d log_var =
+# (exp(log_var) - 1) / 2 passes float16's 65504 at log_var = 11.8: it is
+# clipped at 10 (a standard deviation of 148).
 _LOG_VAR_LIMIT = 80.0
+_FLOAT16_LOG_VAR_LIMIT = 10.0
 _FLOAT16_MAX = 65504.0
 
 
@@ -27,10 +31,11 @@ class GaussianSampling(keras.layers.Layer):
     step. `kl_weight` is the beta of a beta-VAE (0 turns the term off).
 
     The KL term and the noise scale compute in float32 and the sample is cast
-    back. `log_var` is clipped to +-80 inside (exp(80) = 5.5e34), and a
-    float16 sample saturates at +-65504, so neither the sample, the KL term
-    nor a gradient is inf or NaN for any finite input, in any precision;
-    gradients through a clip are 0 beyond it.
+    back. `log_var` is clipped to +-80 inside (exp(80) = 5.5e34; +-10 when
+    it arrives in float16, where the KL gradient would overflow past 11.8),
+    and a float16 sample saturates at +-65504, so neither the sample, the
+    KL term nor a gradient is inf or NaN for any finite input, in any
+    precision; gradients through a clip are 0 beyond it.
 
     Args:
         kl_weight: Weight of the KL term, a finite float >= 0.
@@ -71,7 +76,12 @@ class GaussianSampling(keras.layers.Layer):
     def call(self, inputs, training=None):
         mean, log_var = _check_pair(inputs)
         mean32 = _numerics.widen(mean)
-        log_var32 = ops.clip(_numerics.widen(log_var), -_LOG_VAR_LIMIT, _LOG_VAR_LIMIT)
+        limit = (
+            _FLOAT16_LOG_VAR_LIMIT
+            if keras.backend.standardize_dtype(log_var.dtype) == "float16"
+            else _LOG_VAR_LIMIT
+        )
+        log_var32 = ops.clip(_numerics.widen(log_var), -limit, limit)
         if self.kl_weight:
             self.add_loss(self.kl_weight * self.kl_divergence(mean32, log_var32))
         if not training:
