@@ -218,7 +218,15 @@ def test_almost_one_hot_embedding_loss_properties(
     value = harness.to_numpy(loss(y_true, pred))
     harness.assert_finite(value)
     assert value >= (-1.0 - 1e-3 if distance == "cosine" else 0.0)
-    _finite_grads(lambda: loss(y_true, pred), [pred])
+    if dtype == "float16" and power**iterations > 1e4:
+        # The exact gradient at a tie is ~power**iterations / 4 (2.5e5 for
+        # power 1000, two iterations): past float16's 65504, so it rounds to
+        # +-inf, which is what LossScaleOptimizer reads to lower its scale.
+        # It must never be NaN.
+        _, grads = harness.gradients(lambda: loss(y_true, pred), [pred])
+        assert not np.any(np.isnan(harness.to_numpy(grads[0]).astype("float64")))
+    else:
+        _finite_grads(lambda: loss(y_true, pred), [pred])
 
 
 @SETTINGS
@@ -248,16 +256,18 @@ def test_non_negative_properties(shape, scale, min_value, seed):
 )
 def test_probability_simplex_properties(shape, axis, scale, seed):
     CASES_RUN["ProbabilitySimplex"] += 1
-    w = np.random.default_rng(seed).normal(size=shape) * scale
+    w = (np.random.default_rng(seed).normal(size=shape) * scale).astype("float32")
     project = kaq.constraints.ProbabilitySimplex(axis)
-    out = harness.to_numpy(project(w))
+    out = harness.to_numpy(project(w)).astype("float64")
     assert np.all(out >= 0.0)
-    np.testing.assert_allclose(out.sum(axis=axis), 1.0, rtol=1e-9)
+    np.testing.assert_allclose(out.sum(axis=axis), 1.0, rtol=1e-5)
     # The closest point: w - out is constant (theta) on the support.
     theta = np.where(out > 0, w - out, np.nan)
     spread = np.nanmax(theta, axis=axis) - np.nanmin(theta, axis=axis)
-    assert np.all(spread <= 1e-9 * max(scale, 1.0))
-    np.testing.assert_allclose(harness.to_numpy(project(out)), out, atol=1e-12)
+    assert np.all(spread <= 1e-5 * max(scale, 1.0))
+    np.testing.assert_allclose(
+        harness.to_numpy(project(out.astype("float32"))), out, atol=1e-6
+    )
 
 
 @SETTINGS
