@@ -35,7 +35,8 @@ class ProbabilitySimplex(keras.constraints.Constraint):
 
     >>> import numpy as np
     >>> w = np.array([[0.5, 1.0], [0.8, 1.0], [-0.2, 1.0]], "float32")
-    >>> np.round(keras.ops.convert_to_numpy(ProbabilitySimplex(axis=0)(w)), 4).T.tolist()
+    >>> projected = keras.ops.convert_to_numpy(ProbabilitySimplex(axis=0)(w))
+    >>> projected.T.astype("float64").round(4).tolist()
     [[0.35, 0.65, 0.0], [0.3333, 0.3333, 0.3333]]
 
     References:

@@ -49,8 +49,10 @@ class NoiseAdaptation(keras.layers.Layer):
     >>> import numpy as np
     >>> layer = NoiseAdaptation(3)
     >>> p = np.array([[0.7, 0.2, 0.1]], "float32")
-    >>> keras.ops.convert_to_numpy(layer(p)).round(4).tolist()  # identity at first
+    >>> keras.ops.convert_to_numpy(layer(p)).astype("float64").round(4).tolist()
     [[0.7, 0.2, 0.1]]
+    >>> keras.ops.convert_to_numpy(layer.transition).tolist()  # the identity at first
+    [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
 
     References:
         - [Sukhbaatar et al., 2015](https://arxiv.org/abs/1406.2080),
