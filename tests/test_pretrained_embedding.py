@@ -59,7 +59,8 @@ def test_training_moves_only_the_trainable_rows_of_frequent_ids(jit):
     model.fit(ids, y, epochs=5, batch_size=16, verbose=0)
     np.testing.assert_array_equal(harness.to_numpy(layer.embeddings), VECTORS)
     table = harness.to_numpy(layer.trainable_embeddings)
-    assert np.abs(table).min() > 1e-3, "every frequent row was used and trained"
+    # Every frequent row was used and trained (it started at zero).
+    assert np.abs(table).max(axis=1).min() > 1e-2, table
     out = harness.to_numpy(layer(np.array([3, 4, 9])))
     np.testing.assert_array_equal(out[:, 4:], 0.0)
 

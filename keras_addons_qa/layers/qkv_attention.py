@@ -375,8 +375,9 @@ class QKVAttention(keras.layers.Layer):
         q = q * ops.cast(self._scale, q.dtype)
         logits = ops.einsum("bsnh,btnh->bnts", k, q)
         if self.distance_penalty:
-            logits = _numerics.widen(logits) - self._distance_bias(
-                ops.shape(q)[1], ops.shape(k)[1], _numerics.widen(logits).dtype
+            logits = _numerics.widen(logits)
+            logits = logits - self._distance_bias(
+                ops.shape(q)[1], ops.shape(k)[1], logits.dtype
             )
         weights = _numerics.masked_softmax(
             logits, None if mask is None else ops.expand_dims(mask, 1)
