@@ -178,12 +178,13 @@ def test_fully_padded_value_gives_the_output_bias_with_finite_gradients():
     assert np.all(harness.to_numpy(grads[0])[0] == 0.0)
 
 
+@pytest.mark.parametrize("distance_penalty", [0.0, 0.5])
 @pytest.mark.parametrize("pad", [1e30, np.inf, np.nan])
-def test_padding_changes_neither_outputs_nor_gradients(pad):
+def test_padding_changes_neither_outputs_nor_gradients(pad, distance_penalty):
     rng = np.random.default_rng(2)
     x = rng.normal(size=(2, 6, 4)).astype("float32")
     mask = np.array([[1, 1, 1, 1, 0, 0], [1] * 6], bool)
-    layer = QKVAttention(2, 3)
+    layer = QKVAttention(2, 3, distance_penalty=distance_penalty)
     layer.build(x.shape, x.shape)
 
     def run(data):
