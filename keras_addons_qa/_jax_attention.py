@@ -1,12 +1,22 @@
 """JAX-only fast path for padded attention (the package's one backend module).
 
 On GPUs, cuDNN's fused (flash) attention refuses an arbitrary boolean mask,
-but accepts padding given as sequence lengths. Padding masks from Keras
-(`Embedding(mask_zero=True)`, `Masking`, right-padded batches) are almost
-always right-padded, so this module turns a key mask into lengths when, and
-only when, the mask *is* right-padded: the check runs on the device, and
-`lax.cond` picks the length-based kernel or the general boolean-mask path,
-so the result always has the exact semantics of the mask.
+but accepts padding given as sequence lengths. Without causality, attention
+does not depend on the order of the keys: a softmax over keys and a weighted
+sum of values are both sums over keys. So any key mask becomes lengths by
+moving each row's valid keys to the front (a stable reorder of `k` and `v`);
+the result has the exact semantics of the mask, with no branch and no
+`(B, T, S)` tensor. For right-padded masks the reorder is the identity.
+
+With causality, key positions matter and nothing is reordered: a right-
+padded mask (checked on the device) goes to the length-based kernel, any
+other to the boolean-mask kernel, through `lax.cond`.
+
+Measured on an H100 (B8 T2048 D512 H8, mixed_bfloat16, fwd+bwd, see the
+README): the reorder costs about 0.05 ms; a `lax.cond` between the two
+kernels cost 0.25 ms with its fallback rematerialized, and 1.3 ms without
+(JAX then carries the fallback's `(B, N, T, S)` residuals, as zeros, through
+the taken branch).
 
 `QKVAttention` calls `padded_attention` only on the JAX backend with a GPU,
 and uses `keras.ops.dot_product_attention` everywhere else.
@@ -42,6 +52,26 @@ def _attention(q, k, v, scale, is_causal, lengths=None, mask=None):
     return jax.nn.dot_product_attention(q, k, v, mask=mask, **kwargs)
 
 
+@jax.custom_vjp
+def _reorder_steps(x, order):
+    """`x[b, order[b, j]]` along axis 1, for a permutation `order`."""
+    return jnp.take_along_axis(x, order[:, :, None, None], axis=1)
+
+
+def _reorder_fwd(x, order):
+    return _reorder_steps(x, order), order
+
+
+def _reorder_bwd(order, grad):
+    # The transpose of a permutation is its inverse: a gather, not the
+    # scatter-add JAX would otherwise derive.
+    inverse = jnp.argsort(order, axis=1)
+    return jnp.take_along_axis(grad, inverse[:, :, None, None], axis=1), None
+
+
+_reorder_steps.defvjp(_reorder_fwd, _reorder_bwd)
+
+
 def padded_attention(q, k, v, key_valid, scale, is_causal):
     """Scaled dot-product attention with a key mask, exact for any mask.
 
@@ -61,17 +91,29 @@ def padded_attention(q, k, v, key_valid, scale, is_causal):
             q, k, v, scale=scale, is_causal=is_causal
         )
     key_valid = key_valid.astype(bool)
-    steps = key_valid.shape[1]
     lengths = jnp.sum(key_valid, axis=1, dtype=jnp.int32)
-    right_padded = jnp.all(
-        key_valid == (jnp.arange(steps)[None, :] < lengths[:, None])
-    )
-    # An empty row would be 0/0 inside the kernel; give it one (zeroed) key
-    # instead: the caller discards its context.
+    # An empty row would be 0/0 inside the kernel; give it one key (a
+    # padding key, finite since the caller sanitized the inputs): the caller
+    # discards its context.
     safe_lengths = jnp.maximum(lengths, 1)
-    mask = key_valid[:, None, None, :]
+    if not is_causal:
+        # Valid keys first, each row in its own order (stable: a right-
+        # padded row stays as it is).
+        order = jnp.argsort(~key_valid, axis=1, stable=True)
+        return _attention(
+            q, _reorder_steps(k, order), _reorder_steps(v, order), scale,
+            False, lengths=safe_lengths,
+        )
+    steps = key_valid.shape[1]
+    right_padded = jnp.all(key_valid == (jnp.arange(steps)[None, :] < lengths[:, None]))
+    # Rematerialized, the boolean-mask branch keeps only its inputs as
+    # residuals; otherwise its (B, N, T, S) residuals ride through the
+    # taken branch as zeros.
+    fallback = jax.checkpoint(
+        lambda q, k, v, mask: _attention(q, k, v, scale, True, mask=mask)
+    )
     return jax.lax.cond(
         right_padded,
-        lambda: _attention(q, k, v, scale, is_causal, lengths=safe_lengths),
-        lambda: _attention(q, k, v, scale, is_causal, mask=mask),
+        lambda: _attention(q, k, v, scale, True, lengths=safe_lengths),
+        lambda: fallback(q, k, v, key_valid[:, None, None, :]),
     )

@@ -232,14 +232,23 @@ _STEP_MASKS = {
 }
 
 
+@pytest.mark.parametrize("gpu_path", [False, True], ids=["generic", "gpu_path"])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("kind", sorted(_STEP_MASKS))
-def test_fused_path_keeps_mask_semantics(kind, causal):
-    """The fused path (length-based on JAX) equals the explicit softmax.
+def test_fused_path_keeps_mask_semantics(kind, causal, gpu_path, monkeypatch):
+    """The fused path equals the explicit softmax; empty rows give zeros.
 
-    Covers both branches of the JAX path: right-padded masks become lengths,
-    any other mask keeps its boolean form; empty rows give a zero context.
+    `gpu_path` runs, on this CPU, the layer's JAX-on-GPU path (the length-
+    based `_jax_attention.padded_attention`, with XLA's kernel standing in
+    for cuDNN's): any mask without causality, right-padded or not, and both
+    branches of the causal `lax.cond`.
     """
+    if gpu_path:
+        if harness.BACKEND != "jax":
+            pytest.skip("the length-based path exists only on JAX")
+        from keras_addons_qa import _jax_attention
+
+        monkeypatch.setattr(_jax_attention, "on_gpu", lambda: True)
     rng = np.random.default_rng(5)
     value_mask = _STEP_MASKS[kind]
     query_mask = np.roll(value_mask, 1, axis=0)
@@ -255,26 +264,53 @@ def test_fused_path_keeps_mask_semantics(kind, causal):
 @pytest.mark.skipif(
     harness.BACKEND != "jax", reason="the length-based path exists only on JAX"
 )
-def test_jax_length_path_matches_a_boolean_mask():
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("kind", sorted(_STEP_MASKS))
+def test_jax_length_path_matches_a_boolean_mask(kind, causal):
+    """`padded_attention` (run on CPU here: XLA's length-based kernel) equals
+    attention with the boolean mask, in values and in gradients.
+
+    Without causality any mask becomes lengths by moving valid keys first;
+    with causality a `lax.cond` picks lengths or the boolean mask.
+    """
     import jax
     import jax.numpy as jnp
 
     from keras_addons_qa import _jax_attention
 
     rng = np.random.default_rng(6)
-    q, k, v = (jnp.asarray(rng.normal(size=(3, 6, 2, 4)), "float32") for _ in range(3))
-    key_valid = jnp.asarray(np.arange(6)[None] < np.array([[6], [2], [0]]))
-    out = _jax_attention.padded_attention(q, k, v, key_valid, 0.5, False)
-    reference = jax.nn.dot_product_attention(
-        q, k, v, mask=key_valid[:, None, None, :], scale=0.5
-    )
-    np.testing.assert_allclose(np.asarray(out[:2]), np.asarray(reference[:2]), atol=1e-6)
-    assert np.all(np.isfinite(np.asarray(out[2])))  # the empty row: finite
-    # Both branches (lengths, boolean mask) are in the traced program.
-    text = jax.jit(
-        lambda *a: _jax_attention.padded_attention(*a, key_valid, 0.5, False)
-    ).lower(q, k, v).as_text()
-    assert "cond" in text or "case" in text
+    key_valid = jnp.asarray(_STEP_MASKS[kind])
+    q, k, v = (jnp.asarray(rng.normal(size=(4, 9, 2, 4)), "float32") for _ in range(3))
+    seen = np.asarray(_STEP_MASKS[kind])
+    if causal:
+        seen = np.cumsum(seen, axis=1) > 0  # query i sees a key j <= i
+    else:
+        seen = np.broadcast_to(seen.any(1, keepdims=True), seen.shape)
+
+    def ours(q, k, v):
+        return _jax_attention.padded_attention(q, k, v, key_valid, 0.5, causal)
+
+    def reference(q, k, v):
+        return jax.nn.dot_product_attention(
+            q, k, v, mask=key_valid[:, None, None, :], scale=0.5, is_causal=causal
+        )
+
+    out = np.asarray(ours(q, k, v))
+    assert np.all(np.isfinite(out))  # empty rows too: finite, zeroed by the caller
+    np.testing.assert_allclose(out[seen], np.asarray(reference(q, k, v))[seen], atol=1e-6)
+
+    # Gradients of a loss over the rows that see a key (the others are
+    # zeroed by the layer), through the reorder's hand-written transpose.
+    weights = jnp.asarray(rng.normal(size=out.shape), "float32") * seen[:, :, None, None]
+    grads = jax.grad(lambda *a: jnp.sum(ours(*a) * weights), argnums=(0, 1, 2))(q, k, v)
+    expected = jax.grad(
+        lambda *a: jnp.sum(reference(*a) * weights), argnums=(0, 1, 2)
+    )(q, k, v)
+    for g, e in zip(grads, expected):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(e), atol=1e-5)
+
+    text = jax.jit(ours).lower(q, k, v).as_text()
+    assert ("cond" in text or "case" in text) == causal
 
 
 def test_dropout_only_in_training():

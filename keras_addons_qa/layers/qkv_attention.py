@@ -402,7 +402,7 @@ class QKVAttention(keras.layers.Layer):
         """Fused attention with a `(B, S)` key mask (or none) and causality."""
         lengths_path = _jax_padded_attention()
         if lengths_path is not None:
-            # JAX: right-padded masks go to cuDNN as lengths (exact either way).
+            # JAX on a GPU: the key mask goes to cuDNN as lengths (exact).
             return lengths_path(q, k, v, key_valid, self._scale, is_causal)
         kernel_mask = None
         if key_valid is not None:
