@@ -29,9 +29,12 @@ import numpy as np  # noqa: E402
 from jax.experimental import pallas as pl  # noqa: E402
 
 INTERPRET = "--interpret" in sys.argv
+DOT_REDUCE = os.environ.get("DOT_REDUCE", "1") == "1"
+WARPS = int(os.environ.get("WARPS", "4"))
 
 
-def _params(num_warps=4, num_stages=2):
+def _params(num_warps=None, num_stages=2):
+    num_warps = num_warps or WARPS
     if INTERPRET:
         return None
     from jax.experimental.pallas import triton as plgpu
@@ -50,7 +53,13 @@ def _forward_kernel(x_ref, m_ref, w_ref, b_ref, c_ref, s_ref, acc_ref):
     top = jnp.max(masked)
     top = jnp.where(top == -jnp.inf, 0.0, top)
     e = jnp.where(valid, jnp.exp(s - top), 0.0)
-    acc_ref[...] = jnp.sum(e[:, None] * x.astype(jnp.float32), axis=0)
+    if DOT_REDUCE:
+        # Triton's dot needs 16 rows: 16 copies of e, summed back exactly.
+        e16 = jnp.broadcast_to(e[None, :], (16, e.shape[0])).astype(x.dtype)
+        acc = jnp.dot(e16, x, preferred_element_type=jnp.float32)
+        acc_ref[...] = jnp.sum(acc, axis=0) * (1.0 / 16)
+    else:
+        acc_ref[...] = jnp.sum(e[:, None] * x.astype(jnp.float32), axis=0)
 
 
 def _backward_kernel(x_ref, m_ref, a_ref, dp_ref, p_ref, w_ref, wt_ref, b_ref,
@@ -59,7 +68,12 @@ def _backward_kernel(x_ref, m_ref, a_ref, dp_ref, p_ref, w_ref, wt_ref, b_ref,
     x = jnp.where(valid[:, None], x_ref[...], 0)
     a = a_ref[...]
     dp = dp_ref[...]
-    da = jnp.sum(x.astype(jnp.float32) * dp[None, :], axis=1)
+    if DOT_REDUCE:
+        dp16 = jnp.broadcast_to(dp[:, None], (dp.shape[0], 16)).astype(x.dtype)
+        da = jnp.sum(jnp.dot(x, dp16, preferred_element_type=jnp.float32),
+                     axis=1) * (1.0 / 16)
+    else:
+        da = jnp.sum(x.astype(jnp.float32) * dp[None, :], axis=1)
     ds = a * (da - jnp.sum(p_ref[...] * dp))
     z = jnp.dot(x, w_ref[...], preferred_element_type=jnp.float32)
     h = jnp.tanh(z + b_ref[...].astype(jnp.float32)[None, :])
@@ -146,11 +160,18 @@ def _pool_fwd(kernel, bias, context, x, maskf, bt, bk):
 
 def _pool_bwd(bt, bk, res, d_pooled):
     kernel, bias, context, x, maskf, weights, pooled = res
+    dp = d_pooled.astype(jnp.float32)
+    dx, dh, dc, db = backward_tiles(x, maskf, weights, dp, pooled, kernel, bias, context, bt)
+    d_kernel = kernel_grad(x, maskf, dh, bk)
+    return (d_kernel.astype(kernel.dtype), jnp.sum(db, (0, 1)).astype(bias.dtype),
+            jnp.sum(dc, (0, 1)).astype(context.dtype), dx, jnp.zeros_like(maskf))
+
+
+def backward_tiles(x, maskf, weights, dp, pooled, kernel, bias, context, bt):
     batch, length, dim = x.shape
     units = kernel.shape[1]
     tiles = length // bt
-    dp = d_pooled.astype(jnp.float32)
-    dx, dh, dc, db = pl.pallas_call(
+    return pl.pallas_call(
         _backward_kernel,
         grid=(batch, tiles),
         in_specs=[
@@ -180,6 +201,10 @@ def _pool_bwd(bt, bk, res, d_pooled):
         interpret=INTERPRET,
     )(x, maskf, weights, dp, pooled, kernel, kernel.T, bias, context)
 
+
+def kernel_grad(x, maskf, dh, bk):
+    batch, length, dim = x.shape
+    units = dh.shape[-1]
     rows = batch * length
     block_d = 64
     chunks = 16
@@ -199,9 +224,7 @@ def _pool_bwd(bt, bk, res, d_pooled):
         compiler_params=_params(),
         interpret=INTERPRET,
     )(x.reshape(rows, dim), maskf.reshape(rows), dh.reshape(rows, units))
-    d_kernel = jnp.sum(partial, axis=0)
-    return (d_kernel.astype(kernel.dtype), jnp.sum(db, (0, 1)).astype(bias.dtype),
-            jnp.sum(dc, (0, 1)).astype(context.dtype), dx, jnp.zeros_like(maskf))
+    return jnp.sum(partial, axis=0)
 
 
 pallas_pool.defvjp(_pool_fwd, _pool_bwd)
@@ -266,7 +289,7 @@ def main():
         return 0
     moved = 3 * x.size * x.dtype.itemsize
     candidates = {"shipped": shipped, "pallas_bt64_bk64": ours}
-    for bt, bk in ((32, 64), (128, 64), (64, 128), (64, 32)):
+    for bt, bk in ((32, 64), (16, 64), (128, 64)):
         fn = step_of(lambda k, b, c, x, bt=bt, bk=bk: pallas_pool(k, b, c, x, maskf, bt, bk))
         try:
             val, _ = fn(params, x)
@@ -274,13 +297,26 @@ def main():
             candidates[f"pallas_bt{bt}_bk{bk}"] = fn
         except Exception as e:  # a tile Triton cannot compile
             print(f"bt{bt} bk{bk} failed:", str(e)[:300], flush=True)
+    kernel, bias, context = params
+    dp = jnp.asarray(rng.normal(size=(batch, dim)), "float32")
+    weights, pooled = _combine(*forward_partials(x, maskf, kernel, bias, context, 64), maskf, 64)
+    dh = jnp.asarray(rng.normal(size=(batch, length, units)), "bfloat16")
+    pieces = {
+        "F_bt64": (jax.jit(lambda x: forward_partials(x, maskf, kernel, bias, context, 64)), (x,)),
+        "G_bt64": (jax.jit(lambda x: backward_tiles(x, maskf, weights, dp, pooled, kernel, bias, context, 64)), (x,)),
+        "H_bk64": (jax.jit(lambda x: kernel_grad(x, maskf, dh, 64)), (x,)),
+        "copy_x": (jax.jit(lambda x: x * 2), (x,)),
+    }
     times = {}
+    for name, (fn, args) in pieces.items():
+        times[name] = median_ms(fn, *args)
     for _ in range(2):
         for name, fn in candidates.items():
             ms = median_ms(fn, params, x)
             times[name] = min(times.get(name, ms), ms)
     for name, ms in times.items():
-        print(f"{name}: {ms:.3f} ms, {moved / (ms * 1e-3) / 1e9:.0f} GB/s (3|x| model)")
+        print(f"WARPS={WARPS} DOT_REDUCE={DOT_REDUCE} {name}: {ms:.3f} ms, "
+              f"{moved / (ms * 1e-3) / 1e9:.0f} GB/s (3|x| model)")
     return 0
 
 
