@@ -272,6 +272,7 @@ def main():
     shipped = step_of(lambda k, b, c, x: layer.stateless_call([k, b, c], [], x, mask=mask)[0])
     ref_val, ref_grads = shipped(params, x)
     poisoned = jnp.where(mask[..., None], x, jnp.nan)
+    correct = True
     for name, inputs in (("clean", x), ("nan_padding", poisoned)):
         val, grads = ours(params, inputs)
         gaps = [float(jnp.max(jnp.abs(g.astype("float32") - r.astype("float32")))
@@ -285,8 +286,10 @@ def main():
         print(name, "loss rel gap", abs(float(val) - float(ref_val)) / float(ref_val),
               "grad rel gaps", [round(g, 5) for g in gaps], "finite", finite,
               "padding grad zero", pad_zero, flush=True)
-    if INTERPRET:
-        return 0
+        # bf16 rounding: the layer and the kernels differ by up to ~1%.
+        correct &= max(gaps) <= 0.03 and finite and pad_zero
+    if INTERPRET or not correct:
+        return 0 if correct else 1
     moved = 3 * x.size * x.dtype.itemsize
     candidates = {"shipped": shipped, "pallas_bt64_bk64": ours}
     for bt, bk in ((32, 64), (16, 64), (128, 64)):

@@ -341,7 +341,24 @@ def main():
     if out:
         with open(os.path.join(out, "gpu_variants.json"), "w") as f:
             json.dump(results, f, indent=1)
-    return 0
+    return 0 if all_correct(results) else 1
+
+
+def all_correct(results):
+    """Every variant that ran agrees with the layer (bf16 tolerances), and
+    every safe pooling variant keeps NaN padding out of its gradients."""
+    ok = True
+    for name, check in results.get("attention", {}).get("checks", {}).items():
+        if "error" not in check and not check["gap_real_rows"] <= 0.05:
+            print("attention variant off:", name, check)
+            ok = False
+    for name, check in results.get("pooling", {}).get("checks", {}).items():
+        safe = name != "naive"
+        if not check["grad_rel_gap"] <= 0.05 or (safe and not (
+                check["nan_padding_finite"] and check["padding_grad_zero"])):
+            print("pooling variant off:", name, check)
+            ok = False
+    return ok
 
 
 if __name__ == "__main__":

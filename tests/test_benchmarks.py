@@ -31,3 +31,31 @@ def test_cpu_suite_runs_at_tiny_sizes(tmp_path):
         ours_ms, theirs_ms, ratio = (float(c) for c in cells[3:6])
         assert ours_ms > 0 and theirs_ms > 0 and ratio > 0
     assert (tmp_path / "cpu_scaling.png").stat().st_size > 10_000
+
+
+@pytest.mark.skipif(
+    harness.BACKEND != "jax",
+    reason="the GPU scripts run Keras on JAX; here they run on the CPU at tiny sizes",
+)
+@pytest.mark.parametrize(
+    "script",
+    [
+        ["benchmarks/gpu.py", "--tiny"],
+        ["benchmarks/gpu_variants.py", "--tiny"],
+        ["benchmarks/gpu_pallas_pooling.py", "--interpret"],
+    ],
+    ids=["gpu", "gpu_variants", "gpu_pallas_pooling"],
+)
+def test_gpu_scripts_run_and_check_on_cpu(script, tmp_path):
+    """The GPU scripts do not rot between GPU sessions: each runs, and each
+    exits non-zero if a variant disagrees with the shipped layer (the Pallas
+    kernels run in interpret mode)."""
+    env = {**os.environ, "KERAS_BACKEND": "jax", "OUT": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, *script], cwd=ROOT, env=env, capture_output=True, text=True,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    if script[0].endswith("gpu.py"):
+        assert "| QKVAttention vs MultiHeadAttention" in done.stdout
+    if script[0].endswith("gpu_pallas_pooling.py"):
+        assert done.stdout.count("padding grad zero True") == 2
