@@ -15,7 +15,7 @@ from keras import ops
 # ever used in float32 (in float16, -1e9 is already -inf).
 _FLOAT32_MIN = -3.4028234663852886e38
 # The smallest normal float32: the floor for probabilities before a log.
-_FLOAT32_TINY = 1.1754943508222875e-38
+FLOAT32_TINY = 1.1754943508222875e-38
 
 
 def widen(x):
@@ -107,19 +107,33 @@ def safe_log(probs):
     `-inf`, so neither the value nor the gradient is ever NaN.
     """
     probs = widen(probs)
-    return ops.log(ops.maximum(probs, _FLOAT32_TINY))
+    return ops.log(ops.maximum(probs, FLOAT32_TINY))
+
+
+def sharpening_scale(power, iterations=1):
+    """`power ** iterations` as a Python float, capped at the float32 max.
+
+    `sharpen` multiplies shifted logits (all <= 0) by it: capped, the
+    largest entry stays exactly 0 and the others may go to -inf, which the
+    softmax turns into exact zeros; an inf scale would give `inf * 0 = NaN`.
+    """
+    try:
+        scale = float(power) ** int(iterations)
+    except OverflowError:
+        scale = float("inf")
+    return min(scale, -_FLOAT32_MIN)
 
 
 def sharpen(log_probs, power, iterations=1):
     """`normalize(p ** power)`, applied `iterations` times, from `log p`.
 
-    Each step is `softmax(power * log p)` (the intermediate ones in log
-    form, `log_softmax`): it is renormalized as it goes, so no power of a
-    probability is ever formed and a power of 1000 is as finite as a power
-    of 2. The last step is a plain softmax, which keeps one fewer
-    `(..., vocab)` temporary alive than `exp(log_softmax(...))`.
+    Softmax ignores a constant shift, so each normalization of a power is
+    absorbed by the next power: `iterations` steps equal one softmax of
+    `power ** iterations * log p`. It is computed as
+    `softmax(scale * (log p - max log p))`: no power of a probability is
+    ever formed, so a power of 1000 is as finite as a power of 2, and the
+    arguments of the softmax are all <= 0 whatever the scale.
     """
     log_probs = widen(log_probs)
-    for _ in range(iterations - 1):
-        log_probs = ops.log_softmax(power * log_probs, axis=-1)
-    return ops.softmax(power * log_probs, axis=-1)
+    top = ops.stop_gradient(ops.max(log_probs, axis=-1, keepdims=True))
+    return ops.softmax(sharpening_scale(power, iterations) * (log_probs - top), axis=-1)

@@ -185,3 +185,57 @@ def test_config_round_trip_keeps_the_matrix():
     assert clone.get_config() == config
     restored = keras.losses.deserialize(keras.losses.serialize(loss))
     assert isinstance(restored, AlmostOneHotEmbeddingLoss)
+
+
+def _reference_loss(embedding, power, iterations, from_logits):
+    """The textbook composition, differentiated automatically: sharpen step
+    by step (log space, so it stays finite), one matmul, MSE."""
+    from keras import ops
+
+    def loss(y_true, y_pred):
+        if from_logits:
+            log_q = ops.log_softmax(y_pred, axis=-1)
+        else:
+            log_q = ops.log(ops.maximum(y_pred, 1.1754943508222875e-38))
+        for _ in range(iterations):
+            log_q = ops.log_softmax(power * log_q, axis=-1)
+        predicted = ops.matmul(ops.exp(log_q), ops.convert_to_tensor(embedding))
+        return ops.mean(ops.square(predicted - ops.convert_to_tensor(y_true)))
+
+    return loss
+
+
+@pytest.mark.parametrize("from_logits", [False, True], ids=["probs", "logits"])
+@pytest.mark.parametrize("power, iterations", [(3.0, 1), (2.0, 3), (0.5, 2)])
+def test_hand_written_gradient_equals_automatic_differentiation(
+    power, iterations, from_logits
+):
+    """The loss's gradient (written by hand, see `_embed`) against the same
+    loss differentiated by the backend, in float32 on every backend (the
+    float64 finite-difference check in test_gradients.py skips torch)."""
+    rng = np.random.default_rng(11)
+    embedding = rng.normal(size=(9, 4)).astype("float32")
+    logits = rng.normal(size=(5, 9)).astype("float32") * 2
+    if from_logits:
+        start = logits
+    else:
+        start = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+        start[0, :3] = 0.0  # exact zeros: the floor, and no gradient there
+        start /= start.sum(-1, keepdims=True)
+    y_true = rng.normal(size=(5, 4)).astype("float32")
+    ours = AlmostOneHotEmbeddingLoss(
+        embedding, power=power, iterations=iterations, from_logits=from_logits
+    )
+    reference = _reference_loss(embedding, power, iterations, from_logits)
+    values, grads = [], []
+    for fn in (ours, reference):
+        y_pred = keras.Variable(start.astype("float32"))
+        value, (grad,) = harness.gradients(lambda: fn(y_true, y_pred), [y_pred])
+        values.append(float(value))
+        grads.append(harness.to_numpy(grad))
+    np.testing.assert_allclose(values[0], values[1], rtol=1e-5)
+    scale = np.abs(grads[1]).max()
+    assert scale > 0
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-4, atol=1e-5 * scale)
+    if not from_logits:
+        assert np.all(grads[0][0, :3] == 0.0)

@@ -109,6 +109,51 @@ class AlmostOneHotEmbeddingLoss(keras.losses.Loss):
             log_probs = _numerics.safe_log(y_pred)
         return _numerics.sharpen(log_probs, self.power, self.iterations)
 
+    def _embed(self, y_pred):
+        """`sharpen(y_pred) @ embedding`, with a hand-written gradient.
+
+        One `(..., vocab) @ (vocab, dim)` product: no per-example tiling.
+        The gradient uses `sum_v q_v (g E^T)_v = g . predicted`, a
+        `(..., dim)` dot, so the `(..., vocab)` work of the backward pass
+        is one product (`g E^T`) and elementwise steps on its result. Two
+        `(..., vocab)` buffers are alive at its peak (`q` and that
+        product), where automatic differentiation keeps about five.
+        """
+        y_pred = _numerics.widen(y_pred)
+        matrix = ops.convert_to_tensor(self.embedding, y_pred.dtype)
+        # Transposed once, on the host: a transpose inside the gradient
+        # would allocate a (dim, vocab) copy in every step.
+        matrix_t = ops.convert_to_tensor(self.embedding.T, y_pred.dtype)
+        scale = _numerics.sharpening_scale(self.power, self.iterations)
+        from_logits = self.from_logits
+
+        @ops.custom_gradient
+        def embed(probs_or_logits):
+            if from_logits:
+                log_probs = probs_or_logits  # log_softmax's shift: absorbed
+            else:
+                log_probs = _numerics.safe_log(probs_or_logits)
+            q = _numerics.sharpen(log_probs, self.power, self.iterations)
+            predicted = ops.matmul(q, matrix)
+
+            def grad(*args, upstream=None):
+                if upstream is None:  # TensorFlow and JAX; torch passes it by name
+                    (upstream,) = args
+                upstream = ops.cast(upstream, q.dtype)
+                d_q = ops.matmul(upstream, matrix_t)
+                inner = ops.sum(upstream * predicted, axis=-1, keepdims=True)
+                d_log = (d_q - inner) * q * scale  # the softmax's gradient
+                if from_logits:
+                    return d_log
+                # d log(max(p, tiny)) / dp: 1 / p where p >= tiny, else 0
+                # (dividing by inf there gives exactly 0).
+                floored = probs_or_logits >= _numerics.FLOAT32_TINY
+                return d_log / ops.where(floored, probs_or_logits, float("inf"))
+
+            return predicted, grad
+
+        return embed(y_pred)
+
     def call(self, y_true, y_pred):
         if y_pred.shape[-1] is not None and y_pred.shape[-1] != self.vocab_size:
             raise ValueError(
@@ -122,10 +167,8 @@ class AlmostOneHotEmbeddingLoss(keras.losses.Loss):
                 f"{self.embedding_dim} of `embedding`. Received: "
                 f"y_true.shape={tuple(y_true.shape)}"
             )
-        q = self.sharpen(y_pred)
-        # One (..., vocab) @ (vocab, dim) product: no per-example tiling.
-        predicted = ops.matmul(q, ops.convert_to_tensor(self.embedding, q.dtype))
-        target = ops.cast(y_true, q.dtype)
+        predicted = self._embed(y_pred)
+        target = ops.cast(y_true, predicted.dtype)
         if self.distance == "mse":
             # sum / dim rather than ops.mean: Keras's JAX `mean` computes
             # float64 inputs at float32 precision (Keras 3.15).
