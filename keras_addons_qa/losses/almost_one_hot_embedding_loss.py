@@ -23,14 +23,21 @@ class AlmostOneHotEmbeddingLoss(keras.losses.Loss):
 
     Two things make it safe to use where the textbook recipe fails:
 
-    - The sharpening is done in log space, `q = softmax(power * log p)` (once
-      per iteration), so no power of a probability is ever formed: a
+    - The sharpening is done in log space, as one
+      `q = softmax(power ** iterations * log p)` (each normalization is a
+      shift that the next softmax ignores), with `log p` shifted to a
+      maximum of 0 first. No power of a probability is ever formed: a
       `power` of 1000, probabilities of 1e-30, or exact zeros give finite
       losses and finite gradients (`p ** power` underflows to 0 and
       `0 / 0` is NaN).
     - `q @ embedding` is one matrix product for the whole batch (and time
       axis): memory `batch * (vocab + dim)`, never `batch * vocab * dim` as
-      when the embedding is tiled per example.
+      when the embedding is tiled per example. Its gradient is written by
+      hand, so that training keeps two `(..., vocab)` buffers, not five.
+
+    With a softmax as the model's last layer, drop it and pass
+    `from_logits=True`: the loss is the same, and the softmax's own gradient
+    (one more `(..., vocab)` buffer) is gone.
 
     Args:
         embedding: `(vocab, dim)` matrix: a NumPy array, nested list, or
