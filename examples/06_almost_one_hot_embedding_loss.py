@@ -196,8 +196,12 @@ print("figure:", path)
 #   vector" into "compare the chosen word's vector". On a softmax output it
 #   is an inverse temperature: pick `power` by validation, and expect large
 #   values to train slowly.
-# - In log space any `power` is safe; `iterations` repeats the sharpening
-#   without ever forming `power ** iterations`.
+# - In log space any `power` is safe. `iterations` sharpenings equal one
+#   with `power ** iterations` (each normalization is a shift, which the
+#   next softmax ignores); the loss computes that one softmax, on `log p`
+#   shifted to a maximum of 0, so even an overflowing power stays finite.
+# - A model that ends in a softmax can drop it and pass `from_logits=True`:
+#   same loss, one `(batch, vocab)` buffer less in training.
 # - One matrix product for the whole batch: memory grows with
 #   `batch * vocab`, not `batch * vocab * dim`.
 
