@@ -13,7 +13,7 @@ from keras import ops
 # The most negative finite float32. Used instead of -inf or -1e9 as the
 # "masked" logit: it never turns into NaN through `0 * -inf`, and it is only
 # ever used in float32 (in float16, -1e9 is already -inf).
-_FLOAT32_MIN = -3.4028234663852886e38
+FLOAT32_MIN = -3.4028234663852886e38
 # The smallest normal float32: the floor for probabilities before a log.
 FLOAT32_TINY = 1.1754943508222875e-38
 
@@ -82,7 +82,7 @@ def masked_softmax(logits, mask=None, axis=-1):
     mask = ops.broadcast_to(ops.cast(mask, "bool"), ops.shape(logits))
     safe = ops.where(mask, logits, ops.zeros_like(logits))
     row_max = ops.max(
-        ops.where(mask, safe, ops.full_like(safe, _FLOAT32_MIN)),
+        ops.where(mask, safe, ops.full_like(safe, FLOAT32_MIN)),
         axis=axis,
         keepdims=True,
     )
@@ -121,7 +121,7 @@ def sharpening_scale(power, iterations=1):
         scale = float(power) ** int(iterations)
     except OverflowError:
         scale = float("inf")
-    return min(scale, -_FLOAT32_MIN)
+    return min(scale, -FLOAT32_MIN)
 
 
 def sharpen(log_probs, power, iterations=1):

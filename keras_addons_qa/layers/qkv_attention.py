@@ -407,9 +407,24 @@ class QKVAttention(keras.layers.Layer):
         kernel_mask = None
         if key_valid is not None:
             kernel_mask = key_valid[:, None, None, :]  # (B, 1, 1, S)
+        if keras.backend.backend() == "tensorflow" and not is_causal:
+            return self._lean_attention(q, k, v, kernel_mask)
         return ops.dot_product_attention(
             q, k, v, mask=kernel_mask, scale=self._scale, is_causal=is_causal
         )
+
+    def _lean_attention(self, q, k, v, kernel_mask):
+        """`ops.dot_product_attention` as TensorFlow's backend computes it,
+        minus two full-size passes: the scale multiplies `q`, not the
+        `(B, N, T, S)` logits, and the `(B, 1, 1, S)` key mask broadcasts in
+        the `where` instead of being expanded to a `(B, N, T, S)` tensor
+        first. Same result, up to rounding."""
+        q = q * ops.cast(self._scale, q.dtype)
+        logits = _numerics.widen(ops.einsum("btnh,bsnh->bnts", q, k))
+        if kernel_mask is not None:
+            logits = ops.where(kernel_mask, logits, _numerics.FLOAT32_MIN)
+        probs = ops.cast(ops.softmax(logits, axis=-1), v.dtype)
+        return ops.einsum("bnts,bsnh->btnh", probs, v)
 
     def _fused_attention(self, q, k, v, mask):
         if mask is None:
