@@ -67,13 +67,18 @@ class ActivityPenalty(keras.layers.Layer):
         if mask is not None:
             _checks.check_mask_shape(mask.shape, inputs.shape)
             x = _numerics.sanitize(x, mask)
-        # Only the terms that are on: every op counts in an unfused graph.
-        terms = []
-        if self.l1:
-            terms.append(self.l1 * ops.sum(ops.abs(x)))
-        if self.l2:
-            terms.append(self.l2 * ops.sum(ops.square(x)))
-        total = sum(terms[1:], terms[0]) if terms else ops.zeros((), x.dtype)
+        # Only the terms that are on, and one reduction for both: with
+        # jit_compile on CPU, two reductions to a scalar measured 1.10-1.16x
+        # the time of Dense alone and one reduction 0.95-1.07x; in a graph
+        # both measured 1.05-1.07x (README, Benchmarks).
+        if self.l1 and self.l2:
+            total = ops.sum(self.l1 * ops.abs(x) + self.l2 * ops.square(x))
+        elif self.l1:
+            total = self.l1 * ops.sum(ops.abs(x))
+        elif self.l2:
+            total = self.l2 * ops.sum(ops.square(x))
+        else:
+            total = ops.zeros((), x.dtype)
         if len(x.shape) == 0:
             return total
         batch_size = ops.cast(ops.shape(x)[0], x.dtype)
