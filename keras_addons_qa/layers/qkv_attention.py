@@ -38,10 +38,13 @@ class QKVAttention(keras.layers.Layer):
 
     The softmax always runs in float32. Without dropout at training time,
     without returned scores, with `value_dim == key_dim` and no
-    `distance_penalty`, attention goes
-    through `keras.ops.dot_product_attention` (the backend's fused kernel
-    where it has one); otherwise through an explicit einsum path. Both give
-    the same result (tested).
+    `distance_penalty`, attention goes through a fused path:
+    `keras.ops.dot_product_attention` (the backend's fused kernel where it
+    has one); on JAX with a GPU, cuDNN flash attention with the key mask as
+    sequence lengths; on TensorFlow without a causal mask, the same einsum
+    and softmax as TensorFlow's op, with the key mask broadcast rather than
+    expanded. Otherwise attention takes an explicit einsum path. All give
+    the same result up to rounding (tested).
 
     Args:
         num_heads: Number of attention heads, an int >= 1.
