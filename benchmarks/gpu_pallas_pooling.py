@@ -17,9 +17,7 @@ against the shipped layer; on a GPU it checks and times them.
 
 import functools
 import os
-import statistics
 import sys
-import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
@@ -27,6 +25,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.experimental import pallas as pl  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.gpu import median_ms  # noqa: E402
 
 INTERPRET = "--interpret" in sys.argv
 DOT_REDUCE = os.environ.get("DOT_REDUCE", "1") == "1"
@@ -230,21 +231,9 @@ def kernel_grad(x, maskf, dh, bk):
 pallas_pool.defvjp(_pool_fwd, _pool_bwd)
 
 
-def median_ms(fn, *args, warmup=3, steps=20):
-    for _ in range(warmup):
-        jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
-
-
 def main():
     import keras
 
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import keras_addons_qa as kaq
 
     keras.config.set_dtype_policy("mixed_bfloat16")

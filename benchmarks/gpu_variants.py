@@ -29,9 +29,7 @@ gradient exactly zero).
 
 import json
 import os
-import statistics
 import sys
-import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
@@ -42,20 +40,10 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras_addons_qa as kaq  # noqa: E402
+from benchmarks.gpu import median_ms  # noqa: E402
 from keras_addons_qa import _jax_attention  # noqa: E402
 
 ORIGINAL = _jax_attention.padded_attention
-
-
-def median_ms(fn, *args, warmup=3, steps=20):
-    for _ in range(warmup):
-        jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
 
 
 def interleaved(steps):
