@@ -64,7 +64,10 @@ def grad_step(layer, call):
     return step, trainable
 
 
-def attention(batch=8, length=2048, dim=512, heads=8):
+def attention_setup(batch, length, dim, heads):
+    """Right-padded self-attention inputs (lengths T/2..T), and MHA with a
+    QKVAttention carrying the same weights:
+    `(x, mask, square_mask, mha, ours)`."""
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(batch, length, dim)), "float32")
     lengths = rng.integers(length // 2, length + 1, size=batch)
@@ -73,6 +76,11 @@ def attention(batch=8, length=2048, dim=512, heads=8):
     mha = keras.layers.MultiHeadAttention(heads, dim // heads)
     mha(x, x)
     ours = kaq.layers.QKVAttention.from_multi_head_attention(mha)
+    return x, mask, square, mha, ours
+
+
+def attention(batch=8, length=2048, dim=512, heads=8):
+    x, mask, square, mha, ours = attention_setup(batch, length, dim, heads)
 
     out_mha = mha(x, x, attention_mask=square)
     out_ours = ours(x, x, query_mask=mask, value_mask=mask)

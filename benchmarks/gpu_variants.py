@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras_addons_qa as kaq  # noqa: E402
-from benchmarks.gpu import median_ms  # noqa: E402
+from benchmarks.gpu import attention_setup, median_ms  # noqa: E402
 from keras_addons_qa import _jax_attention  # noqa: E402
 
 ORIGINAL = _jax_attention.padded_attention
@@ -115,14 +115,8 @@ VARIANTS = {
 
 
 def attention(batch=8, length=2048, dim=512, heads=8):
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.normal(size=(batch, length, dim)), "float32")
-    lengths = rng.integers(length // 2, length + 1, size=batch)
-    mask = jnp.asarray(np.arange(length)[None] < lengths[:, None])
-    square = mask[:, :, None] & mask[:, None, :]
-    mha = keras.layers.MultiHeadAttention(heads, dim // heads)
-    mha(x, x)
-    ours = kaq.layers.QKVAttention.from_multi_head_attention(mha)
+    x, mask, square, mha, ours = attention_setup(batch, length, dim, heads)
+    rng = np.random.default_rng(1)
 
     def step_for(layer, call):
         weights = [v.value for v in layer.trainable_variables]
