@@ -292,7 +292,9 @@ def _memory(peak):
     ours, theirs = peak["ours"], peak["theirs"]
     text = f"{_mb(ours)} / {_mb(theirs)}"
     if ours and theirs:
-        text += f" ({theirs / ours:.0f}x less)" if theirs > ours else f" ({ours / theirs:.2f}x more)"
+        ratio = theirs / ours if theirs > ours else ours / theirs
+        digits = 0 if ratio >= 10 else 2
+        text += f" ({ratio:.{digits}f}x {'less' if theirs > ours else 'more'})"
     return text
 
 
