@@ -111,7 +111,9 @@ class AlmostOneHotEmbeddingLoss(keras.losses.Loss):
         """Returns `q`, the sharpened float32 distribution over the vocab."""
         y_pred = _numerics.widen(y_pred)
         if self.from_logits:
-            log_probs = ops.log_softmax(y_pred, axis=-1)
+            # log_softmax(logits) is logits minus a per-row constant, which
+            # the sharpening softmax ignores: no (..., vocab) pass for it.
+            log_probs = y_pred
         else:
             log_probs = _numerics.safe_log(y_pred)
         return _numerics.sharpen(log_probs, self.power, self.iterations)
@@ -136,11 +138,7 @@ class AlmostOneHotEmbeddingLoss(keras.losses.Loss):
 
         @ops.custom_gradient
         def embed(probs_or_logits):
-            if from_logits:
-                log_probs = probs_or_logits  # log_softmax's shift: absorbed
-            else:
-                log_probs = _numerics.safe_log(probs_or_logits)
-            q = _numerics.sharpen(log_probs, self.power, self.iterations)
+            q = self.sharpen(probs_or_logits)
             predicted = ops.matmul(q, matrix)
 
             def grad(*args, upstream=None):
