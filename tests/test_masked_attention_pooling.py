@@ -5,8 +5,18 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
+from keras_addons_qa import _xla
 from keras_addons_qa.layers import MaskedAttentionPooling
 from tests import harness
+
+
+@pytest.fixture(params=["batched_product", "fused_product"])
+def weighted_sum(request, monkeypatch):
+    """Runs a test with each formulation of the weighted sum over time: the
+    batched matrix product (chosen without XLA) and the elementwise product
+    with a reduction (chosen when XLA compiles, including all of JAX)."""
+    monkeypatch.setattr(_xla, "compiling", lambda: request.param == "fused_product")
+    return request.param
 
 
 class MaskedAttentionPoolingHarnessTest(harness.TestCase):
@@ -92,7 +102,7 @@ def test_padded_equals_truncated(batch, time, features, units, seed, pad):
 
 
 @pytest.mark.parametrize("pad", [1e30, np.inf, np.nan])
-def test_padding_reaches_no_gradient(pad):
+def test_padding_reaches_no_gradient(pad, weighted_sum):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 6, 3)).astype("float32")
     mask = np.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], bool)
@@ -118,7 +128,7 @@ def test_padding_reaches_no_gradient(pad):
     assert np.all(padded[0][0, 4:] == 0.0)
 
 
-def test_row_without_real_steps_gives_zeros_and_finite_gradients():
+def test_row_without_real_steps_gives_zeros_and_finite_gradients(weighted_sum):
     x = np.random.default_rng(1).normal(size=(2, 4, 3)).astype("float32")
     x[0] = np.nan
     mask = np.array([[0, 0, 0, 0], [1, 1, 0, 0]], bool)
@@ -131,6 +141,62 @@ def test_row_without_real_steps_gives_zeros_and_finite_gradients():
         lambda: keras.ops.sum(layer(inputs, mask=mask)), [inputs] + layer.trainable_weights
     )
     harness.assert_finite(*grads)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_both_weighted_sums_agree_with_nan_padding(dtype, monkeypatch):
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(3, 7, 5)).astype("float32")
+    mask = np.arange(7)[None, :] < np.array([7, 3, 1])[:, None]
+    x[~mask] = np.nan
+    layer = MaskedAttentionPooling(4, dtype=dtype)
+    outputs = {}
+    for fused in (False, True):
+        monkeypatch.setattr(_xla, "compiling", lambda: fused)
+        pooled, weights = layer(x, mask=mask, return_attention_scores=True)
+        outputs[fused] = harness.to_numpy(pooled).astype("float32")
+        harness.assert_finite(outputs[fused])
+    # Both round the sum to `dtype` once; the matrix product may sum in a
+    # different order: two ulps of the output's magnitude (about 1) at most.
+    atol = {"float32": 1e-6, "float16": 2e-3, "bfloat16": 1.6e-2}[dtype]
+    np.testing.assert_allclose(outputs[True], outputs[False], rtol=0, atol=atol)
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="tf.function(jit_compile=True) is TensorFlow's; JAX always compiles",
+)
+def test_xla_compiled_layer_matches_eager_with_nan_padding():
+    import tensorflow as tf
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 6, 3)).astype("float32")
+    mask = np.array([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]], bool)
+    x_padded = np.where(mask[..., None], x, np.float32(np.nan))
+    layer = MaskedAttentionPooling(4)
+    layer.build(x.shape)
+    seen = []
+
+    def step(data):
+        seen.append(_xla.compiling())
+        with tf.GradientTape() as tape:
+            tape.watch(data)
+            value = tf.reduce_sum(tf.square(layer(data, mask=mask)))
+        return value, tape.gradient(value, [data] + layer.trainable_weights)
+
+    eager_value, eager_grads = step(tf.constant(x))
+    xla_value, xla_grads = tf.function(step, jit_compile=True)(tf.constant(x_padded))
+    assert seen == [False, True]
+    np.testing.assert_allclose(xla_value.numpy(), eager_value.numpy(), rtol=1e-5)
+    for a, b in zip(xla_grads, eager_grads):
+        harness.assert_finite(a.numpy())
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+    assert np.all(xla_grads[0].numpy()[0, 3:] == 0.0)
+
+
+def test_compiling_answers_per_backend():
+    # Outside any traced function: JAX compiles everything, the others not.
+    assert _xla.compiling() is (keras.backend.backend() == "jax")
 
 
 def test_implicit_mask_from_embedding_equals_explicit_mask():

@@ -3,6 +3,7 @@ from keras import ops
 
 from keras_addons_qa import _checks
 from keras_addons_qa import _numerics
+from keras_addons_qa import _xla
 
 
 @keras.saving.register_keras_serializable(package="keras_addons_qa")
@@ -115,10 +116,7 @@ class MaskedAttentionPooling(keras.layers.Layer):
             hidden = hidden + self.bias
         scores = ops.matmul(_numerics.tanh(hidden), self.context)  # (batch, time)
         weights = _numerics.masked_softmax(scores, mask)
-        # A batched (1, T) @ (T, F) product: no (B, T, F) temporary.
-        pooled = ops.squeeze(
-            ops.matmul(ops.cast(weights, inputs.dtype)[:, None, :], inputs), 1
-        )
+        pooled = _weighted_sum(inputs, weights)
         if return_attention_scores:
             return pooled, ops.cast(weights, self.compute_dtype)
         return pooled
@@ -154,6 +152,24 @@ class MaskedAttentionPooling(keras.layers.Layer):
                 self.kernel_regularizer
             ),
         }
+
+
+def _weighted_sum(inputs, weights):
+    """`sum_t weights[b, t] * inputs[b, t, :]`, `(batch, features)`."""
+    if _xla.compiling():
+        # XLA fuses the product into the reduction, and the gradient's
+        # products into the passes that need them. A batched product's
+        # gradient would write a (B, T, F) outer product: 10% slower under
+        # XLA on a CPU.
+        summed = ops.sum(
+            _numerics.widen(inputs) * ops.expand_dims(weights, -1), axis=1
+        )
+        return ops.cast(summed, inputs.dtype)
+    # Without XLA, the elementwise product is a (B, T, F) temporary; a
+    # batched (1, T) @ (T, F) product writes none.
+    return ops.squeeze(
+        ops.matmul(ops.cast(weights, inputs.dtype)[:, None, :], inputs), 1
+    )
 
 
 def _check_rank3(shape):

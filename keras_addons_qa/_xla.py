@@ -1,0 +1,43 @@
+"""Whether the code being traced will be compiled by XLA (internal).
+
+Some formulations are faster under XLA and slower without it. A weighted sum
+over time written as an elementwise product and a reduction is one: XLA fuses
+it, and its gradient, into passes that write nothing the size of the input,
+while TensorFlow's graph executor materializes the product. A batched matrix
+product is the reverse. Layers ask `compiling()` and pick; both formulations
+give the same values, and the tests run both.
+
+On JAX everything is compiled by XLA. On TensorFlow, `tf.function(
+jit_compile=True)` traces inside an XLA context, and so does Keras's `fit`
+with `jit_compile=True` (the default `"auto"` picks it on a GPU or TPU when
+every layer supports XLA); the check
+reads TensorFlow's private `control_flow_util`, and answers False if that
+ever moves, which costs speed under XLA, never correctness. On torch it is
+False.
+"""
+
+import keras
+
+
+def compiling():
+    """True if the function being traced will be compiled by XLA."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        return True
+    if backend == "tensorflow":
+        return _tensorflow_xla_context()
+    return False
+
+
+def _tensorflow_xla_context():
+    try:  # pragma: no cover - depends on the installed TensorFlow
+        from tensorflow.python.framework import ops as tf_ops
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:  # pragma: no cover
+        return False
+    try:
+        return bool(
+            control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph())
+        )
+    except Exception:  # pragma: no cover - a private API changed shape
+        return False
