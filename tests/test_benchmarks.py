@@ -25,7 +25,7 @@ def test_cpu_suite_runs_at_tiny_sizes(tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     table = (tmp_path / "cpu.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
-    assert len(rows) == 1 + 12  # header + 6 cases x (graph, XLA)
+    assert len(rows) == 1 + 14  # header + 7 cases x (graph, XLA)
     for row in rows[1:]:
         cells = [c.strip() for c in row.strip("|").split("|")]
         ours_ms, theirs_ms, ratio = (float(c) for c in cells[3:6])

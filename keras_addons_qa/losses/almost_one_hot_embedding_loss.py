@@ -150,10 +150,13 @@ class AlmostOneHotEmbeddingLoss(keras.losses.Loss):
                 d_log = (d_q - inner) * q * scale  # the softmax's gradient
                 if from_logits:
                     return d_log
-                # d log(max(p, tiny)) / dp: 1 / p where p >= tiny, else 0
-                # (dividing by inf there gives exactly 0).
+                # d log(max(p, tiny)) / dp: 1 / p where p >= tiny, else 0.
+                # Divided first and selected after (the select drops the
+                # quotients of p = 0), so every (..., vocab) step takes
+                # d_log's buffer over: nothing new is allocated, and nothing
+                # runs early, while q and d_q are both alive.
                 floored = probs_or_logits >= _numerics.FLOAT32_TINY
-                return d_log / ops.where(floored, probs_or_logits, float("inf"))
+                return ops.where(floored, d_log / probs_or_logits, 0.0)
 
             return predicted, grad
 
