@@ -18,7 +18,10 @@ path of `keras_addons_qa._jax_attention` and its alternatives):
 Attention pooling, B64 T2048 D512 units 128, as GB/s in the 3 x |x| model
 of `benchmarks/gpu.py`:
 
-- `layer`: MaskedAttentionPooling as shipped.
+- `layer`: MaskedAttentionPooling as shipped (on JAX, the weighted sum is
+  a product and a reduction, which XLA fuses).
+- `layer_batched_product`: the layer with its weighted sum as a batched
+  `(1, T) @ (T, F)` product, as it runs without XLA.
 - `naive`: the anchor's composition (padding not sanitized: unsafe).
 - `custom_vjp`: one hand-written backward (see `pooling_custom_vjp`).
 
@@ -30,6 +33,7 @@ gradient exactly zero).
 import json
 import os
 import sys
+from unittest import mock
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
@@ -42,6 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras_addons_qa as kaq  # noqa: E402
 from benchmarks.gpu import attention_setup, median_ms  # noqa: E402
 from keras_addons_qa import _jax_attention  # noqa: E402
+from keras_addons_qa import _xla  # noqa: E402
 
 ORIGINAL = _jax_attention.padded_attention
 
@@ -252,8 +257,14 @@ def pooling(batch=64, length=2048, dim=512, units=128):
     def layer_pool(k, b, c, x, mask):
         return layer.stateless_call([k, b, c], [], x, mask=mask)[0]
 
-    fns = {"layer": layer_pool, "naive": pooling_naive,
-           "custom_vjp": pooling_custom_vjp}
+    def layer_pool_batched(k, b, c, x, mask):
+        # The layer as it runs without XLA: the weighted sum as a batched
+        # (1, T) @ (T, F) product instead of a fused product and reduction.
+        with mock.patch.object(_xla, "compiling", lambda: False):
+            return layer_pool(k, b, c, x, mask)
+
+    fns = {"layer": layer_pool, "layer_batched_product": layer_pool_batched,
+           "naive": pooling_naive, "custom_vjp": pooling_custom_vjp}
     params = (kernel, bias, context)
     steps = {name: (as_step(fn), (params, x)) for name, fn in fns.items()}
     ref_val, ref_grads = steps["layer"][0](params, x)

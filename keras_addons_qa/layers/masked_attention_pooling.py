@@ -2,6 +2,7 @@ import keras
 from keras import ops
 
 from keras_addons_qa import _checks
+from keras_addons_qa import _linear
 from keras_addons_qa import _numerics
 from keras_addons_qa import _xla
 
@@ -111,7 +112,7 @@ class MaskedAttentionPooling(keras.layers.Layer):
                 )
             _checks.check_mask_shape(mask.shape, inputs.shape)
             inputs = _numerics.sanitize(inputs, mask)
-        hidden = ops.matmul(inputs, self.kernel)
+        hidden = _linear.flat_matmul(inputs, self.kernel)
         if self.use_bias:
             hidden = hidden + self.bias
         scores = ops.matmul(_numerics.tanh(hidden), self.context)  # (batch, time)

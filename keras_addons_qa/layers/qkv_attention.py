@@ -3,6 +3,7 @@ from keras import ops
 
 from keras_addons_qa import _checks
 from keras_addons_qa import _compat
+from keras_addons_qa import _linear
 from keras_addons_qa import _numerics
 
 
@@ -299,9 +300,9 @@ class QKVAttention(keras.layers.Layer):
         elif key_mask is not None:
             key = _numerics.sanitize(key, key_mask)
 
-        q = self._query_dense(query)  # (B, T, N, key_dim)
-        k = self._key_dense(key)  # (B, S, N, key_dim)
-        v = self._value_dense(value)  # (B, S, N, value_dim)
+        q = _project(self._query_dense, query)  # (B, T, N, key_dim)
+        k = _project(self._key_dense, key)  # (B, S, N, key_dim)
+        v = _project(self._value_dense, value)  # (B, S, N, value_dim)
 
         dropout_active = self.dropout > 0 and bool(training)
         # jax.nn.dot_product_attention (the JAX backend's fused op) needs
@@ -340,7 +341,7 @@ class QKVAttention(keras.layers.Layer):
             if sees is not None:
                 context = ops.where(sees[:, :, None, None], context, 0.0)
             scores = None
-        output = self._output_dense(context)
+        output = _project(self._output_dense, context, contracted=2)
         if query_mask is not None:
             _compat.set_keras_mask(output, ops.cast(query_mask, "bool"))
         if return_attention_scores:
@@ -561,3 +562,18 @@ def _check_shape(name, shape, expected):
             f"`{name}` must have shape {expected} (None = any). "
             f"Received: {name}.shape={shape}"
         )
+
+
+def _project(dense, inputs, contracted=1):
+    """`dense(inputs)` for an `EinsumDense` that contracts the last
+    `contracted` axes of `inputs`, with its kernel gradient as one product
+    (see `_linear.flat_matmul`). A quantized projection, which has its own
+    call, goes through the sublayer.
+    """
+    if getattr(dense, "quantization_mode", None):
+        return dense(inputs)
+    # `dense.kernel` includes a LoRA update, if one is enabled.
+    out = _linear.flat_matmul(inputs, dense.kernel, contracted)
+    if dense.bias is not None:
+        out = out + dense.bias
+    return out
