@@ -434,12 +434,8 @@ def test_flattened_projections_equal_the_einsum_dense_sublayers(policy):
              (layer._output_dense, context, 2)]
     for dense, inputs, contracted in pairs:
         expected = dense(inputs)
-        # Inside the layer's call the variables are autocast; here, the
-        # sublayer's own call does it, so compare in the sublayer's scope.
-        with keras.src.backend.AutocastScope(dense.compute_dtype):
-            got = qkv_attention._project(
-                dense, keras.ops.cast(inputs, dense.compute_dtype), contracted
-            )
+        # Called bare, outside any autocast scope (as under `stateless_call`).
+        got = qkv_attention._project(dense, inputs, contracted)
         assert keras.backend.standardize_dtype(got.dtype) == dense.compute_dtype
         tol = 1e-6 if policy == "float32" else 2e-2
         np.testing.assert_allclose(
@@ -527,3 +523,26 @@ def test_projection_bias_where_keras_tensorflow_add_misplaces_it():
         mha.set_weights(layer.get_weights())
         assert _keras_tf_misplaces_bias(2, 1, (2,))
         assert np.max(np.abs(harness.to_numpy(mha(x, x)) - expected)) > 1e-4
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_stateless_call_computes_in_the_compute_dtype(policy):
+    # `stateless_call` (how JAX training steps call layers) runs `call`
+    # without the autocast scope of `__call__`.
+    rng = np.random.default_rng(10)
+    x = rng.normal(size=(2, 5, 6)).astype("float32")
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+    with harness.dtype_policy(policy):
+        layer = QKVAttention(2, 3)
+        expected = layer(x, x, query_mask=mask, value_mask=mask)
+        values = [v.value for v in layer.trainable_variables]
+        got, _ = layer.stateless_call(
+            values, [], keras.ops.cast(x, layer.compute_dtype), x,
+            query_mask=mask, value_mask=mask,
+        )
+    assert keras.backend.standardize_dtype(got.dtype) == layer.compute_dtype
+    np.testing.assert_allclose(
+        harness.to_numpy(keras.ops.cast(got, "float32")),
+        harness.to_numpy(keras.ops.cast(expected, "float32")),
+        rtol=1e-6, atol=1e-6,
+    )

@@ -572,8 +572,13 @@ def _project(dense, inputs, contracted=1):
     """
     if getattr(dense, "quantization_mode", None):
         return dense(inputs)
+    # The casts the sublayer's `__call__` would make. (`stateless_call`
+    # runs `call` directly, with no autocast scope: without them, a
+    # mixed-precision step would project in float32.)
+    dtype = dense.compute_dtype
     # `dense.kernel` includes a LoRA update, if one is enabled.
-    out = _linear.flat_matmul(inputs, dense.kernel, contracted)
+    kernel = ops.cast(dense.kernel, dtype)
+    out = _linear.flat_matmul(ops.cast(inputs, dtype), kernel, contracted)
     if dense.bias is not None:
-        out = out + dense.bias
+        out = out + ops.cast(dense.bias, dtype)
     return out
