@@ -2,18 +2,19 @@
 
 Some formulations are faster under XLA and slower without it. A weighted sum
 over time written as an elementwise product and a reduction is one: XLA fuses
-it, and its gradient, into passes that write nothing the size of the input,
-while TensorFlow's graph executor materializes the product. A batched matrix
-product is the reverse. Layers ask `compiling()` and pick; both formulations
+the gradient's elementwise terms into the passes that need them, while a
+batched matrix product's gradient is an outer product that a matrix kernel
+writes out in full. Without XLA it is the reverse: TensorFlow's executor
+writes the elementwise product out, and the batched product writes nothing
+the size of the input. Layers ask `compiling()` and pick; both formulations
 give the same values, and the tests run both.
 
 On JAX everything is compiled by XLA. On TensorFlow, `tf.function(
 jit_compile=True)` traces inside an XLA context, and so does Keras's `fit`
 with `jit_compile=True` (the default `"auto"` picks it on a GPU or TPU when
-every layer supports XLA); the check
-reads TensorFlow's private `control_flow_util`, and answers False if that
-ever moves, which costs speed under XLA, never correctness. On torch it is
-False.
+every layer supports XLA); the check reads TensorFlow's private
+`control_flow_util`, and answers False if that ever moves, which costs speed
+under XLA, never correctness. On torch it is False.
 """
 
 import keras

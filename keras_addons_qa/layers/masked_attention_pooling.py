@@ -2,7 +2,6 @@ import keras
 from keras import ops
 
 from keras_addons_qa import _checks
-from keras_addons_qa import _linear
 from keras_addons_qa import _numerics
 from keras_addons_qa import _xla
 
@@ -112,7 +111,7 @@ class MaskedAttentionPooling(keras.layers.Layer):
                 )
             _checks.check_mask_shape(mask.shape, inputs.shape)
             inputs = _numerics.sanitize(inputs, mask)
-        hidden = _linear.flat_matmul(inputs, self.kernel)
+        hidden = ops.matmul(inputs, self.kernel)
         if self.use_bias:
             hidden = hidden + self.bias
         scores = ops.matmul(_numerics.tanh(hidden), self.context)  # (batch, time)
@@ -158,10 +157,10 @@ class MaskedAttentionPooling(keras.layers.Layer):
 def _weighted_sum(inputs, weights):
     """`sum_t weights[b, t] * inputs[b, t, :]`, `(batch, features)`."""
     if _xla.compiling():
-        # XLA fuses the product into the reduction, and the gradient's
-        # products into the passes that need them. A batched product's
-        # gradient would write a (B, T, F) outer product: 10% slower under
-        # XLA on a CPU.
+        # XLA fuses the gradient's elementwise terms into the passes that
+        # need them; a batched product's gradient is a (B, T, F) outer
+        # product written out by a matrix kernel. 5-9% of the step under XLA
+        # on a CPU (B64 T256 F128), no difference on an H100.
         summed = ops.sum(
             _numerics.widen(inputs) * ops.expand_dims(weights, -1), axis=1
         )

@@ -1,9 +1,10 @@
+import math
+
 import keras
 from keras import ops
 
 from keras_addons_qa import _checks
 from keras_addons_qa import _compat
-from keras_addons_qa import _linear
 from keras_addons_qa import _numerics
 
 
@@ -21,6 +22,14 @@ class QKVAttention(keras.layers.Layer):
     `(num_heads, dim)`, output kernel `(num_heads, value_dim, output_dim)` and
     bias `(output_dim,)`), so `set_weights(mha.get_weights())` reproduces its
     outputs and scores; `from_multi_head_attention(mha)` does that for you.
+    Each projection is one 2-D matrix product over the flattened batch and
+    time axes, so its kernel gradient is one product too (on TensorFlow,
+    `EinsumDense` computes one per example and sums them). One exception to
+    reproducing MultiHeadAttention: on TensorFlow, Keras 3.15's `ops.add`
+    adds a `(num_heads, 1)` bias along the time axis when the sequence
+    length equals `num_heads` (heads of size 1), which makes
+    MultiHeadAttention wrong there; this layer broadcasts biases as NumPy
+    does, on every backend.
 
     What it adds is one policy for queries that see no valid key (a fully
     padded value sequence, or a padded query): their attention context is
@@ -566,9 +575,13 @@ def _check_shape(name, shape, expected):
 
 def _project(dense, inputs, contracted=1):
     """`dense(inputs)` for an `EinsumDense` that contracts the last
-    `contracted` axes of `inputs`, with its kernel gradient as one product
-    (see `_linear.flat_matmul`). A quantized projection, which has its own
-    call, goes through the sublayer.
+    `contracted` axes of `inputs`, as one 2-D matrix product.
+
+    On TensorFlow, `EinsumDense`'s `einsum("abc,cde->abde")` takes its
+    kernel gradient as one product per example and a sum over them (a
+    `(B, C, N*H)` temporary); flattening the batch and time axes first makes
+    it one `(C, B*T) @ (B*T, N*H)` product. Same values. A quantized
+    projection, which has its own call, goes through the sublayer.
     """
     if getattr(dense, "quantization_mode", None):
         return dense(inputs)
@@ -578,7 +591,11 @@ def _project(dense, inputs, contracted=1):
     dtype = dense.compute_dtype
     # `dense.kernel` includes a LoRA update, if one is enabled.
     kernel = ops.cast(dense.kernel, dtype)
-    out = _linear.flat_matmul(ops.cast(inputs, dtype), kernel, contracted)
+    lead = ops.shape(inputs)[: len(inputs.shape) - contracted]
+    size = math.prod(kernel.shape[:contracted])
+    flat = ops.reshape(ops.cast(inputs, dtype), (-1, size))
+    out = ops.matmul(flat, ops.reshape(kernel, (size, -1)))
+    out = ops.reshape(out, tuple(lead) + tuple(kernel.shape[contracted:]))
     if dense.bias is not None:
         out = out + ops.cast(dense.bias, dtype)
     return out
