@@ -1,5 +1,8 @@
 """Whether the code being traced will be compiled by XLA (internal).
 
+The package's one module that reaches into TensorFlow, and only behind a
+fallback: it imports nothing from TensorFlow unless Keras runs on it.
+
 Some formulations are faster under XLA and slower without it. A weighted sum
 over time written as an elementwise product and a reduction is one: XLA fuses
 the gradient's elementwise terms into the passes that need them, while a
