@@ -153,10 +153,15 @@ class AlmostOneHotEmbeddingLoss(keras.losses.Loss):
                 # d log(max(p, tiny)) / dp: 1 / p where p >= tiny, else 0.
                 # Divided first and selected after (the select drops the
                 # quotients of p = 0), so every (..., vocab) step takes
-                # d_log's buffer over: nothing new is allocated, and nothing
-                # runs early, while q and d_q are both alive.
-                floored = probs_or_logits >= _numerics.FLOAT32_TINY
-                return ops.where(floored, d_log / probs_or_logits, 0.0)
+                # d_log's buffer over. The floor is compared with a
+                # (..., 1) threshold read from `inner`, a value of the
+                # backward pass: compared with a constant, the comparison
+                # depends on `p` alone, and TensorFlow's executor runs it at
+                # the start of the step, so its (..., vocab) bool is held
+                # through the forward pass too (peak 3.0-3.25 MB instead of
+                # 2.28 MB at B64 V4096, benchmarks/cpu.py).
+                floor = _numerics.FLOAT32_TINY + ops.zeros_like(inner)
+                return ops.where(probs_or_logits >= floor, d_log / probs_or_logits, 0.0)
 
             return predicted, grad
 
