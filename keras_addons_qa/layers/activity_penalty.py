@@ -3,6 +3,7 @@ from keras import ops
 
 from keras_addons_qa import _checks
 from keras_addons_qa import _numerics
+from keras_addons_qa import _xla
 
 
 @keras.saving.register_keras_serializable(package="keras_addons_qa")
@@ -67,18 +68,10 @@ class ActivityPenalty(keras.layers.Layer):
         if mask is not None:
             _checks.check_mask_shape(mask.shape, inputs.shape)
             x = _numerics.sanitize(x, mask)
-        # Only the terms that are on, and one reduction for both: with
-        # jit_compile on CPU, two reductions to a scalar measured 1.10-1.16x
-        # the time of Dense alone and one reduction 0.95-1.07x; in a graph
-        # both measured 1.05-1.07x (README, Benchmarks).
-        if self.l1 and self.l2:
-            total = ops.sum(self.l1 * ops.abs(x) + self.l2 * ops.square(x))
-        elif self.l1:
-            total = self.l1 * ops.sum(ops.abs(x))
-        elif self.l2:
-            total = self.l2 * ops.sum(ops.square(x))
-        else:
+        if not (self.l1 or self.l2):
             total = ops.zeros((), x.dtype)
+        else:
+            total = _l1_l2(x, self.l1, self.l2)
         if len(x.shape) == 0:
             return total
         batch_size = ops.cast(ops.shape(x)[0], x.dtype)
@@ -90,3 +83,49 @@ class ActivityPenalty(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "l1": self.l1, "l2": self.l2}
+
+
+def _l1_l2(x, l1, l2):
+    """`l1 * sum(|x|) + l2 * sum(x ** 2)`, with a hand-written gradient.
+
+    The gradient is `g * (l1 * sign(x) + 2 * l2 * x)`, with the scalars
+    combined first: two passes over `x` with both terms on, where automatic
+    differentiation makes about eight (broadcasting `g`, then scaling,
+    multiplying and adding per term). A graph without XLA runs one kernel
+    per pass, and the penalty is in every training step. At `x = 0` the l1
+    term's gradient is `sign(0) = 0` on every backend, as TensorFlow and
+    torch take it (JAX's `abs` takes 1 there).
+
+    Under XLA the forward pass is one fused reduction of both terms; without
+    XLA, one reduction per term saves the elementwise sum of the two.
+    Measured after a Dense(512) layer on B256 (CPU, fwd+bwd, ratio to the
+    Dense alone): in a graph, per-term 1.03-1.06 against 1.07-1.09 for
+    automatic differentiation; with `jit_compile`, one fused reduction 0.97
+    against 1.05 for two.
+    """
+
+    @ops.custom_gradient
+    def penalty(x):
+        if not l2:
+            total = l1 * ops.sum(ops.abs(x))
+        elif not l1:
+            total = l2 * ops.sum(ops.square(x))
+        elif _xla.compiling():
+            total = ops.sum(l1 * ops.abs(x) + l2 * ops.square(x))
+        else:
+            total = l1 * ops.sum(ops.abs(x)) + l2 * ops.sum(ops.square(x))
+
+        def grad(*args, upstream=None):
+            if upstream is None:  # TensorFlow and JAX; torch passes it by name
+                (upstream,) = args
+            upstream = ops.cast(upstream, x.dtype)
+            if not l1:
+                return x * (2.0 * l2 * upstream)
+            d_x = ops.sign(x) * (l1 * upstream)
+            if l2:
+                d_x = d_x + x * (2.0 * l2 * upstream)
+            return d_x
+
+        return total, grad
+
+    return penalty(x)
