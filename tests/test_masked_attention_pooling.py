@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from keras_addons_qa import _xla
 from keras_addons_qa.layers import MaskedAttentionPooling
+from keras_addons_qa.layers import masked_attention_pooling as pooling_module
 from tests import harness
 
 
@@ -192,6 +193,98 @@ def test_xla_compiled_layer_matches_eager_with_nan_padding():
         harness.assert_finite(a.numpy())
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
     assert np.all(xla_grads[0].numpy()[0, 3:] == 0.0)
+
+
+def _reference_pooled(layer, inputs, mask):
+    """The layer's pooled output through its automatic-gradient path (the
+    one that also returns the weights)."""
+    pooled, _ = layer(inputs, mask=mask, return_attention_scores=True)
+    return pooled
+
+
+@pytest.mark.parametrize("use_bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("masked", [True, False], ids=["mask", "no_mask"])
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16", "mixed_bfloat16"])
+def test_hand_written_gradient_equals_automatic_gradient(policy, masked, use_bias, monkeypatch):
+    # On TensorFlow without XLA, and without the weights, the layer takes
+    # `_pool`, whose gradient is written by hand; the automatic gradient of
+    # the same forward pass is the reference. Patched to run on every
+    # backend. NaN padding, an empty row, unequal lengths.
+    monkeypatch.setattr(pooling_module, "_takes_hand_written_gradient", lambda: True)
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(3, 6, 5)).astype("float32")
+    mask = np.arange(6)[None, :] < np.array([6, 2, 0])[:, None] if masked else None
+    if masked:
+        x[~mask] = np.nan
+    with harness.dtype_policy(policy):
+        layer = MaskedAttentionPooling(4, use_bias=use_bias, bias_initializer="random_normal")
+        layer.build(x.shape)
+        upstream = keras.ops.convert_to_tensor(rng.normal(size=(3, 5)).astype("float32"))
+        results = []
+        for fn in (lambda v: layer(v, mask=mask), lambda v: _reference_pooled(layer, v, mask)):
+            inputs = keras.Variable(x)
+            value, grads = harness.gradients(
+                lambda: keras.ops.sum(keras.ops.cast(fn(inputs), "float32") * upstream),
+                [inputs] + layer.trainable_weights,
+            )
+            results.append([harness.to_numpy(t).astype("float64") for t in (value, *grads)])
+    (value, *grads), (ref_value, *ref_grads) = results
+    tol = {"float32": 1e-5, "mixed_float16": 2e-3, "mixed_bfloat16": 2e-2}[policy]
+    np.testing.assert_allclose(value, ref_value, rtol=tol, atol=tol)
+    assert len(grads) == len(ref_grads) == 3 + use_bias  # inputs, W, (b,) u
+    for got, expected in zip(grads, ref_grads):
+        harness.assert_finite(got)
+        scale = max(1.0, np.max(np.abs(expected)))
+        np.testing.assert_allclose(got, expected, rtol=tol, atol=tol * scale)
+    if masked:
+        assert np.all(grads[0][~mask] == 0.0)
+        assert np.all(grads[0][2] == 0.0)  # the row with no real step
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="an unknown batch size exists only in TensorFlow graphs",
+)
+def test_unknown_batch_and_time_in_a_graph():
+    import tensorflow as tf
+
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(2, 5, 3)).astype("float32")
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+    layer = MaskedAttentionPooling(4)
+    layer.build(x.shape)
+
+    def step(x, m):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            value = tf.reduce_sum(tf.square(layer(x, mask=m)))
+        return value, tape.gradient(value, [x] + layer.trainable_weights)
+
+    eager_value, eager_grads = step(tf.constant(x), tf.constant(mask))
+    graph = tf.function(
+        step,
+        input_signature=[tf.TensorSpec((None, None, 3)), tf.TensorSpec((None, None), tf.bool)],
+    )
+    value, grads = graph(tf.constant(x), tf.constant(mask))
+    np.testing.assert_allclose(value.numpy(), eager_value.numpy(), rtol=1e-6)
+    for a, b in zip(grads, eager_grads):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_stateless_call_computes_in_the_compute_dtype():
+    # `stateless_call` runs `call` with no autocast scope; the layer casts
+    # its inputs and weights itself, so a mixed-precision layer still
+    # computes in float16 there, with the values `__call__` gives.
+    rng = np.random.default_rng(13)
+    x = rng.normal(size=(2, 5, 3)).astype("float32")
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+    layer = MaskedAttentionPooling(4, dtype="mixed_float16")
+    expected = layer(x, mask=mask)
+    got, _ = layer.stateless_call(
+        layer.trainable_variables, layer.non_trainable_variables, x, mask=mask
+    )
+    assert keras.backend.standardize_dtype(got.dtype) == "float16"
+    np.testing.assert_array_equal(harness.to_numpy(got), harness.to_numpy(expected))
 
 
 def test_compiling_answers_per_backend():
