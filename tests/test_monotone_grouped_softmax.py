@@ -260,3 +260,17 @@ def test_config_round_trip():
     ):
         assert key in config
     assert MonotoneGroupedSoftmax.from_config(config).get_config() == config
+
+
+def test_stateless_call_computes_in_the_compute_dtype():
+    # `stateless_call` (how JAX training steps call a layer) runs `call`
+    # with no autocast scope; the layer casts its inputs and weights itself,
+    # so a mixed-precision layer's logits are float16 there too, and the
+    # output is the one `__call__` gives, bit for bit.
+    rng = np.random.default_rng(21)
+    x = rng.normal(size=(4, 12)).astype("float32")
+    layer = MonotoneGroupedSoftmax(3, 5, dtype="mixed_float16", bias_initializer="random_normal")
+    expected = layer(x)
+    got, _ = layer.stateless_call(layer.trainable_variables, layer.non_trainable_variables, x)
+    assert keras.backend.standardize_dtype(got.dtype) == "float16"
+    np.testing.assert_array_equal(harness.to_numpy(got), harness.to_numpy(expected))

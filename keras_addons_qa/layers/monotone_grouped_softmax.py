@@ -221,9 +221,13 @@ class MonotoneGroupedSoftmax(keras.layers.Layer):
             _checks.check_mask_shape(mask.shape, inputs.shape)
             # Padding may hold anything; keep it out of every gradient.
             inputs = _numerics.sanitize(inputs, mask)
-        logits = ops.matmul(inputs, self.kernel)
+        # The casts a layer's `__call__` makes under mixed precision, made
+        # here too: `stateless_call` (how JAX training steps call a layer)
+        # runs `call` with no autocast scope.
+        dtype = self.compute_dtype
+        logits = ops.matmul(ops.cast(inputs, dtype), ops.cast(self.kernel, dtype))
         if self.use_bias:
-            logits = logits + self.bias
+            logits = logits + ops.cast(self.bias, dtype)
         grouped_shape = tuple(ops.shape(logits)[:-1]) + (
             self.num_groups,
             self.group_size,
