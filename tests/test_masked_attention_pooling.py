@@ -163,6 +163,17 @@ def test_both_weighted_sums_agree_with_nan_padding(dtype, monkeypatch):
     np.testing.assert_allclose(outputs[True], outputs[False], rtol=0, atol=atol)
 
 
+def _tf_value_and_gradients(layer, data, mask):
+    """`sum(layer(data, mask) ** 2)` and its gradients for `data` and the
+    weights, on TensorFlow."""
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        tape.watch(data)
+        value = tf.reduce_sum(tf.square(layer(data, mask=mask)))
+    return value, tape.gradient(value, [data] + layer.trainable_weights)
+
+
 @pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
     reason="tf.function(jit_compile=True) is TensorFlow's; JAX always compiles",
@@ -180,10 +191,7 @@ def test_xla_compiled_layer_matches_eager_with_nan_padding():
 
     def step(data):
         seen.append(_xla.compiling())
-        with tf.GradientTape() as tape:
-            tape.watch(data)
-            value = tf.reduce_sum(tf.square(layer(data, mask=mask)))
-        return value, tape.gradient(value, [data] + layer.trainable_weights)
+        return _tf_value_and_gradients(layer, data, mask)
 
     eager_value, eager_grads = step(tf.constant(x))
     xla_value, xla_grads = tf.function(step, jit_compile=True)(tf.constant(x_padded))
@@ -255,10 +263,7 @@ def test_unknown_batch_and_time_in_a_graph():
     layer.build(x.shape)
 
     def step(x, m):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            value = tf.reduce_sum(tf.square(layer(x, mask=m)))
-        return value, tape.gradient(value, [x] + layer.trainable_weights)
+        return _tf_value_and_gradients(layer, x, m)
 
     eager_value, eager_grads = step(tf.constant(x), tf.constant(mask))
     graph = tf.function(
