@@ -169,8 +169,9 @@ def _takes_hand_written_gradient():
 
     On TensorFlow without XLA. Measured fwd+bwd at B64 T256 F128, units 64,
     2 CPU cores, against the automatic gradient of the same forward pass:
-    - TensorFlow graph: 0.89-0.91 of the stock composition's step, against
-      1.00;
+    - TensorFlow graph: 0.83-0.91 of the stock composition's step (three
+      `make bench` runs and two one-process comparisons), against 0.99-1.02
+      for the automatic gradient;
     - under XLA (TensorFlow's `jit_compile=True`, and all of JAX): 1.04-1.20
       of the automatic gradient's step, over six hand-written formulations;
       XLA fuses that gradient's elementwise passes itself, and copies the
@@ -204,9 +205,6 @@ def _pool(inputs, mask, kernel, bias, context):
       numbers as `x^T @ d_hidden`, which TensorFlow's CPU matrix kernel
       computes about 1.4 times slower for this shape (`(F, B*T) @ (B*T,
       U)`, a long contracted axis).
-
-    B64 T256 F128, units 64, TensorFlow graph on 2 CPU cores: 0.89-0.91 of
-    the stock composition's step, against 1.00 for the automatic gradient.
     """
     batch_time = ops.shape(inputs)[:2]
     features = inputs.shape[-1]
