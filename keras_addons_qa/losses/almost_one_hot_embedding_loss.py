@@ -144,10 +144,15 @@ class AlmostOneHotEmbeddingLoss(keras.losses.Loss):
             def grad(*args, upstream=None):
                 if upstream is None:  # TensorFlow and JAX; torch passes it by name
                     (upstream,) = args
-                upstream = ops.cast(upstream, q.dtype)
+                # The sharpening's scale multiplies the (..., dim) upstream,
+                # not a (..., vocab) tensor: as `q * scale`, TensorFlow's
+                # graph optimizer computes that product during the forward
+                # pass, and its buffer is held alongside `q` and `g E^T`
+                # (a third (..., vocab) buffer in about one step in four).
+                upstream = ops.cast(upstream, q.dtype) * scale
                 d_q = ops.matmul(upstream, matrix_t)
                 inner = ops.sum(upstream * predicted, axis=-1, keepdims=True)
-                d_log = (d_q - inner) * q * scale  # the softmax's gradient
+                d_log = (d_q - inner) * q  # the softmax's gradient
                 if from_logits:
                     return d_log
                 # d log(max(p, tiny)) / dp: 1 / p where p >= tiny, else 0.
