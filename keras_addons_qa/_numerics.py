@@ -4,7 +4,8 @@ Written once and tested once: masking that keeps padding out of outputs *and*
 gradients, a softmax that gives zeros for rows with nothing to attend to, the
 expected index of a distribution, and sharpening in log space. Everything here
 computes in float32 (float64 inputs stay float64, see `widen`); callers cast
-the result back to their compute dtype.
+the result back to their compute dtype (`cast_to_compute_dtype` makes the
+casts a layer's inputs and weights need on the way in).
 """
 
 import keras
@@ -28,6 +29,19 @@ def widen(x):
     if keras.backend.standardize_dtype(x.dtype) == "float64":
         return ops.cast(x, "float64")  # also turns a Variable into a tensor
     return ops.cast(x, "float32")
+
+
+def cast_to_compute_dtype(layer, *tensors):
+    """`tensors` cast to `layer.compute_dtype`; a None stays None.
+
+    The casts a layer's `__call__` makes under mixed precision (inputs and
+    weights to the compute dtype), for layers to make inside `call` as well:
+    `stateless_call`, how JAX training steps call a layer, runs `call` with
+    no autocast scope, and without them a mixed-precision step would compute
+    its matrix products in float32.
+    """
+    dtype = layer.compute_dtype
+    return tuple(None if t is None else ops.cast(t, dtype) for t in tensors)
 
 
 def tanh(x):

@@ -110,13 +110,9 @@ class MaskedAttentionPooling(keras.layers.Layer):
                     f"mask.shape={tuple(mask.shape)}, inputs.shape={tuple(inputs.shape)}"
                 )
             _checks.check_mask_shape(mask.shape, inputs.shape)
-        # The casts a layer's `__call__` makes under mixed precision, made
-        # here too, so that `stateless_call` computes in the same dtype.
-        dtype = self.compute_dtype
-        inputs = ops.cast(inputs, dtype)
-        kernel = ops.cast(self.kernel, dtype)
-        bias = ops.cast(self.bias, dtype) if self.use_bias else None
-        context = ops.cast(self.context, dtype)
+        inputs, kernel, bias, context = _numerics.cast_to_compute_dtype(
+            self, inputs, self.kernel, self.bias, self.context
+        )
         if not return_attention_scores and _takes_hand_written_gradient():
             return _pool(inputs, mask, kernel, bias, context)
         if mask is not None:
@@ -128,7 +124,7 @@ class MaskedAttentionPooling(keras.layers.Layer):
         weights = _numerics.masked_softmax(scores, mask)
         pooled = _weighted_sum(inputs, weights)
         if return_attention_scores:
-            return pooled, ops.cast(weights, dtype)
+            return pooled, ops.cast(weights, self.compute_dtype)
         return pooled
 
     def compute_mask(self, inputs, mask=None):

@@ -221,13 +221,12 @@ class MonotoneGroupedSoftmax(keras.layers.Layer):
             _checks.check_mask_shape(mask.shape, inputs.shape)
             # Padding may hold anything; keep it out of every gradient.
             inputs = _numerics.sanitize(inputs, mask)
-        # The casts a layer's `__call__` makes under mixed precision, made
-        # here too: `stateless_call` (how JAX training steps call a layer)
-        # runs `call` with no autocast scope.
-        dtype = self.compute_dtype
-        logits = ops.matmul(ops.cast(inputs, dtype), ops.cast(self.kernel, dtype))
-        if self.use_bias:
-            logits = logits + ops.cast(self.bias, dtype)
+        inputs, kernel, bias = _numerics.cast_to_compute_dtype(
+            self, inputs, self.kernel, self.bias
+        )
+        logits = ops.matmul(inputs, kernel)
+        if bias is not None:
+            logits = logits + bias
         grouped_shape = tuple(ops.shape(logits)[:-1]) + (
             self.num_groups,
             self.group_size,

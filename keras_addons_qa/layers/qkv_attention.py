@@ -585,17 +585,15 @@ def _project(dense, inputs, contracted=1):
     """
     if getattr(dense, "quantization_mode", None):
         return dense(inputs)
-    # The casts the sublayer's `__call__` would make. (`stateless_call`
-    # runs `call` directly, with no autocast scope: without them, a
-    # mixed-precision step would project in float32.)
-    dtype = dense.compute_dtype
     # `dense.kernel` includes a LoRA update, if one is enabled.
-    kernel = ops.cast(dense.kernel, dtype)
+    inputs, kernel, bias = _numerics.cast_to_compute_dtype(
+        dense, inputs, dense.kernel, dense.bias
+    )
     lead = ops.shape(inputs)[: len(inputs.shape) - contracted]
     size = math.prod(kernel.shape[:contracted])
-    flat = ops.reshape(ops.cast(inputs, dtype), (-1, size))
+    flat = ops.reshape(inputs, (-1, size))
     out = ops.matmul(flat, ops.reshape(kernel, (size, -1)))
     out = ops.reshape(out, tuple(lead) + tuple(kernel.shape[contracted:]))
-    if dense.bias is not None:
-        out = out + ops.cast(dense.bias, dtype)
+    if bias is not None:
+        out = out + bias
     return out
