@@ -227,24 +227,57 @@ def test_hand_written_gradient_equals_automatic_gradient(policy, masked, use_bia
     with harness.dtype_policy(policy):
         layer = MaskedAttentionPooling(4, use_bias=use_bias, bias_initializer="random_normal")
         layer.build(x.shape)
-        upstream = keras.ops.convert_to_tensor(rng.normal(size=(3, 5)).astype("float32"))
-        results = []
-        for fn in (lambda v: layer(v, mask=mask), lambda v: _reference_pooled(layer, v, mask)):
-            inputs = keras.Variable(x)
-            value, grads = harness.gradients(
-                lambda: keras.ops.sum(keras.ops.cast(fn(inputs), "float32") * upstream),
-                [inputs] + layer.trainable_weights,
-            )
-            results.append([harness.to_numpy(t).astype("float64") for t in (value, *grads)])
-    (value, *grads), (ref_value, *ref_grads) = results
+        got = _value_and_gradients(layer, x, lambda v: layer(v, mask=mask))
+        expected = _value_and_gradients(layer, x, lambda v: _reference_pooled(layer, v, mask))
+    _assert_same_value_and_gradients(got, expected, policy, mask)
+    assert len(got) == 1 + 3 + use_bias  # value; inputs, W, (b,) u
+
+
+@pytest.mark.parametrize("masked", [True, False], ids=["mask", "no_mask"])
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16", "mixed_bfloat16"])
+def test_folded_bias_equals_separate_bias(policy, masked, monkeypatch):
+    # Under TensorFlow's XLA, with a mask, the bias is folded into the
+    # projection's kernel against a column of ones. Patched to run on
+    # every backend, against the separate add. NaN padding, an empty row.
+    monkeypatch.setattr(pooling_module, "_takes_hand_written_gradient", lambda: False)
+    rng = np.random.default_rng(14)
+    x = rng.normal(size=(3, 6, 5)).astype("float32")
+    mask = np.arange(6)[None, :] < np.array([6, 2, 0])[:, None] if masked else None
+    if masked:
+        x[~mask] = np.nan
+    results = []
+    with harness.dtype_policy(policy):
+        layer = MaskedAttentionPooling(4, bias_initializer="random_normal")
+        layer.build(x.shape)
+        for folds in (True, False):
+            monkeypatch.setattr(pooling_module, "_folds_bias", lambda: folds)
+            results.append(_value_and_gradients(layer, x, lambda v: layer(v, mask=mask)))
+    _assert_same_value_and_gradients(*results, policy, mask)
+
+
+def _value_and_gradients(layer, x, pool):
+    """`sum(pool(x) * u)` for a fixed random `u`, and its gradients for `x`
+    and the layer's weights, as float64 NumPy arrays."""
+    u = np.random.default_rng(15).normal(size=(x.shape[0], x.shape[-1]))
+    upstream = keras.ops.convert_to_tensor(u.astype("float32"))
+    inputs = keras.Variable(x)
+    value, grads = harness.gradients(
+        lambda: keras.ops.sum(keras.ops.cast(pool(inputs), "float32") * upstream),
+        [inputs] + layer.trainable_weights,
+    )
+    return [harness.to_numpy(t).astype("float64") for t in (value, *grads)]
+
+
+def _assert_same_value_and_gradients(got, expected, policy, mask):
+    (value, *grads), (ref_value, *ref_grads) = got, expected
     tol = {"float32": 1e-5, "mixed_float16": 2e-3, "mixed_bfloat16": 2e-2}[policy]
     np.testing.assert_allclose(value, ref_value, rtol=tol, atol=tol)
-    assert len(grads) == len(ref_grads) == 3 + use_bias  # inputs, W, (b,) u
-    for got, expected in zip(grads, ref_grads):
-        harness.assert_finite(got)
-        scale = max(1.0, np.max(np.abs(expected)))
-        np.testing.assert_allclose(got, expected, rtol=tol, atol=tol * scale)
-    if masked:
+    assert len(grads) == len(ref_grads)
+    for grad, ref_grad in zip(grads, ref_grads):
+        harness.assert_finite(grad)
+        scale = max(1.0, np.max(np.abs(ref_grad)))
+        np.testing.assert_allclose(grad, ref_grad, rtol=tol, atol=tol * scale)
+    if mask is not None:
         assert np.all(grads[0][~mask] == 0.0)
         assert np.all(grads[0][2] == 0.0)  # the row with no real step
 

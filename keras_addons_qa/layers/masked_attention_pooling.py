@@ -117,9 +117,12 @@ class MaskedAttentionPooling(keras.layers.Layer):
             return _pool(inputs, mask, kernel, bias, context)
         if mask is not None:
             inputs = _numerics.sanitize(inputs, mask)
-        hidden = ops.matmul(inputs, kernel)
-        if bias is not None:
-            hidden = hidden + bias
+        if bias is not None and mask is not None and _folds_bias():
+            hidden = _project_with_folded_bias(inputs, kernel, bias)
+        else:
+            hidden = ops.matmul(inputs, kernel)
+            if bias is not None:
+                hidden = hidden + bias
         scores = ops.matmul(_numerics.tanh(hidden), context)  # (batch, time)
         weights = _numerics.masked_softmax(scores, mask)
         pooled = _weighted_sum(inputs, weights)
@@ -178,6 +181,34 @@ def _takes_hand_written_gradient():
     every backend.
     """
     return keras.backend.backend() == "tensorflow" and not _xla.compiling()
+
+
+def _folds_bias():
+    """Whether `call` folds the bias into the projection's kernel (with a
+    mask, under TensorFlow's XLA).
+
+    Measured fwd+bwd under `jit_compile=True`, B64 T256 F128, units 64, two
+    CPU cores: 0.93-0.97 of the step with a separate bias (three one-process
+    comparisons of 30 interleaved repeats). Not on JAX: measured on a CPU
+    only, and a contracted axis of `features + 1` is misaligned for a GPU's
+    matrix units.
+    """
+    return keras.backend.backend() == "tensorflow" and _xla.compiling()
+
+
+def _project_with_folded_bias(inputs, kernel, bias):
+    """`inputs @ kernel + bias` as one product: `[inputs, 1] @ [kernel; bias]`.
+
+    With a mask, XLA writes the zeroed copy of the input out anyway (its
+    CPU matrix products read no fused operand); writing it with a column of
+    ones costs one more float per step. In exchange the bias's add is part
+    of the product, and its gradient (a reduction over `batch * time` rows
+    that XLA runs as a separate pass) comes out of the kernel's gradient
+    product as its last row.
+    """
+    ones = ops.ones_like(inputs[..., :1])
+    augmented = ops.concatenate([inputs, ones], axis=-1)
+    return ops.matmul(augmented, ops.concatenate([kernel, bias[None, :]], axis=0))
 
 
 def _pool(inputs, mask, kernel, bias, context):
