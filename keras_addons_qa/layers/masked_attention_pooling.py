@@ -189,9 +189,10 @@ def _folds_bias():
 
     Measured fwd+bwd under `jit_compile=True`, B64 T256 F128, units 64, two
     CPU cores: 0.93-0.97 of the step with a separate bias (three one-process
-    comparisons of 30 interleaved repeats). Not on JAX: measured on a CPU
-    only, and a contracted axis of `features + 1` is misaligned for a GPU's
-    matrix units.
+    comparisons of 30 interleaved repeats). Measured on a CPU only, so JAX
+    (which the GPU benchmark runs) keeps the separate bias: a contracted
+    axis of `features + 1` may be misaligned for a GPU's matrix units.
+    TensorFlow's XLA on a GPU takes the fold, unmeasured.
     """
     return keras.backend.backend() == "tensorflow" and _xla.compiling()
 
