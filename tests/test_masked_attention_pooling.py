@@ -219,6 +219,7 @@ def test_hand_written_gradient_equals_automatic_gradient(policy, masked, use_bia
     # the same forward pass is the reference. Patched to run on every
     # backend. NaN padding, an empty row, unequal lengths.
     monkeypatch.setattr(pooling_module, "_takes_hand_written_gradient", lambda: True)
+    keras.utils.set_random_seed(11)
     rng = np.random.default_rng(11)
     x = rng.normal(size=(3, 6, 5)).astype("float32")
     mask = np.arange(6)[None, :] < np.array([6, 2, 0])[:, None] if masked else None
@@ -227,10 +228,10 @@ def test_hand_written_gradient_equals_automatic_gradient(policy, masked, use_bia
     with harness.dtype_policy(policy):
         layer = MaskedAttentionPooling(4, use_bias=use_bias, bias_initializer="random_normal")
         layer.build(x.shape)
-        got = _value_and_gradients(layer, x, lambda v: layer(v, mask=mask))
-        expected = _value_and_gradients(layer, x, lambda v: _reference_pooled(layer, v, mask))
-    _assert_same_value_and_gradients(got, expected, policy, mask)
-    assert len(got) == 1 + 3 + use_bias  # value; inputs, W, (b,) u
+        got = _outputs_and_gradients(layer, x, lambda v: layer(v, mask=mask))
+        expected = _outputs_and_gradients(layer, x, lambda v: _reference_pooled(layer, v, mask))
+    _assert_same_outputs_and_gradients(got, expected, policy, mask)
+    assert len(got) == 1 + 3 + use_bias  # pooled; inputs, W, (b,) u
 
 
 @pytest.mark.parametrize("masked", [True, False], ids=["mask", "no_mask"])
@@ -240,6 +241,7 @@ def test_folded_bias_equals_separate_bias(policy, masked, monkeypatch):
     # projection's kernel against a column of ones. Patched to run on
     # every backend, against the separate add. NaN padding, an empty row.
     monkeypatch.setattr(pooling_module, "_takes_hand_written_gradient", lambda: False)
+    keras.utils.set_random_seed(14)
     rng = np.random.default_rng(14)
     x = rng.normal(size=(3, 6, 5)).astype("float32")
     mask = np.arange(6)[None, :] < np.array([6, 2, 0])[:, None] if masked else None
@@ -251,35 +253,43 @@ def test_folded_bias_equals_separate_bias(policy, masked, monkeypatch):
         layer.build(x.shape)
         for folds in (True, False):
             monkeypatch.setattr(pooling_module, "_folds_bias", lambda: folds)
-            results.append(_value_and_gradients(layer, x, lambda v: layer(v, mask=mask)))
-    _assert_same_value_and_gradients(*results, policy, mask)
+            results.append(_outputs_and_gradients(layer, x, lambda v: layer(v, mask=mask)))
+    _assert_same_outputs_and_gradients(*results, policy, mask)
 
 
-def _value_and_gradients(layer, x, pool):
-    """`sum(pool(x) * u)` for a fixed random `u`, and its gradients for `x`
-    and the layer's weights, as float64 NumPy arrays."""
+def _outputs_and_gradients(layer, x, pool):
+    """`pool(x)`, and the gradients of `sum(pool(x) * u)` for a fixed random
+    `u` with respect to `x` and the layer's weights, as float64 arrays."""
     u = np.random.default_rng(15).normal(size=(x.shape[0], x.shape[-1]))
     upstream = keras.ops.convert_to_tensor(u.astype("float32"))
     inputs = keras.Variable(x)
-    value, grads = harness.gradients(
+    pooled = keras.ops.cast(pool(inputs), "float32")
+    _, grads = harness.gradients(
         lambda: keras.ops.sum(keras.ops.cast(pool(inputs), "float32") * upstream),
         [inputs] + layer.trainable_weights,
     )
-    return [harness.to_numpy(t).astype("float64") for t in (value, *grads)]
+    return [harness.to_numpy(t).astype("float64") for t in (pooled, *grads)]
 
 
-def _assert_same_value_and_gradients(got, expected, policy, mask):
-    (value, *grads), (ref_value, *ref_grads) = got, expected
-    tol = {"float32": 1e-5, "mixed_float16": 2e-3, "mixed_bfloat16": 2e-2}[policy]
-    np.testing.assert_allclose(value, ref_value, rtol=tol, atol=tol)
-    assert len(grads) == len(ref_grads)
-    for grad, ref_grad in zip(grads, ref_grads):
-        harness.assert_finite(grad)
-        scale = max(1.0, np.max(np.abs(ref_grad)))
-        np.testing.assert_allclose(grad, ref_grad, rtol=tol, atol=tol * scale)
+def _assert_same_outputs_and_gradients(got, expected, policy, mask):
+    """Each array within `tol` of its largest entry (and at least `tol`).
+
+    Under mixed precision the two computations round differently (a bias
+    added inside or after a float16 product, sums taken in another order),
+    so `tol` is eight units of roundoff of the compute dtype: 2**-8 for
+    float16 and 2**-5 for bfloat16. Over 150 random initializations per
+    policy on TensorFlow and torch, the largest error was 0.54 of that.
+    """
+    tol = {"float32": 1e-5, "mixed_float16": 2.0**-8, "mixed_bfloat16": 2.0**-5}[policy]
+    assert len(got) == len(expected)
+    for array, reference in zip(got, expected):
+        harness.assert_finite(array)
+        scale = max(1.0, np.max(np.abs(reference)))
+        np.testing.assert_allclose(array, reference, rtol=tol, atol=tol * scale)
     if mask is not None:
-        assert np.all(grads[0][~mask] == 0.0)
-        assert np.all(grads[0][2] == 0.0)  # the row with no real step
+        d_inputs = got[1]
+        assert np.all(d_inputs[~mask] == 0.0)
+        assert np.all(d_inputs[2] == 0.0)  # the row with no real step
 
 
 @pytest.mark.skipif(
