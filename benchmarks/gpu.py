@@ -68,6 +68,7 @@ def attention_setup(batch, length, dim, heads):
     """Right-padded self-attention inputs (lengths T/2..T), and MHA with a
     QKVAttention carrying the same weights:
     `(x, mask, square_mask, mha, ours)`."""
+    keras.utils.set_random_seed(0)  # the layers' weights: reruns compare alike
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(batch, length, dim)), "float32")
     lengths = rng.integers(length // 2, length + 1, size=batch)

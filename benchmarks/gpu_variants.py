@@ -237,7 +237,20 @@ def _pool_bwd(res, d_pooled):
 pooling_custom_vjp.defvjp(_pool_fwd, _pool_bwd)
 
 
+# The pooling variants' agreement with the layer, per gradient, in bfloat16.
+# Over 100 weight seeds at the --tiny sizes the largest gaps of any variant
+# were 0.017 (kernel), 0.008 (context), 0.015 (x) and 0.045 (bias; unseeded,
+# one CI run read 0.058). The bias gradient is c * sum_t ds_t (1 - h_t^2),
+# and the softmax's ds sums to 0 over each row: its large part cancels
+# exactly, and what is left is of the order of the cancelled terms' roundoff.
+GRADIENTS = ("kernel", "bias", "context", "x")
+GAP_LIMITS = {"kernel": 0.05, "bias": 0.1, "context": 0.05, "x": 0.05}
+
+
 def pooling(batch=64, length=2048, dim=512, units=128):
+    # Seeded weights make the bfloat16 agreement check deterministic (see
+    # `GAP_LIMITS` for what the gaps read over 100 seeds).
+    keras.utils.set_random_seed(1)
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.normal(size=(batch, length, dim)), "bfloat16")
     lengths = rng.integers(length // 2, length + 1, size=batch)
@@ -272,17 +285,21 @@ def pooling(batch=64, length=2048, dim=512, units=128):
     checks = {}
     for name, (fn, _) in steps.items():
         val, grads = fn(params, x)
-        gap = max(
-            float(jnp.max(jnp.abs(g.astype("float32") - r.astype("float32"))))
+        # Per gradient: the largest difference, relative to the reference's
+        # largest entry.
+        gaps = {
+            leaf: float(jnp.max(jnp.abs(g.astype("float32") - r.astype("float32"))))
             / (float(jnp.max(jnp.abs(r.astype("float32")))) + 1e-30)
-            for g, r in zip(jax.tree_util.tree_leaves(grads),
-                            jax.tree_util.tree_leaves(ref_grads))
-        )
+            for leaf, g, r in zip(GRADIENTS,
+                                  jax.tree_util.tree_leaves(grads),
+                                  jax.tree_util.tree_leaves(ref_grads))
+        }
         pval, pgrads = fn(params, poisoned)
         leaves = jax.tree_util.tree_leaves(pgrads)
         checks[name] = {
             "loss_rel_gap": abs(float(val) - float(ref_val)) / float(ref_val),
-            "grad_rel_gap": gap,
+            "grad_rel_gap": max(gaps.values()),
+            "grad_rel_gaps": gaps,
             "nan_padding_finite": bool(np.isfinite(float(pval)) and all(
                 bool(jnp.all(jnp.isfinite(g.astype("float32")))) for g in leaves)),
             "padding_grad_zero": bool(jnp.all(
@@ -347,7 +364,8 @@ def all_correct(results):
             ok = False
     for name, check in results.get("pooling", {}).get("checks", {}).items():
         safe = name != "naive"
-        if not check["grad_rel_gap"] <= 0.05 or (safe and not (
+        within = all(check["grad_rel_gaps"][k] <= GAP_LIMITS[k] for k in GRADIENTS)
+        if not within or (safe and not (
                 check["nan_padding_finite"] and check["padding_grad_zero"])):
             print("pooling variant off:", name, check)
             ok = False
