@@ -7,6 +7,7 @@ XLA is asked for two host devices, for `keras.distribution.DataParallel`.
 """
 
 import os
+import zlib
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -16,6 +17,7 @@ if os.environ["KERAS_BACKEND"] == "jax":
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 
 import keras  # noqa: E402
+import pytest  # noqa: E402
 
 if keras.backend.backend() == "tensorflow":
     import tensorflow as tf
@@ -25,6 +27,19 @@ if keras.backend.backend() == "tensorflow":
         _cpus[0],
         [tf.config.LogicalDeviceConfiguration()] * 2,
     )
+
+
+@pytest.fixture(autouse=True)
+def _seed_per_test(request):
+    """Every test starts from its own fixed seed, made from its id.
+
+    Layers built without a seed draw their initial weights from the global
+    generators; seeded here, every tolerance check reads the same numbers in
+    every run, alone or in the full suite, in any order. Three CI runs failed
+    on checks whose margin depended on unseeded weights (mixed-precision
+    agreement within roundoff), before those tests were seeded one by one.
+    """
+    keras.utils.set_random_seed(zlib.crc32(request.node.nodeid.encode()) % 2**31)
 
 
 def pytest_terminal_summary(terminalreporter):
