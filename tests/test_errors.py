@@ -18,11 +18,14 @@ import keras_addons_qa as kaq
 README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 L = kaq.layers
 X3 = np.zeros((2, 5, 3), "float32")
+X4 = np.zeros((2, 3, 4, 5), "float32")
 BAD_MASK = np.ones((2, 4), bool)
 
 
 def _mha_unbuilt():
-    return L.QKVAttention.from_multi_head_attention(keras.layers.MultiHeadAttention(2, 4))
+    return L.QKVAttention.from_multi_head_attention(
+        keras.layers.MultiHeadAttention(2, 4, name="mha")
+    )
 
 
 def _loss(y_true, y_pred):
@@ -54,6 +57,12 @@ CASES = {
         X3, X3, attention_mask=np.ones((2, 5, 4), bool)
     ),
     "qkv-from_mha": _mha_unbuilt,
+    "qkv-output_shape": lambda: L.QKVAttention(2, 4, output_shape=0),
+    "qkv-sliding_window": lambda: L.QKVAttention(2, 4, sliding_window=0),
+    "qkv-penalty_axes": lambda: L.QKVAttention(2, 4, distance_penalty=0.5)(X4, X4),
+    "qkv-causal_axes": lambda: L.QKVAttention(2, 4, attention_axes=(1, 2))(
+        X4, X4, use_causal_mask=True
+    ),
     "nn-min_value": lambda: kaq.constraints.NonNegative(min_value=-1.0),
     "loss-embedding": lambda: kaq.losses.AlmostOneHotEmbeddingLoss(np.zeros(5)),
     "loss-power": lambda: kaq.losses.AlmostOneHotEmbeddingLoss(np.eye(3), power=0),

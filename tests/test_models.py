@@ -137,6 +137,28 @@ def distance_penalty_case():
     return model, TOKENS, TOKENS[:, :1].astype("float32") / 10, keras.losses.MeanSquaredError()
 
 
+VIDEO_TOKENS = np.where(  # 2 clips of 6 steps per example, right-padded
+    np.arange(6)[None, None, :] < RNG.integers(1, 7, size=(32, 2, 1)),
+    RNG.integers(1, 20, size=(32, 2, 6)),
+    0,
+)
+
+
+def rank4_attention_case():
+    # Attention over the steps of each clip (axis 2 of (B, clips, steps,
+    # features)): gated, causal, a sliding window, padding from the
+    # embedding's mask.
+    inputs = keras.Input((2, 6), dtype="int32")
+    hidden = keras.layers.Embedding(20, 8, mask_zero=True)(inputs)
+    hidden = kaq.layers.QKVAttention(
+        2, 4, attention_axes=2, use_gate=True, sliding_window=3
+    )(hidden, hidden, use_causal_mask=True)
+    pooled = keras.layers.GlobalAveragePooling2D()(hidden)
+    model = keras.Model(inputs, keras.layers.Dense(1)(pooled))
+    target = VIDEO_TOKENS[:, 0, :1].astype("float32") / 10
+    return model, VIDEO_TOKENS, target, keras.losses.MeanSquaredError()
+
+
 CASES = {
     "activity_penalty": activity_penalty_case,
     "masked_activity_penalty": masked_activity_penalty_case,
@@ -150,6 +172,7 @@ CASES = {
     "decomposed_conv2d": decomposed_conv_case,
     "pretrained_embedding": pretrained_embedding_case,
     "qkv_distance_penalty": distance_penalty_case,
+    "qkv_rank4_gated_window": rank4_attention_case,
 }
 
 

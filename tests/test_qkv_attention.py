@@ -374,6 +374,10 @@ def test_bad_arguments_and_inputs():
         ({"num_heads": 2, "key_dim": 2, "dropout": -0.1}, "dropout=-0.1"),
         ({"num_heads": 2, "key_dim": 2, "value_dim": 0}, "value_dim=0"),
         ({"num_heads": 2, "key_dim": 2, "output_dim": 0}, "output_dim=0"),
+        ({"num_heads": 2, "key_dim": 2, "output_shape": 0}, "output_shape=0"),
+        ({"num_heads": 2, "key_dim": 2, "output_shape": (4, -1)}, r"output_shape=\(4, -1\)"),
+        ({"num_heads": 2, "key_dim": 2, "output_dim": 3, "output_shape": 4}, "output_dim=3"),
+        ({"num_heads": True, "key_dim": 2}, "argument `num_heads`"),
     ):
         with pytest.raises(ValueError, match=message):
             QKVAttention(**kwargs)
@@ -388,20 +392,23 @@ def test_bad_arguments_and_inputs():
         layer(q, v, attention_mask=np.ones((2, 5, 3), bool))
     with pytest.raises(ValueError, match=r"attention_mask.shape=\(2, 3\)"):
         layer(q, v, attention_mask=np.ones((2, 3), bool))
+    with pytest.raises(ValueError, match=r"attention_mask.shape=\(2, 3, 3, 5\)"):
+        layer(q, v, attention_mask=np.ones((2, 3, 3, 5), bool))  # 3 heads, not 2
     with pytest.raises(ValueError, match=r"query.shape=\(2, 3\)"):
         QKVAttention(2, 2)(np.zeros((2, 3), "float32"), v)
 
 
 def test_config_round_trip():
     layer = QKVAttention(
-        3, 4, value_dim=5, output_dim=6, dropout=0.2, use_bias=False,
+        3, 4, value_dim=5, output_shape=6, dropout=0.2, use_bias=False,
         kernel_regularizer="l2", kernel_constraint="non_neg",
+        distance_penalty=0.25,
     )
     config = layer.get_config()
-    for key in ("num_heads", "key_dim", "value_dim", "output_dim", "dropout",
-                "use_bias", "kernel_initializer", "bias_initializer",
-                "kernel_regularizer", "kernel_constraint"):
-        assert key in config
+    # MultiHeadAttention's keys, and this layer's own.
+    mha_keys = set(keras.layers.MultiHeadAttention(3, 4).get_config())
+    assert set(config) == mha_keys | {"distance_penalty"}
+    assert config["output_shape"] == (6,) and config["distance_penalty"] == 0.25
     assert QKVAttention.from_config(config).get_config() == config
 
 

@@ -1,4 +1,6 @@
+import inspect
 import math
+import numbers
 
 import keras
 from keras import ops
@@ -7,93 +9,125 @@ from keras_addons_qa import _checks
 from keras_addons_qa import _compat
 from keras_addons_qa import _numerics
 
+_MultiHeadAttention = keras.layers.MultiHeadAttention
+
 
 @keras.saving.register_keras_serializable(package="keras_addons_qa")
-class QKVAttention(keras.layers.Layer):
-    """Multi-head attention with q, k, v projections, exact under masks.
+class QKVAttention(keras.layers.MultiHeadAttention):
+    """Multi-head attention, exact under masks: a drop-in for
+    `keras.layers.MultiHeadAttention`.
 
-    The attention of "Attention Is All You Need" (and Trax's `AttentionQKV`):
-    three projections of the inputs into `num_heads` query, key and value
-    heads, scaled dot-product attention per head, and an output projection.
+    The attention of "Attention Is All You Need": query, key and value
+    projections into `num_heads` heads, scaled dot-product attention per
+    head, an output projection. It is a subclass of
+    `keras.layers.MultiHeadAttention` and takes the same constructor and
+    call arguments with the same meaning and defaults, builds the same
+    variables in the same order, returns the same shapes (inputs of any rank
+    with `attention_axes`), has the same `get_config` keys (so
+    `QKVAttention.from_config(mha.get_config())` builds an equivalent layer)
+    and the same `query_dense`, `key_dense`, `value_dense` and
+    `output_dense` sublayers (LoRA, int8 quantization and dtype policy maps
+    reach them as they reach MultiHeadAttention's). With the same weights it
+    computes the same outputs and scores wherever every query sees a key;
+    `from_multi_head_attention(mha)` converts a built layer.
 
-    It is a drop-in for `keras.layers.MultiHeadAttention` (rank-3 inputs):
-    the same call signature, the same variables in the same order and shapes
-    (`query`, `key`, `value` kernels `(features, num_heads, dim)` and biases
-    `(num_heads, dim)`, output kernel `(num_heads, value_dim, output_dim)` and
-    bias `(output_dim,)`), so `set_weights(mha.get_weights())` reproduces its
-    outputs and scores; `from_multi_head_attention(mha)` does that for you.
-    Each projection is one 2-D matrix product over the flattened batch and
-    time axes, so its kernel gradient is one product too (on TensorFlow,
-    `EinsumDense` computes one per example and sums them). One exception to
-    reproducing MultiHeadAttention: on TensorFlow, Keras 3.15's `ops.add`
-    adds a `(num_heads, 1)` bias along the time axis when the sequence
-    length equals `num_heads` (heads of size 1), which makes
-    MultiHeadAttention wrong there; this layer broadcasts biases as NumPy
-    does, on every backend.
+    What it adds:
 
-    What it adds is one policy for queries that see no valid key (a fully
-    padded value sequence, or a padded query): their attention context is
-    exactly zero, so their output is the output projection's bias. Never NaN,
-    never a mean over padding (MultiHeadAttention returns zeros on one code
-    path and the mean of the values on another), with finite gradients.
-    Padded steps of `query`, `value` and `key` (by their masks) are zeroed
-    before the projections, so whatever they hold, inf and NaN included,
-    reaches no output and no gradient.
+    - **Padding reaches nothing.** Steps that `query_mask`, `value_mask` or
+      `key_mask` mark as padding are zeroed before the projections, so
+      whatever they hold (inf and NaN included) reaches no output and no
+      gradient.
+    - **Queries that see no key get a zero context**, so their output is
+      the output projection's bias: a fully padded value sequence, a padded
+      query, a row of `attention_mask` that is all False. Never NaN, never
+      a mean over padding (MultiHeadAttention returns a uniform average over
+      masked keys on one code path and zeros on another), with finite
+      gradients. Their attention scores are all zero.
+    - **The softmax runs in float32** under every dtype policy, and the
+      result is cast back to the compute dtype.
+    - **`query_mask` given explicitly is honoured.** MultiHeadAttention
+      reads the query mask only from the query's Keras mask and ignores the
+      argument; here an explicit mask wins and the Keras mask is the
+      default.
+    - **`distance_penalty`**, Speech-Transformer's locality bias (below).
 
-    Masks follow Keras: bool, True = attend. `query_mask` `(B, T)`,
-    `value_mask` and `key_mask` `(B, S)` come explicitly or from the inputs'
-    Keras masks (`Embedding(mask_zero=True)`, `Masking`); `attention_mask`
-    `(B, T, S)` and `use_causal_mask` add to them; all combine by AND. The
-    output carries the query mask as its Keras mask.
+    Masks follow Keras: bool, True = attend, combined by AND. `query_mask`
+    has the query's shape without its feature axis (`(B, T)` for rank-3
+    inputs), `value_mask` and `key_mask` the value's (`(B, S)`); by default
+    they come from the inputs' Keras masks (`Embedding(mask_zero=True)`,
+    `Masking`). `attention_mask` is broadcast as MultiHeadAttention does:
+    `(T, S)`, `(B, T, S)` or per head `(B, num_heads, T, S)` for rank-3
+    inputs; any other shape raises. `use_causal_mask` and `sliding_window`
+    (a band `|i - j| < sliding_window`) add to them; both need a single
+    attention axis. The output carries the query mask as its Keras mask.
 
-    The softmax always runs in float32. Without dropout at training time,
-    without returned scores, with `value_dim == key_dim` and no
-    `distance_penalty`, attention goes through a fused path:
-    `keras.ops.dot_product_attention` (the backend's fused kernel where it
-    has one); on JAX with a GPU, cuDNN flash attention with the key mask as
-    sequence lengths; on TensorFlow without a causal mask, the same einsum
-    and softmax as TensorFlow's op, with the key mask broadcast rather than
-    expanded. Otherwise attention takes an explicit einsum path. All give
-    the same result up to rounding (tested).
+    Attention takes a fused kernel when nothing needs the weights (no
+    returned scores, no dropout at training time, `value_dim == key_dim`,
+    rank-3 inputs, no `distance_penalty`): `keras.ops.dot_product_attention`;
+    on JAX with a GPU, cuDNN flash attention with the key mask as sequence
+    lengths; on TensorFlow, the einsum-softmax-einsum of TensorFlow's op
+    with the key mask broadcast instead of expanded. Otherwise an explicit
+    einsum path runs. They agree up to rounding (tested). Each projection
+    is one 2-D matrix product over the flattened leading axes (on
+    TensorFlow, `EinsumDense` takes its kernel gradient as one product per
+    example and a sum); a quantized projection, or one with an activity
+    regularizer, goes through its own sublayer call.
 
     Args:
         num_heads: Number of attention heads, an int >= 1.
         key_dim: Size of each query and key head, an int >= 1.
         value_dim: Size of each value head; defaults to `key_dim`.
-        output_dim: Size of the output; defaults to the query's feature size.
         dropout: Dropout rate on the attention weights, `0 <= dropout < 1`.
-        use_bias: Whether the four projections have biases.
-        kernel_initializer: Initializer of the four kernels.
-        bias_initializer: Initializer of the four biases.
-        kernel_regularizer: Optional regularizer of the four kernels.
-        kernel_constraint: Optional constraint of the four kernels.
-        distance_penalty: Speech-Transformer's locality bias, a finite float
-            >= 0: `distance_penalty * |i - j|` is subtracted from the logit
-            of query `i` and key `j` before the softmax (in float32), so
-            attention prefers nearby steps; a very large value makes
-            self-attention the identity (each query attends to its own
-            step, or to the nearest valid one). When the query and key
+        use_bias: Whether the projections have biases.
+        output_shape: Shape of the output's trailing axes, an int or a
+            tuple of ints; defaults to the query's feature size.
+        attention_axes: Axes attention runs over (an int or a tuple);
+            `None` means every axis but the batch and feature axes.
+        sliding_window: Optional int >= 1: query `i` sees keys `j` with
+            `|i - j| < sliding_window` (with `use_causal_mask`, the causal
+            sliding window of Mistral and Llama 3).
+        flash_attention: As in MultiHeadAttention: `None` lets the backend
+            choose; `True` asks for flash attention (JAX and torch).
+        kernel_initializer: Initializer of the projection kernels.
+        bias_initializer: Initializer of the projection biases.
+        kernel_regularizer: Optional regularizer of the kernels.
+        bias_regularizer: Optional regularizer of the biases.
+        activity_regularizer: Optional regularizer of each projection's
+            output, as in MultiHeadAttention.
+        kernel_constraint: Optional constraint of the kernels.
+        bias_constraint: Optional constraint of the biases.
+        use_gate: Gated attention (Qiu et al., 2025): a sigmoid projection
+            of the query multiplies each head's context before the output
+            projection.
+        seed: Optional int seeding the dropout.
+        distance_penalty: A finite float >= 0: `distance_penalty * |i - j|`
+            is subtracted from the logit of query `i` and key `j` (in
+            float32), so attention prefers nearby steps; a very large value
+            makes self-attention the identity. When the query and key
             lengths differ, query positions are mapped onto the key axis by
-            relative scale, aligning step centers: `i' = (i + 1/2) S / T -
-            1/2`. 0 (the default) is plain attention, identical to
-            MultiHeadAttention.
+            relative scale, aligning step centers:
+            `i' = (i + 1/2) S / T - 1/2`. Needs a single attention axis.
+            0 (the default) is plain attention.
+        output_dim: The name 0.1.0 gave an int `output_shape`; still
+            accepted (and models saved with it still load).
         **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
 
     Call arguments:
-        query: `(B, T, query_features)`.
-        value: `(B, S, value_features)`.
+        query: `(B, T, query_features)`, or rank 4-5 with `attention_axes`.
+        value: `(B, S, value_features)`, the same rank as `query`.
         key: Optional `(B, S, key_features)`; defaults to `value`.
-        query_mask: Optional bool `(B, T)`.
-        value_mask: Optional bool `(B, S)`.
-        key_mask: Optional bool `(B, S)`.
-        attention_mask: Optional bool `(B, T, S)` (or `(1, T, S)`).
-        use_causal_mask: Whether query `i` may only see keys `j <= i`.
-        return_attention_scores: Also return the `(B, num_heads, T, S)`
-            attention weights (before dropout).
+        query_mask: Optional bool, the query's shape without features.
+        value_mask: Optional bool, the value's shape without features.
+        key_mask: Optional bool, the key's shape without features.
+        attention_mask: Optional bool, see above.
+        return_attention_scores: Also return the attention weights (before
+            dropout), `(B, num_heads, T, S)` for rank-3 inputs.
         training: Whether dropout is active.
+        use_causal_mask: Whether query `i` may only see keys `j <= i`.
 
     Output shape:
-        `(B, T, output_dim)`, and the scores if asked.
+        The query's shape with its feature axis replaced by `output_shape`,
+        and the scores if asked.
 
     Example:
 
@@ -111,125 +145,75 @@ class QKVAttention(keras.layers.Layer):
     References:
         - [Vaswani et al., 2017](https://arxiv.org/abs/1706.03762),
           Attention Is All You Need.
+        - [Dong et al., 2018](https://ieeexplore.ieee.org/document/8462506),
+          Speech-Transformer.
     """
 
-    def __init__(
-        self,
-        num_heads,
-        key_dim,
-        value_dim=None,
-        output_dim=None,
-        dropout=0.0,
-        use_bias=True,
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        kernel_constraint=None,
-        distance_penalty=0.0,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        self.num_heads = _checks.integer_at_least("num_heads", num_heads, 1)
-        self.key_dim = _checks.integer_at_least("key_dim", key_dim, 1)
-        self.value_dim = (
-            self.key_dim
-            if value_dim is None
-            else _checks.integer_at_least("value_dim", value_dim, 1)
-        )
-        self._value_dim_arg = value_dim
-        self.output_dim = (
-            None
-            if output_dim is None
-            else _checks.integer_at_least("output_dim", output_dim, 1)
-        )
-        self.dropout = _checks.non_negative_float("dropout", dropout)
-        if self.dropout >= 1.0:
+    def __init__(self, *args, distance_penalty=0.0, output_dim=None, **kwargs):
+        # MultiHeadAttention's own signature, positional arguments included,
+        # so every argument it has (and any it gains) means the same here.
+        arguments = inspect.signature(_MultiHeadAttention.__init__).bind(
+            None, *args, **kwargs
+        ).arguments
+        arguments.pop("self")
+        arguments.update(arguments.pop("kwargs", {}))
+        for name in ("num_heads", "key_dim", "value_dim"):
+            arguments[name] = _as_int(name, arguments.get(name))
+        _check_output_shape(arguments.get("output_shape"))
+        if output_dim is not None:
+            output_dim = _checks.integer_at_least("output_dim", output_dim, 1)
+            given = arguments.get("output_shape")
+            if given not in (None, output_dim, (output_dim,), [output_dim]):
+                raise ValueError(
+                    "`output_dim` is another name for an int `output_shape`; "
+                    f"give one of them. Received: output_dim={output_dim}, "
+                    f"output_shape={given!r}"
+                )
+            arguments["output_shape"] = output_dim
+        dropout = arguments.get("dropout", 0.0)
+        if _checks.non_negative_float("dropout", dropout) >= 1.0:
             raise ValueError(
                 "Argument `dropout` must be in [0, 1). "
                 f"Received: dropout={dropout!r}"
             )
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.kernel_constraint = keras.constraints.get(kernel_constraint)
         self.distance_penalty = _checks.non_negative_float(
             "distance_penalty", distance_penalty
         )
-        self.supports_masking = True
-        self._scale = 1.0 / float(self.key_dim) ** 0.5
-        self._dropout_layer = keras.layers.Dropout(
-            self.dropout, dtype=self.dtype_policy
-        )
+        super().__init__(**arguments)
 
-    # -- construction ------------------------------------------------------
-
-    def _projection(self, name, equation, output_shape, bias_axes):
-        def clone(initializer):
-            # A fresh initializer per sublayer, so the kernels differ.
-            return initializer.__class__.from_config(initializer.get_config())
-
-        return keras.layers.EinsumDense(
-            equation,
-            output_shape=output_shape,
-            bias_axes=bias_axes if self.use_bias else None,
-            kernel_initializer=clone(self.kernel_initializer),
-            bias_initializer=clone(self.bias_initializer),
-            kernel_regularizer=self.kernel_regularizer,
-            kernel_constraint=self.kernel_constraint,
-            dtype=self.dtype_policy,
-            name=name,
-        )
+    def get_config(self):
+        return {**super().get_config(), "distance_penalty": self.distance_penalty}
 
     def build(self, query_shape, value_shape, key_shape=None):
-        key_shape = value_shape if key_shape is None else key_shape
-        for name, shape in (
-            ("query", query_shape),
-            ("value", value_shape),
-            ("key", key_shape),
-        ):
-            if len(shape) != 3:
+        for name, shape in (("query", query_shape), ("value", value_shape)):
+            if len(shape) < 3:
                 raise ValueError(
-                    f"QKVAttention expects `{name}` of shape (batch, "
-                    f"length, features). Received: {name}.shape={tuple(shape)}"
+                    f"QKVAttention expects `{name}` of shape (batch, ..., "
+                    f"features), rank >= 3. Received: {name}.shape="
+                    f"{tuple(shape)}"
                 )
-        if (
-            value_shape[1] is not None
-            and key_shape[1] is not None
-            and value_shape[1] != key_shape[1]
-        ):
+        if len(query_shape) != len(value_shape):
             raise ValueError(
-                "`key` and `value` must have the same length. Received: "
-                f"key.shape={tuple(key_shape)}, value.shape={tuple(value_shape)}"
+                "`query` and `value` must have the same rank. Received: "
+                f"query.shape={tuple(query_shape)}, "
+                f"value.shape={tuple(value_shape)}"
             )
-        heads = (None, self.num_heads)
-        self._query_dense = self._projection(
-            "query", "abc,cde->abde", heads + (self.key_dim,), "de"
-        )
-        self._key_dense = self._projection(
-            "key", "abc,cde->abde", heads + (self.key_dim,), "de"
-        )
-        self._value_dense = self._projection(
-            "value", "abc,cde->abde", heads + (self.value_dim,), "de"
-        )
-        output_dim = self.output_dim or query_shape[-1]
-        self._output_dense = self._projection(
-            "attention_output", "abcd,cde->abe", (None, output_dim), "e"
-        )
-        self._query_dense.build(query_shape)
-        self._key_dense.build(key_shape)
-        self._value_dense.build(value_shape)
-        self._output_dense.build(
-            (query_shape[0], query_shape[1], self.num_heads, self.value_dim)
-        )
+        if self.distance_penalty and len(_attention_axes(
+            self._attention_axes, len(query_shape)
+        )) != 1:
+            raise ValueError(
+                "`distance_penalty` needs attention over a single axis (the "
+                "axis its distance is measured along). Received: attention_axes="
+                f"{self._attention_axes} for query.shape={tuple(query_shape)}"
+            )
+        super().build(query_shape, value_shape, key_shape)
 
     @classmethod
     def from_multi_head_attention(cls, mha, **kwargs):
         """A `QKVAttention` with the configuration and weights of `mha`.
 
         Args:
-            mha: A built `keras.layers.MultiHeadAttention` over rank-3
-                inputs (default `attention_axes`).
+            mha: A built `keras.layers.MultiHeadAttention`.
             **kwargs: Overrides of the constructor arguments (e.g. `name`).
         """
         if not mha.built:
@@ -237,29 +221,14 @@ class QKVAttention(keras.layers.Layer):
                 "`mha` must be built (called once) so its shapes are known. "
                 f"Received: mha={mha.name!r} (not built)"
             )
-        config = mha.get_config()
-        output_shape = config.get("output_shape")
-        if isinstance(output_shape, (list, tuple)):
-            output_shape = output_shape[-1]
-        arguments = dict(
-            num_heads=config["num_heads"],
-            key_dim=config["key_dim"],
-            value_dim=config["value_dim"],
-            output_dim=output_shape,
-            dropout=config["dropout"],
-            use_bias=config["use_bias"],
-            kernel_initializer=config["kernel_initializer"],
-            bias_initializer=config["bias_initializer"],
-            kernel_regularizer=config["kernel_regularizer"],
-            kernel_constraint=config["kernel_constraint"],
-            dtype=config["dtype"],
-        )
-        arguments.update(kwargs)
-        layer = cls(**arguments)
+        layer = cls.from_config({**mha.get_config(), **kwargs})
+
+        def shape(dense):  # the input shape an EinsumDense was built for
+            rank = len(dense.equation.split(",")[0])
+            return (None,) * (rank - 1) + (dense.kernel.shape[0],)
+
         layer.build(
-            (None, None, mha.query_dense.kernel.shape[0]),
-            (None, None, mha.value_dense.kernel.shape[0]),
-            (None, None, mha.key_dense.kernel.shape[0]),
+            shape(mha.query_dense), shape(mha.value_dense), shape(mha.key_dense)
         )
         layer.set_weights(mha.get_weights())
         return layer
@@ -275,29 +244,35 @@ class QKVAttention(keras.layers.Layer):
         value_mask=None,
         key_mask=None,
         attention_mask=None,
-        use_causal_mask=False,
         return_attention_scores=False,
         training=None,
+        use_causal_mask=False,
     ):
-        key_is_value = key is None
-        if key_is_value:
-            key_mask = None  # the value mask covers the key
-        batch, q_len, v_len = query.shape[0], query.shape[1], value.shape[1]
-        for name, mask, length in (
-            ("query_mask", query_mask, q_len),
-            ("value_mask", value_mask, v_len),
-            ("key_mask", key_mask, v_len),
+        if key is None:
+            key, key_mask = value, None  # the value mask covers the key
+        steps = tuple(query.shape[:-1]), tuple(value.shape[:-1])
+        for name, mask, shape in (
+            ("query_mask", query_mask, steps[0]),
+            ("value_mask", value_mask, steps[1]),
+            ("key_mask", key_mask, steps[1]),
         ):
             if mask is not None:
-                _check_shape(name, mask.shape, (batch, length))
-        if attention_mask is not None:
-            _check_shape(
-                "attention_mask", attention_mask.shape, (batch, q_len, v_len)
+                _check_shape(name, mask.shape, shape)
+        axes = self._attention_axes  # resolved by build
+        single_axis = len(axes) == 1
+        if (use_causal_mask or self._window) and not single_axis:
+            raise ValueError(
+                "`use_causal_mask` and `sliding_window` need attention over a "
+                f"single axis. Received: attention_axes={axes} for "
+                f"query.shape={tuple(query.shape)}"
             )
+        if attention_mask is not None:
+            self._check_attention_mask(attention_mask.shape, steps)
 
         # Padding may hold anything (inf, NaN): zero it before projecting.
         # (Self-attention with one mask: sanitize the shared tensor once.)
         same = query is value and query_mask is value_mask
+        key_is_value = key is value
         if value_mask is not None:
             value = _numerics.sanitize(value, value_mask)
         if same:
@@ -312,92 +287,117 @@ class QKVAttention(keras.layers.Layer):
         q = _project(self._query_dense, query)  # (B, T, N, key_dim)
         k = _project(self._key_dense, key)  # (B, S, N, key_dim)
         v = _project(self._value_dense, value)  # (B, S, N, value_dim)
+        rank = len(q.shape) - 1 + len(self._attention_axes)  # the scores'
 
-        dropout_active = self.dropout > 0 and bool(training)
-        # jax.nn.dot_product_attention (the JAX backend's fused op) needs
-        # value heads as wide as key heads, and computes its logits in
-        # float32: float64 layers take the explicit path.
-        # XLA on a CPU has no float16 dot with float32 accumulation, which
-        # JAX's fused op asks for: float16 there takes the explicit path too.
-        dtype = keras.backend.standardize_dtype(q.dtype)
-        fusable = (
-            self.value_dim == self.key_dim
-            and not self.distance_penalty
-            and dtype != "float64"
-            and not (dtype == "float16" and _jax_off_gpu())
+        # Every mask but the query's, broadcastable to the scores: a key
+        # mask stays `(B, 1, 1, S)`, so the fused kernels never see a
+        # `(B, T, S)` tensor unless the user gave one. Padded queries are
+        # zeroed after attention (the same thing as masking their rows).
+        parts = [
+            self._steps_to_scores(_and_masks(value_mask, key_mask), keys=True),
+            None if attention_mask is None else self._expand_mask(
+                ops.cast(attention_mask, "bool"), rank
+            ),
+        ]
+        if self._window:
+            parts.append(self._expand_mask(self._compute_sliding_window_mask(q, v), rank))
+        query_valid = None if query_mask is None else ops.cast(query_mask, "bool")
+        causal_flag = bool(use_causal_mask)
+        if type(self)._compute_attention is not QKVAttention._compute_attention:
+            # A subclass's `_compute_attention` gets the mask as
+            # MultiHeadAttention would give it: every part, causality too.
+            parts.append(self._steps_to_scores(query_valid, keys=False))
+            if causal_flag:
+                parts.append(self._expand_mask(self._compute_causal_mask(q, v), rank))
+            causal_flag = False
+        mask = _and_masks(*parts)
+        extra = {"use_causal_mask": True} if causal_flag else {}
+        context, scores = self._compute_attention(
+            q, k, v, mask, training, return_attention_scores, **extra
         )
-        if return_attention_scores or dropout_active or not fusable or (
-            attention_mask is not None
-        ):
-            mask = self._combined_mask(
-                query, value, query_mask, value_mask, key_mask, attention_mask,
-                use_causal_mask,
-            )
-        if return_attention_scores or dropout_active or not fusable:
-            context, scores = self._explicit_attention(q, k, v, mask, training)
-        elif attention_mask is not None:
-            context, scores = self._fused_attention(q, k, v, mask), None
-        else:
-            # Step masks only: the kernel sees the key mask (and causality),
-            # never a (B, T, S) tensor; queries that see no key are zeroed.
-            context = self._fused_step_attention(
-                q, k, v, _and_masks(value_mask, key_mask), bool(use_causal_mask)
-            )
-            sees = _sees_a_key(
-                query_mask, _and_masks(value_mask, key_mask),
-                bool(use_causal_mask), q_len=ops.shape(q)[1],
-            )
-            if sees is not None:
-                context = ops.where(sees[:, :, None, None], context, 0.0)
-            scores = None
+        if query_valid is not None:
+            context = _numerics.sanitize(context, query_valid)
+            if scores is not None:
+                scores = ops.where(
+                    self._steps_to_scores(query_valid, keys=False), scores, 0.0
+                )
+        if self._use_gate:  # the gate's sublayer has a sigmoid activation
+            context = context * _project(self._gate_dense, query)
         output = _project(self._output_dense, context, contracted=2)
-        if query_mask is not None:
-            _compat.set_keras_mask(output, ops.cast(query_mask, "bool"))
+        if query_valid is not None:
+            _compat.set_keras_mask(output, query_valid)
         if return_attention_scores:
             return output, scores
         return output
 
-    def _combined_mask(
-        self, query, value, query_mask, value_mask, key_mask, attention_mask,
-        use_causal_mask,
+    def _compute_attention(
+        self,
+        query,
+        key,
+        value,
+        attention_mask=None,
+        training=None,
+        return_attention_scores=False,
+        use_causal_mask=False,
     ):
-        """AND of every mask given, as bool `(B or 1, T, S)`, or None."""
-        parts = []
-        if query_mask is not None:
-            parts.append(ops.expand_dims(ops.cast(query_mask, "bool"), -1))
-        for step_mask in (value_mask, key_mask):
-            if step_mask is not None:
-                parts.append(ops.expand_dims(ops.cast(step_mask, "bool"), -2))
+        """Attention over projected heads, with this layer's policies.
+
+        MultiHeadAttention's override point, with its signature: `query`
+        `(B, T, N, key_dim)`, `key` `(B, S, N, key_dim)`, `value`
+        `(B, S, N, value_dim)` (more axes with `attention_axes`), and a bool
+        `attention_mask` broadcastable to the scores after
+        MultiHeadAttention's expansion (`(T, S)`, `(B, T, S)` or
+        `(B, N, T, S)`). Queries with no visible key get a zero context and
+        zero scores. Returns the context and the scores (None on the fused
+        path).
+        """
+        if self._flash_attention and return_attention_scores:
+            raise ValueError(
+                "Returning attention scores is not supported when flash "
+                "attention is enabled. Please disable flash attention to access"
+                " attention scores."
+            )
+        # The scores: batch and other non-attention axes, heads, query
+        # attention axes, key attention axes.
+        rank = len(query.shape) - 1 + len(self._attention_axes)
+        mask = None
         if attention_mask is not None:
-            parts.append(ops.cast(attention_mask, "bool"))
-        if use_causal_mask:
-            rows = ops.arange(ops.shape(query)[1])[:, None]
-            cols = ops.arange(ops.shape(value)[1])[None, :]
-            parts.append(ops.expand_dims(rows >= cols, 0))
-        if not parts:
-            return None
-        mask = parts[0]
-        for part in parts[1:]:
-            mask = ops.logical_and(mask, part)
-        return ops.broadcast_to(
-            mask,
-            (ops.shape(mask)[0], ops.shape(query)[1], ops.shape(value)[1]),
+            mask = self._expand_mask(ops.cast(attention_mask, "bool"), rank)
+        dropout_active = self._dropout > 0 and bool(training)
+        # jax.nn.dot_product_attention (the JAX backend's fused op) needs
+        # value heads as wide as key heads and computes its logits in
+        # float32, so float64 layers take the explicit path. XLA on a CPU
+        # has no float16 dot with float32 accumulation, which JAX's fused op
+        # asks for: float16 there takes the explicit path too.
+        dtype = keras.backend.standardize_dtype(query.dtype)
+        fusable = (
+            len(query.shape) == 4
+            and self._value_dim == self._key_dim
+            and not self.distance_penalty
+            and dtype != "float64"
+            and not (dtype == "float16" and _jax_off_gpu())
         )
+        if return_attention_scores or dropout_active or not fusable:
+            if use_causal_mask:
+                mask = _and_masks(mask, self._compute_causal_mask(query, key))
+            return self._explicit_attention(query, key, value, mask, training)
+        return self._fused_attention(query, key, value, mask, use_causal_mask), None
 
     def _explicit_attention(self, q, k, v, mask, training):
-        q = q * ops.cast(self._scale, q.dtype)
-        logits = ops.einsum("bsnh,btnh->bnts", k, q)
+        q = ops.multiply(q, ops.cast(self._inverse_sqrt_key_dim, q.dtype))
+        logits = _numerics.widen(ops.einsum(self._dot_product_equation, k, q))
         if self.distance_penalty:
-            logits = _numerics.widen(logits)
+            axis = self._attention_axes[0]
             logits = logits - self._distance_bias(
-                ops.shape(q)[1], ops.shape(k)[1], logits.dtype
+                ops.shape(q)[axis], ops.shape(k)[axis], logits.dtype
             )
-        weights = _numerics.masked_softmax(
-            logits, None if mask is None else ops.expand_dims(mask, 1)
-        )
+        weights = _masked_softmax(logits, mask, len(self._attention_axes))
         scores = ops.cast(weights, self.compute_dtype)
-        dropped = self._dropout_layer(scores, training=training)
-        context = ops.einsum("bnts,bsnh->btnh", dropped, v)
+        if self._dropout > 0:
+            dropped = self._dropout_layer(scores, training=training)
+        else:
+            dropped = scores
+        context = ops.einsum(self._combine_equation, dropped, v)
         return context, scores
 
     def _distance_bias(self, q_len, k_len, dtype):
@@ -411,44 +411,127 @@ class QKVAttention(keras.layers.Layer):
         # locality mask, never an inf logit (inf - inf is NaN in the softmax).
         return ops.minimum(self.distance_penalty * distance, 1e30)
 
-    def _fused_step_attention(self, q, k, v, key_valid, is_causal):
-        """Fused attention with a `(B, S)` key mask (or none) and causality."""
+    def _fused_attention(self, q, k, v, mask, is_causal):
+        """Fused attention on `(B, T, N, H)` heads; empty rows give zeros."""
+        key_valid = None  # `(B, S)` if the mask is a key mask only
+        if mask is not None and mask.shape[1] == 1 and mask.shape[2] == 1:
+            key_valid = ops.squeeze(mask, (1, 2))
+        full = mask  # with causality, for the paths that take one mask
+        if is_causal and mask is not None:
+            full = _and_masks(mask, self._compute_causal_mask(q, k)[None])
         lengths_path = _jax_padded_attention()
-        if lengths_path is not None:
+        if lengths_path is not None and (mask is None or key_valid is not None):
             # JAX on a GPU: the key mask goes to cuDNN as lengths (exact).
-            return lengths_path(q, k, v, key_valid, self._scale, is_causal)
-        kernel_mask = None
+            context = lengths_path(
+                q, k, v, key_valid, self._inverse_sqrt_key_dim, is_causal
+            )
+        elif keras.backend.backend() == "tensorflow" and not self._flash_attention:
+            if is_causal and mask is None:
+                full = self._compute_causal_mask(q, k)[None]
+            context = self._lean_attention(q, k, v, full)
+        else:
+            context = ops.dot_product_attention(
+                q, k, v, mask=mask, scale=self._inverse_sqrt_key_dim,
+                is_causal=is_causal, flash_attention=self._flash_attention,
+            )
         if key_valid is not None:
-            kernel_mask = key_valid[:, None, None, :]  # (B, 1, 1, S)
-        if keras.backend.backend() == "tensorflow" and not is_causal:
-            return self._lean_attention(q, k, v, kernel_mask)
-        return ops.dot_product_attention(
-            q, k, v, mask=kernel_mask, scale=self._scale, is_causal=is_causal
-        )
+            sees = _sees_a_key(key_valid, is_causal, ops.shape(q)[1])
+        elif mask is not None:
+            # (B|1, N|1, T|1, S) -> which queries see a key, (B|1, T|1, N|1, 1)
+            sees = ops.any(ops.transpose(full, (0, 2, 1, 3)), axis=-1, keepdims=True)
+        else:
+            return context
+        # The fused kernels spread a query with no visible key over all
+        # keys; our policy is a zero context for it.
+        return ops.where(sees, context, ops.zeros((), context.dtype))
 
-    def _lean_attention(self, q, k, v, kernel_mask):
+    def _lean_attention(self, q, k, v, mask):
         """`ops.dot_product_attention` as TensorFlow's backend computes it,
         minus two full-size passes: the scale multiplies `q`, not the
-        `(B, N, T, S)` logits, and the `(B, 1, 1, S)` key mask broadcasts in
+        `(B, N, T, S)` logits, and a `(B, 1, 1, S)` key mask broadcasts in
         the `where` instead of being expanded to a `(B, N, T, S)` tensor
         first. Same result, up to rounding."""
-        q = q * ops.cast(self._scale, q.dtype)
+        q = ops.multiply(q, ops.cast(self._inverse_sqrt_key_dim, q.dtype))
         logits = _numerics.widen(ops.einsum("btnh,bsnh->bnts", q, k))
-        if kernel_mask is not None:
-            logits = ops.where(kernel_mask, logits, _numerics.FLOAT32_MIN)
+        if mask is not None:
+            logits = ops.where(mask, logits, _numerics.FLOAT32_MIN)
         probs = ops.cast(ops.softmax(logits, axis=-1), v.dtype)
         return ops.einsum("bnts,bsnh->btnh", probs, v)
 
-    def _fused_attention(self, q, k, v, mask):
-        if mask is None:
-            return ops.dot_product_attention(q, k, v, scale=self._scale)
-        context = ops.dot_product_attention(
-            q, k, v, mask=ops.expand_dims(mask, 1), scale=self._scale
+    # -- masks -------------------------------------------------------------
+
+    @property
+    def _window(self):
+        # `sliding_window` is Keras 3.15's; older Keras has none.
+        return getattr(self, "_sliding_window", None)
+
+    def _compute_causal_mask(self, query, value=None):
+        """The `(1, T, S)` lower-triangular mask, `T`, `S` from the
+        attention axis (MultiHeadAttention's reads axis 1: the same for
+        rank-3 inputs, projected or not)."""
+        axis = self._attention_axes[0] if self._attention_axes else 1
+        q_len = ops.shape(query)[axis]
+        v_len = q_len if value is None else ops.shape(value)[axis]
+        rows = ops.arange(q_len)[:, None]
+        cols = ops.arange(v_len)[None, :]
+        return ops.expand_dims(rows >= cols, 0)
+
+    def _compute_sliding_window_mask(self, query, value=None):
+        """The `(1, T, S)` band `|i - j| < sliding_window` (on the attention
+        axis)."""
+        axis = self._attention_axes[0] if self._attention_axes else 1
+        q_len = ops.shape(query)[axis]
+        v_len = q_len if value is None else ops.shape(value)[axis]
+        distance = ops.abs(ops.arange(q_len)[:, None] - ops.arange(v_len)[None, :])
+        return ops.expand_dims(distance < self._window, 0)
+
+    def _expand_mask(self, mask, rank):
+        """`mask` with MultiHeadAttention's broadcasting to the scores' rank:
+        unit axes inserted where the heads axis goes."""
+        axis = -2 * len(self._attention_axes) - 1
+        for _ in range(rank - len(mask.shape)):
+            mask = ops.expand_dims(mask, axis)
+        return mask
+
+    def _steps_to_scores(self, steps, keys):
+        """A step mask (the input's shape without features) in the scores'
+        layout: `(B, 1, T, 1)` for queries, `(B, 1, 1, S)` for keys (rank-3
+        inputs); non-attention axes stay where the scores have them."""
+        if steps is None:
+            return None
+        steps = ops.cast(steps, "bool")
+        axes = self._attention_axes
+        free = [i for i in range(len(steps.shape)) if i not in axes]
+        steps = ops.transpose(steps, free + list(axes))
+        steps = ops.expand_dims(steps, len(free))  # the heads axis
+        for _ in axes:  # the other side's attention axes
+            steps = ops.expand_dims(steps, len(free) + 1 if keys else -1)
+        return steps
+
+    def _check_attention_mask(self, shape, steps):
+        """Raises unless `attention_mask` broadcasts to the scores as
+        MultiHeadAttention broadcasts it (unit axes only)."""
+        query_steps, value_steps = steps
+        axes = self._attention_axes
+        free = [query_steps[i] for i in range(len(query_steps)) if i not in axes]
+        full = tuple(free) + tuple(query_steps[i] for i in axes) + tuple(
+            value_steps[i] for i in axes
         )
-        # The fused kernel spreads a query with no valid key over all keys;
-        # our policy is a zero context for it.
-        sees_a_key = ops.any(mask, axis=-1)[:, :, None, None]  # (B, T, 1, 1)
-        return ops.where(sees_a_key, context, ops.zeros_like(context))
+        heads_at = len(free)
+        with_heads = full[:heads_at] + (self._num_heads,) + full[heads_at:]
+        shape = tuple(shape)
+        expected = with_heads if len(shape) == len(with_heads) else full[-len(shape):]
+        ok = 2 <= len(shape) <= len(with_heads) and all(
+            s is None or e is None or s == e or s == 1
+            for s, e in zip(shape, expected)
+        )
+        if not ok:
+            raise ValueError(
+                "`attention_mask` must broadcast to the attention scores: shape "
+                f"{full[-2:]} (queries, keys), {full} or {with_heads} (with "
+                f"heads), size-1 axes allowed. Received: "
+                f"attention_mask.shape={shape}"
+            )
 
     def compute_output_spec(
         self,
@@ -459,48 +542,71 @@ class QKVAttention(keras.layers.Layer):
         value_mask=None,
         key_mask=None,
         attention_mask=None,
-        use_causal_mask=False,
         return_attention_scores=False,
         training=None,
+        use_causal_mask=False,
     ):
-        output_dim = self.output_dim or query.shape[-1]
         output = keras.KerasTensor(
-            query.shape[:-1] + (output_dim,), dtype=self.compute_dtype
+            self.compute_output_shape(
+                query.shape, value.shape, None if key is None else key.shape
+            ),
+            dtype=self.compute_dtype,
         )
-        if return_attention_scores:
-            scores = keras.KerasTensor(
-                (query.shape[0], self.num_heads, query.shape[1], value.shape[1]),
-                dtype=self.compute_dtype,
-            )
-            return output, scores
-        return output
+        if not return_attention_scores:
+            return output
+        # The scores' layout: non-attention axes, heads, query attention
+        # axes, key attention axes (MultiHeadAttention's spec gives
+        # (B, N, T, T) whatever the key length).
+        axes = _attention_axes(self._attention_axes, len(query.shape))
+        free = [query.shape[i] for i in range(len(query.shape) - 1) if i not in axes]
+        shape = (
+            tuple(free) + (self._num_heads,)
+            + tuple(query.shape[i] for i in axes)
+            + tuple(value.shape[i] for i in axes)
+        )
+        return output, keras.KerasTensor(shape, dtype=self.compute_dtype)
 
-    def compute_output_shape(self, query_shape, value_shape, key_shape=None):
-        return tuple(query_shape[:-1]) + (self.output_dim or query_shape[-1],)
 
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "num_heads": self.num_heads,
-            "key_dim": self.key_dim,
-            "value_dim": self._value_dim_arg,
-            "output_dim": self.output_dim,
-            "dropout": self.dropout,
-            "use_bias": self.use_bias,
-            "kernel_initializer": keras.initializers.serialize(
-                self.kernel_initializer
-            ),
-            "bias_initializer": keras.initializers.serialize(
-                self.bias_initializer
-            ),
-            "kernel_regularizer": keras.regularizers.serialize(
-                self.kernel_regularizer
-            ),
-            "kernel_constraint": keras.constraints.serialize(
-                self.kernel_constraint
-            ),
-            "distance_penalty": self.distance_penalty,
-        }
+def _attention_axes(axes, input_rank):
+    """The attention axes of inputs of `input_rank`, as build resolves them."""
+    projected = input_rank + 1
+    if axes is None:
+        return tuple(range(1, projected - 2))
+    return tuple(a if a >= 0 else (projected - 1) + a for a in axes)
+
+
+def _as_int(name, value):
+    """`value` as a Python int where it is an integer (NumPy ones included),
+    for MultiHeadAttention's checks; bools are refused in its words."""
+    if isinstance(value, bool):
+        raise ValueError(
+            f"Received an invalid value for argument `{name}`, expected a "
+            f"positive integer. Received: {name}={value}"
+        )
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    return value
+
+
+def _check_output_shape(output_shape):
+    """MultiHeadAttention treats a falsy `output_shape` (0, ()) as None and
+    accepts negative sizes; those raise here."""
+    if output_shape is None:
+        return
+    sizes = (output_shape,) if isinstance(output_shape, numbers.Number) else output_shape
+    try:
+        sizes = tuple(sizes)
+    except TypeError:
+        sizes = ()
+    if not sizes or not all(
+        isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1
+        for s in sizes
+    ):
+        raise ValueError(
+            f"Invalid `output_shape`: {output_shape!r}. When specified, the "
+            "`output_shape` should be a positive int or a non-empty tuple or "
+            f"list of them. Received: output_shape={output_shape!r}"
+        )
 
 
 def _and_masks(*masks):
@@ -513,20 +619,32 @@ def _and_masks(*masks):
     return out
 
 
-def _sees_a_key(query_valid, key_valid, is_causal, q_len):
-    """`(B, T)` bool: which queries see at least one key (None: all do)."""
-    sees = None
-    if key_valid is not None:
-        if is_causal:  # query i sees a key iff one of keys 0..i is valid
-            seen = ops.cumsum(ops.cast(key_valid, "int32"), axis=1) > 0
-            rows = ops.minimum(ops.arange(q_len), ops.shape(key_valid)[1] - 1)
-            sees = ops.take(seen, rows, axis=1)
-        else:
-            sees = ops.any(key_valid, axis=1, keepdims=True)
-    if query_valid is not None:
-        query_valid = ops.cast(query_valid, "bool")
-        sees = query_valid if sees is None else ops.logical_and(sees, query_valid)
-    return sees
+def _masked_softmax(logits, mask, key_axes):
+    """`_numerics.masked_softmax` over the trailing `key_axes` axes.
+
+    Scores of rank > 4 (more attention or batch-like axes) are normalized
+    as a 2-D `(rows, keys)` array: TensorFlow's softmax kernel takes at most
+    five axes.
+    """
+    if key_axes == 1 and len(logits.shape) <= 4:
+        return _numerics.masked_softmax(logits, mask)
+    shape = ops.shape(logits)
+    keys = math.prod(shape[-key_axes:])
+    flat = ops.reshape(logits, (-1, keys))
+    if mask is not None:
+        mask = ops.reshape(ops.broadcast_to(mask, shape), (-1, keys))
+    return ops.reshape(_numerics.masked_softmax(flat, mask), shape)
+
+
+def _sees_a_key(key_valid, is_causal, q_len):
+    """`(B, T, 1, 1)` or `(B, 1, 1, 1)` bool: which queries see a valid key."""
+    if is_causal:  # query i sees a key iff one of keys 0..i is valid
+        seen = ops.cumsum(ops.cast(key_valid, "int32"), axis=1) > 0
+        rows = ops.minimum(ops.arange(q_len), ops.shape(key_valid)[1] - 1)
+        sees = ops.take(seen, rows, axis=1)
+    else:
+        sees = ops.any(key_valid, axis=1, keepdims=True)
+    return ops.expand_dims(ops.expand_dims(sees, -1), -1)
 
 
 def _jax_off_gpu():
@@ -554,17 +672,10 @@ def _jax_padded_attention():
 
 
 def _check_shape(name, shape, expected):
-    """Raises unless `shape` matches `expected` where both are known.
-
-    A batch dimension of 1 broadcasts for `attention_mask`, as in Keras.
-    """
+    """Raises unless `shape` matches `expected` where both are known."""
     shape, expected = tuple(shape), tuple(expected)
     ok = len(shape) == len(expected) and all(
-        s is None
-        or e is None
-        or s == e
-        or (i == 0 and s == 1 and name == "attention_mask")
-        for i, (s, e) in enumerate(zip(shape, expected))
+        s is None or e is None or s == e for s, e in zip(shape, expected)
     )
     if not ok:
         raise ValueError(
@@ -579,11 +690,12 @@ def _project(dense, inputs, contracted=1):
 
     On TensorFlow, `EinsumDense`'s `einsum("abc,cde->abde")` takes its
     kernel gradient as one product per example and a sum over them (a
-    `(B, C, N*H)` temporary); flattening the batch and time axes first makes
-    it one `(C, B*T) @ (B*T, N*H)` product. Same values. A quantized
-    projection, which has its own call, goes through the sublayer.
+    `(B, C, N*H)` temporary); flattening the leading axes first makes it
+    one `(C, B*T) @ (B*T, N*H)` product. Same values. A quantized
+    projection, which has its own call, and one with an activity
+    regularizer (a loss on its output) go through the sublayer.
     """
-    if getattr(dense, "quantization_mode", None):
+    if getattr(dense, "quantization_mode", None) or dense.activity_regularizer:
         return dense(inputs)
     # `dense.kernel` includes a LoRA update, if one is enabled.
     inputs, kernel, bias = _numerics.cast_to_compute_dtype(
@@ -596,4 +708,4 @@ def _project(dense, inputs, contracted=1):
     out = ops.reshape(out, tuple(lead) + tuple(kernel.shape[contracted:]))
     if bias is not None:
         out = out + bias
-    return out
+    return dense.activation(out)  # the gate's sigmoid; linear elsewhere
