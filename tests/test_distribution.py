@@ -10,7 +10,9 @@ two logical CPUs; JAX runs `keras.distribution.DataParallel` over two host
 devices (see conftest.py).
 
 A second model does the same for the later components: PretrainedEmbedding,
-QKVAttention with distance_penalty, DecomposedConv2D and NoiseAdaptation
+QKVAttention with distance_penalty, a gate, a causal sliding window and
+padding, QKVAttention over the two axes of an image, DecomposedConv2D and
+NoiseAdaptation
 (with its trace penalty and ProbabilitySimplex constraint). GaussianSampling
 is left out on purpose: its training-mode draws come from per-device random
 streams, so one device and two give different samples by design.
@@ -58,9 +60,13 @@ def _beyond_model():
     x = kaq.layers.PretrainedEmbedding(
         PRETRAINED, trainable_tokens=5, trainable_dim=2, mask_zero=True
     )(tokens)
-    x = kaq.layers.QKVAttention(2, 4, distance_penalty=0.5)(x, x)
+    x = kaq.layers.QKVAttention(
+        2, 4, distance_penalty=0.5, use_gate=True, sliding_window=3
+    )(x, x, use_causal_mask=True)
     pooled = kaq.layers.MaskedAttentionPooling(5)(x)
     seen = kaq.layers.DecomposedConv2D(3, 3, padding="same")(images)
+    # Attention over both image axes (rank-4 inputs).
+    seen = kaq.layers.QKVAttention(1, 2, attention_axes=(1, 2))(seen, seen)
     seen = keras.layers.GlobalAveragePooling2D()(seen)
     hidden = keras.layers.Concatenate()([pooled, seen])
     clean = keras.layers.Dense(SIZE, activation="softmax")(hidden)

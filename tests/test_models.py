@@ -78,7 +78,7 @@ def attention_case():
 def causal_attention_case():
     inputs = keras.Input((6,), dtype="int32")
     hidden = keras.layers.Embedding(20, 8, mask_zero=True)(inputs)
-    hidden = kaq.layers.QKVAttention(2, 4, output_dim=3)(
+    hidden = kaq.layers.QKVAttention(2, 4, output_shape=3)(
         hidden, hidden, use_causal_mask=True
     )
     pooled = kaq.layers.MaskedAttentionPooling(4)(hidden)

@@ -34,7 +34,7 @@ class QKVAttentionHarnessTest(harness.TestCase):
                 "num_heads": 3,
                 "key_dim": 2,
                 "value_dim": 5,
-                "output_dim": 7,
+                "output_shape": 7,
                 "use_bias": False,
                 "dropout": 0.1,
             },
@@ -437,8 +437,8 @@ def test_flattened_projections_equal_the_einsum_dense_sublayers(policy):
         layer = QKVAttention(2, 4, bias_initializer="random_normal")
         layer(x, x)
     context = rng.normal(size=(3, 7, 2, 4)).astype("float32")
-    pairs = [(layer._query_dense, x, 1), (layer._value_dense, x, 1),
-             (layer._output_dense, context, 2)]
+    pairs = [(layer.query_dense, x, 1), (layer.value_dense, x, 1),
+             (layer.output_dense, context, 2)]
     for dense, inputs, contracted in pairs:
         expected = dense(inputs)
         # Called bare, outside any autocast scope (as under `stateless_call`).
@@ -481,7 +481,7 @@ def test_quantized_projections_take_the_sublayers_own_call():
     expected = harness.to_numpy(model(x))
     model.quantize("int8")
     layer = model.layers[-1]
-    assert layer._query_dense.quantization_mode == "int8"
+    assert layer.query_dense.quantization_mode == "int8"
     got = harness.to_numpy(model(x))
     harness.assert_finite(got)
     scale = np.max(np.abs(expected))
@@ -495,7 +495,7 @@ def test_lora_on_a_projection_reaches_the_flattened_product():
     x = np.random.default_rng(8).normal(size=(2, 5, 6)).astype("float32")
     layer = QKVAttention(2, 3)
     before = harness.to_numpy(layer(x, x))
-    dense = layer._query_dense
+    dense = layer.query_dense
     dense.enable_lora(2)
     dense.lora_kernel_b.assign(np.full(dense.lora_kernel_b.shape, 0.3, "float32"))
     np.testing.assert_allclose(

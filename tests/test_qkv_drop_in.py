@@ -86,6 +86,19 @@ def test_from_config_of_multi_head_attention_computes_the_same(name):
         _close(ours(q, v, **call), expected)  # the fused path too
 
 
+@pytest.mark.parametrize("name", ["use_gate", "rank4_two_axes", "output_shape_tuple"])
+def test_from_multi_head_attention_copies_config_and_weights(name):
+    kwargs, q_shape, v_shape, _ = CONFIGS[name]
+    mha = keras.layers.MultiHeadAttention(2, 3, bias_initializer="random_normal", **kwargs)
+    rng = np.random.default_rng(13)
+    q = rng.normal(size=q_shape).astype("float32")
+    v = rng.normal(size=v_shape).astype("float32")
+    expected = mha(q, v, return_attention_scores=True)[0]
+    ours = QKVAttention.from_multi_head_attention(mha, name="converted")
+    assert ours.name == "converted"
+    _close(ours(q, v), expected)
+
+
 def test_regularizers_and_constraints_reach_every_projection():
     kwargs = dict(
         num_heads=2, key_dim=3, use_gate=True, kernel_regularizer="l2",

@@ -406,7 +406,7 @@ class QKVAttention(keras.layers.MultiHeadAttention):
         cols = ops.cast(ops.arange(k_len), dtype)
         scale = ops.cast(k_len, dtype) / ops.cast(q_len, dtype)
         aligned = (rows + 0.5) * scale - 0.5  # == rows when q_len == k_len
-        distance = ops.abs(aligned[:, None] - cols[None, :])
+        distance = ops.abs(ops.expand_dims(aligned, 1) - ops.expand_dims(cols, 0))
         # Capped far below the float32 maximum: a huge penalty is a hard
         # locality mask, never an inf logit (inf - inf is NaN in the softmax).
         return ops.minimum(self.distance_penalty * distance, 1e30)
@@ -418,7 +418,7 @@ class QKVAttention(keras.layers.MultiHeadAttention):
             key_valid = ops.squeeze(mask, (1, 2))
         full = mask  # with causality, for the paths that take one mask
         if is_causal and mask is not None:
-            full = _and_masks(mask, self._compute_causal_mask(q, k)[None])
+            full = _and_masks(mask, ops.expand_dims(self._compute_causal_mask(q, k), 0))
         lengths_path = _jax_padded_attention()
         if lengths_path is not None and (mask is None or key_valid is not None):
             # JAX on a GPU: the key mask goes to cuDNN as lengths (exact).
@@ -427,7 +427,7 @@ class QKVAttention(keras.layers.MultiHeadAttention):
             )
         elif keras.backend.backend() == "tensorflow" and not self._flash_attention:
             if is_causal and mask is None:
-                full = self._compute_causal_mask(q, k)[None]
+                full = ops.expand_dims(self._compute_causal_mask(q, k), 0)
             context = self._lean_attention(q, k, v, full)
         else:
             context = ops.dot_product_attention(
@@ -472,8 +472,8 @@ class QKVAttention(keras.layers.MultiHeadAttention):
         axis = self._attention_axes[0] if self._attention_axes else 1
         q_len = ops.shape(query)[axis]
         v_len = q_len if value is None else ops.shape(value)[axis]
-        rows = ops.arange(q_len)[:, None]
-        cols = ops.arange(v_len)[None, :]
+        rows = ops.expand_dims(ops.arange(q_len), 1)
+        cols = ops.expand_dims(ops.arange(v_len), 0)
         return ops.expand_dims(rows >= cols, 0)
 
     def _compute_sliding_window_mask(self, query, value=None):
@@ -482,7 +482,9 @@ class QKVAttention(keras.layers.MultiHeadAttention):
         axis = self._attention_axes[0] if self._attention_axes else 1
         q_len = ops.shape(query)[axis]
         v_len = q_len if value is None else ops.shape(value)[axis]
-        distance = ops.abs(ops.arange(q_len)[:, None] - ops.arange(v_len)[None, :])
+        distance = ops.abs(
+            ops.expand_dims(ops.arange(q_len), 1) - ops.expand_dims(ops.arange(v_len), 0)
+        )
         return ops.expand_dims(distance < self._window, 0)
 
     def _expand_mask(self, mask, rank):
@@ -502,7 +504,8 @@ class QKVAttention(keras.layers.MultiHeadAttention):
         steps = ops.cast(steps, "bool")
         axes = self._attention_axes
         free = [i for i in range(len(steps.shape)) if i not in axes]
-        steps = ops.transpose(steps, free + list(axes))
+        if free + list(axes) != list(range(len(steps.shape))):
+            steps = ops.transpose(steps, free + list(axes))
         steps = ops.expand_dims(steps, len(free))  # the heads axis
         for _ in axes:  # the other side's attention axes
             steps = ops.expand_dims(steps, len(free) + 1 if keys else -1)
