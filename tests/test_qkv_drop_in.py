@@ -430,3 +430,23 @@ def test_mixed_precision_agrees_with_float32(name, policy):
         kwargs.get("attention_axes"), tuple) else 1
     sums = scores.sum(axis=tuple(range(-n, 0)))
     assert np.all((np.abs(sums - 1) < 1e-2) | (sums == 0))
+
+
+@pytest.mark.parametrize("key_is_value", [True, False])
+def test_a_key_step_masked_by_key_mask_alone_is_inert_in_the_value_too(key_is_value):
+    # A step the key mask hides gets no weight, so the value there (NaN
+    # here, with no value mask saying so) reaches nothing either.
+    rng = np.random.default_rng(14)
+    q = rng.normal(size=(2, 3, 4)).astype("float32")
+    v = rng.normal(size=(2, 5, 4)).astype("float32")
+    k = v.copy() if key_is_value else rng.normal(size=(2, 5, 4)).astype("float32")
+    key_mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 0]], bool)
+    layer = QKVAttention(2, 3)
+    clean = harness.to_numpy(layer(q, v, key=k, key_mask=key_mask))
+    v_bad, k_bad = v.copy(), k.copy()
+    v_bad[~key_mask] = np.nan
+    k_bad[~key_mask] = np.nan
+    key = v_bad if key_is_value else k_bad
+    out = harness.to_numpy(layer(q, v_bad, key=key, key_mask=key_mask))
+    harness.assert_finite(out)
+    np.testing.assert_array_equal(out, clean)

@@ -270,19 +270,22 @@ class QKVAttention(keras.layers.MultiHeadAttention):
             self._check_attention_mask(attention_mask.shape, steps)
 
         # Padding may hold anything (inf, NaN): zero it before projecting.
-        # (Self-attention with one mask: sanitize the shared tensor once.)
-        same = query is value and query_mask is value_mask
+        # A key step either mask marks gets no weight, so both masks zero
+        # the value and the key there. (Self-attention with one mask:
+        # sanitize the shared tensor once.)
+        key_valid = _and_masks(value_mask, key_mask)
+        same = query is value and query_mask is value_mask and key_mask is None
         key_is_value = key is value
-        if value_mask is not None:
-            value = _numerics.sanitize(value, value_mask)
+        if key_valid is not None:
+            value = _numerics.sanitize(value, key_valid)
         if same:
             query = value
         elif query_mask is not None:
             query = _numerics.sanitize(query, query_mask)
         if key_is_value:
             key = value
-        elif key_mask is not None:
-            key = _numerics.sanitize(key, key_mask)
+        elif key_valid is not None:
+            key = _numerics.sanitize(key, key_valid)
 
         q = _project(self._query_dense, query)  # (B, T, N, key_dim)
         k = _project(self._key_dense, key)  # (B, S, N, key_dim)
@@ -294,7 +297,7 @@ class QKVAttention(keras.layers.MultiHeadAttention):
         # `(B, T, S)` tensor unless the user gave one. Padded queries are
         # zeroed after attention (the same thing as masking their rows).
         parts = [
-            self._steps_to_scores(_and_masks(value_mask, key_mask), keys=True),
+            self._steps_to_scores(key_valid, keys=True),
             None if attention_mask is None else self._expand_mask(
                 ops.cast(attention_mask, "bool"), rank
             ),
