@@ -274,3 +274,74 @@ def test_stateless_call_computes_in_the_compute_dtype():
     got, _ = layer.stateless_call(layer.trainable_variables, layer.non_trainable_variables, x)
     assert keras.backend.standardize_dtype(got.dtype) == "float16"
     np.testing.assert_array_equal(harness.to_numpy(got), harness.to_numpy(expected))
+
+
+def test_monotone_decode_layer_in_a_trained_model(tmp_path):
+    from keras_addons_qa.layers import MonotoneDecode
+
+    rng = np.random.default_rng(21)
+    x = rng.normal(size=(64, 6)).astype("float32")
+    labels = np.sort(rng.integers(0, 4, size=(64, 3)), axis=1)
+    inputs = keras.Input((6,))
+    probs = MonotoneGroupedSoftmax(3, 4, penalty_weight=0.5)(
+        keras.layers.Dense(8, activation="relu")(inputs)
+    )
+    trained = keras.Model(inputs, probs)
+    trained.compile("adam", loss="categorical_crossentropy")
+    trained.fit(x, np.eye(4, dtype="float32")[labels], epochs=2, verbose=0)
+    # The deployed model: the same layers, ending in the decode layer; the
+    # function called on a symbolic tensor adds the same layer.
+    deployed = keras.Model(inputs, MonotoneDecode()(probs))
+    via_function = keras.Model(inputs, monotone_decode(probs))
+    path = harness.to_numpy(deployed.predict(x, verbose=0))
+    assert path.dtype == np.int32 and path.shape == (64, 3)
+    np.testing.assert_array_equal(path, harness.to_numpy(via_function.predict(x, verbose=0)))
+    p = harness.to_numpy(trained.predict(x, verbose=0))
+    np.testing.assert_array_equal(path, harness.to_numpy(monotone_decode(p)))
+    for example, row in zip(p[:8], path[:8]):
+        best, _ = _brute_force_decode(example, "increasing")
+        score = np.log(np.maximum(example[np.arange(3), row], 1e-38)).sum()
+        np.testing.assert_allclose(score, best, rtol=1e-5, atol=1e-5)
+    restored = harness.save_and_reload(deployed, tmp_path)
+    np.testing.assert_array_equal(harness.to_numpy(restored.predict(x, verbose=0)), path)
+
+
+@pytest.mark.parametrize("direction", ["increasing", "decreasing"])
+def test_monotone_decode_at_many_groups_is_exact_under_jit(direction):
+    # The dynamic program is a loop over groups, not unrolled: 64 groups
+    # compile quickly and decode exactly (checked against a NumPy Viterbi).
+    rng = np.random.default_rng(22)
+    probs = _softmax(rng.normal(size=(5, 64, 7)) * 3).astype("float32")
+    if harness.BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        fn = tf.function(lambda p: monotone_decode(p, direction), jit_compile=True)
+    elif harness.BACKEND == "jax":
+        import jax
+
+        fn = jax.jit(lambda p: monotone_decode(p, direction))
+    else:
+        fn = lambda p: monotone_decode(p, direction)  # noqa: E731
+    got = harness.to_numpy(fn(probs))
+    log_p = np.log(np.maximum(probs, 1e-38))
+    if direction == "decreasing":
+        log_p = log_p[..., ::-1]
+    best = log_p[:, 0]
+    for g in range(1, 64):
+        best = np.maximum.accumulate(best, axis=-1) + log_p[:, g]
+    expected_score = best.max(-1)
+    path = got if direction == "increasing" else 6 - got
+    assert np.all(np.diff(path, axis=-1) >= 0)
+    score = np.take_along_axis(log_p, path[..., None], -1)[..., 0].sum(-1)
+    np.testing.assert_allclose(score, expected_score, rtol=1e-5)
+
+
+def test_monotone_decode_layer_config_and_errors():
+    from keras_addons_qa.layers import MonotoneDecode
+
+    layer = MonotoneDecode("decreasing", name="decode")
+    assert MonotoneDecode.from_config(layer.get_config()).direction == "decreasing"
+    with pytest.raises(ValueError, match="direction='up'"):
+        MonotoneDecode("up")
+    with pytest.raises(ValueError, match=r"probs.shape=\(None,\)"):
+        MonotoneDecode()(keras.Input(batch_shape=(None,)))

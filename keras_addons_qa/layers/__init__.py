@@ -6,6 +6,7 @@ from keras_addons_qa.layers.gaussian_sampling import GaussianSampling
 from keras_addons_qa.layers.masked_attention_pooling import (
     MaskedAttentionPooling,
 )
+from keras_addons_qa.layers.monotone_decode import MonotoneDecode
 from keras_addons_qa.layers.monotone_grouped_softmax import MonotoneGroupedSoftmax
 from keras_addons_qa.layers.monotone_grouped_softmax import expected_index
 from keras_addons_qa.layers.monotone_grouped_softmax import monotone_decode
@@ -18,6 +19,7 @@ __all__ = [
     "DecomposedConv2D",
     "GaussianSampling",
     "MaskedAttentionPooling",
+    "MonotoneDecode",
     "MonotoneGroupedSoftmax",
     "NoiseAdaptation",
     "PretrainedEmbedding",

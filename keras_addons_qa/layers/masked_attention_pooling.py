@@ -209,7 +209,7 @@ def _project_with_folded_bias(inputs, kernel, bias):
     """
     ones = ops.ones_like(inputs[..., :1])
     augmented = ops.concatenate([inputs, ones], axis=-1)
-    return ops.matmul(augmented, ops.concatenate([kernel, bias[None, :]], axis=0))
+    return ops.matmul(augmented, ops.concatenate([kernel, ops.expand_dims(bias, 0)], axis=0))
 
 
 def _pool(inputs, mask, kernel, bias, context):
@@ -251,7 +251,7 @@ def _pool(inputs, mask, kernel, bias, context):
         scores = ops.reshape(ops.matmul(activation, context), batch_time)
         weights = _numerics.masked_softmax(scores, mask)  # float32
         cast_weights = ops.cast(weights, inputs.dtype)
-        pooled = ops.squeeze(ops.matmul(cast_weights[:, None, :], inputs), 1)
+        pooled = ops.squeeze(ops.matmul(ops.expand_dims(cast_weights, 1), inputs), 1)
 
         def grad(*upstream_args, upstream=None):
             if upstream is None:  # TensorFlow and JAX; torch passes it by name
@@ -259,18 +259,18 @@ def _pool(inputs, mask, kernel, bias, context):
             upstream = ops.cast(upstream, inputs.dtype)  # (batch, features)
             # The weights' gradient, and the softmax's, in float32.
             d_weights = _numerics.widen(
-                ops.squeeze(ops.matmul(inputs, upstream[:, :, None]), -1)
+                ops.squeeze(ops.matmul(inputs, ops.expand_dims(upstream, -1)), -1)
             )
             d_scores = weights * (
                 d_weights - ops.sum(weights * d_weights, axis=-1, keepdims=True)
             )
             d_scores = ops.cast(ops.reshape(d_scores, (-1,)), inputs.dtype)
             d_context = ops.matmul(d_scores, activation)
-            d_hidden = (d_scores[:, None] * context) * (1.0 - ops.square(activation))
+            d_hidden = (ops.expand_dims(d_scores, 1) * context) * (1.0 - ops.square(activation))
             d_kernel = ops.transpose(ops.matmul(ops.transpose(d_hidden), flat))
             d_inputs = ops.reshape(
                 ops.matmul(d_hidden, ops.transpose(kernel)), ops.shape(inputs)
-            ) + cast_weights[:, :, None] * upstream[:, None, :]
+            ) + ops.expand_dims(cast_weights, -1) * ops.expand_dims(upstream, 1)
             grads = (d_inputs, d_kernel, d_context)
             if bias is not None:
                 grads += (ops.sum(d_hidden, axis=0),)
@@ -295,7 +295,7 @@ def _weighted_sum(inputs, weights):
     # Without XLA, the elementwise product is a (B, T, F) temporary; a
     # batched (1, T) @ (T, F) product writes none.
     return ops.squeeze(
-        ops.matmul(ops.cast(weights, inputs.dtype)[:, None, :], inputs), 1
+        ops.matmul(ops.expand_dims(ops.cast(weights, inputs.dtype), 1), inputs), 1
     )
 
 

@@ -23,29 +23,31 @@ def expected_index(probs):
 
 
 def _prefix_max(values):
-    """Running max over the last axis and the index where it is attained.
+    """Running max over the last axis.
 
-    A Hillis-Steele scan: log2(K) vectorized steps instead of a Python loop
-    over K, so the graph stays small and XLA-friendly.
+    A Hillis-Steele scan: log2(K) vectorized steps instead of a loop over K.
     """
     size = values.shape[-1]
-    index = ops.broadcast_to(
-        ops.arange(size, dtype="int32"), ops.shape(values)
-    )
+    lead = [[0, 0]] * (len(values.shape) - 1)
     shift = 1
     while shift < size:
-        lead = [[0, 0]] * (len(values.shape) - 1)
-        shifted_values = ops.pad(
+        shifted = ops.pad(
             values[..., : size - shift],
             lead + [[shift, 0]],
             constant_values=float("-inf"),
         )
-        shifted_index = ops.pad(index[..., : size - shift], lead + [[shift, 0]])
-        take = shifted_values > values
-        values = ops.where(take, shifted_values, values)
-        index = ops.where(take, shifted_index, index)
+        values = ops.maximum(values, shifted)
         shift *= 2
-    return values, index
+    return values
+
+
+def _first_argmax(values, positions):
+    """`argmax` over the last axis (the first maximum), written with a
+    comparison and a min: Keras's TensorFlow `argmax` of floats lowers to
+    Bitcast and BitwiseAnd, which LiteRT's builtins and ONNX Runtime lack."""
+    size = values.shape[-1]
+    top = ops.max(values, axis=-1, keepdims=True)
+    return ops.min(ops.where(values >= top, positions, size), axis=-1)
 
 
 def monotone_decode(probs, direction="increasing"):
@@ -54,9 +56,16 @@ def monotone_decode(probs, direction="increasing"):
     Returns, for each example, the indices `k_0, ..., k_{G-1}` that maximize
     `sum_g log p[g, k_g]` subject to `k_0 <= k_1 <= ... <= k_{G-1}` (or `>=`
     for `direction="decreasing"`): the exact maximum a-posteriori decoding
-    under the monotonicity constraint, unlike a per-group `argmax`. It is a
-    dynamic program over groups (Viterbi with a running max), all in
-    `keras.ops`, so it runs under `jit_compile` on every backend.
+    under the monotonicity constraint, unlike a per-group `argmax`. On ties
+    the smaller index wins.
+
+    It is a dynamic program over groups (Viterbi with a running max): a
+    forward `keras.ops.scan` over groups and a reverse one for the path, so
+    the compiled graph does not grow with the number of groups, and only
+    comparisons, `where`, `max`, `min` and sums inside (no float `argmax`,
+    no gather), so it exports to SavedModel, LiteRT's builtin ops and ONNX.
+    Called on a symbolic tensor (a functional model), it adds a
+    `MonotoneDecode` layer.
 
     Args:
         probs: `(..., num_groups, group_size)` probabilities, for example the
@@ -74,31 +83,67 @@ def monotone_decode(probs, direction="increasing"):
     [[2, 2]]
     """
     _checks.one_of("direction", direction, _DIRECTIONS)
+    if isinstance(probs, keras.KerasTensor):
+        from keras_addons_qa.layers.monotone_decode import MonotoneDecode
+
+        return MonotoneDecode(direction=direction)(probs)
     probs = ops.convert_to_tensor(probs)
     if len(probs.shape) < 2:
         raise ValueError(
             "`probs` must have shape (..., num_groups, group_size). "
             f"Received: probs.shape={tuple(probs.shape)}"
         )
-    num_groups, group_size = probs.shape[-2], probs.shape[-1]
+    rank = len(probs.shape)
+    group_size = probs.shape[-1]
     log_probs = _numerics.safe_log(probs)
     if direction == "decreasing":
         log_probs = ops.flip(log_probs, axis=-1)
+    # Groups first, for the scans: (G, ..., K).
+    log_probs = ops.transpose(log_probs, (rank - 2,) + tuple(range(rank - 2)) + (rank - 1,))
+    first, rest = log_probs[0], log_probs[1:]
+    # Indices ride as float32 (exact below 2**24): Keras's TensorFlow scan
+    # stacks its outputs in the dtype of its carry.
+    positions = ops.broadcast_to(
+        ops.arange(group_size, dtype=first.dtype), ops.shape(first)
+    )
+    if probs.shape[-2] == 1:  # one group: nothing to scan
+        path = ops.expand_dims(_first_argmax(first, positions), -1)
+        path = ops.cast(path, "int32")
+        return (group_size - 1) - path if direction == "decreasing" else path
 
-    # best[..., j]: best score of a sequence for groups 0..g ending at j.
-    best = log_probs[..., 0, :]
-    backpointers = []
-    for g in range(1, num_groups):
-        running_best, argbest = _prefix_max(best)
-        backpointers.append(argbest)
-        best = running_best + log_probs[..., g, :]
+    num_groups = probs.shape[-2]
+    step_shape = tuple(ops.shape(first))
+    zeros = (0,) * len(step_shape)
 
-    last = ops.cast(ops.argmax(best, axis=-1), "int32")
-    path = [last]
-    for argbest in reversed(backpointers):
-        last = ops.take_along_axis(argbest, last[..., None], axis=-1)[..., 0]
-        path.append(last)
-    path = ops.stack(path[::-1], axis=-1)
+    def group(tensor, g):  # tensor[g], for a traced index g
+        return ops.squeeze(ops.slice(tensor, (g,) + zeros, (1,) + step_shape), 0)
+
+    def forward(g, carry):
+        # best[..., j]: the best score of a path over groups 0..g ending at
+        # j; the step to group g + 1 may come from any i <= j.
+        best, history = carry
+        history = ops.slice_update(history, (g,) + zeros, ops.expand_dims(best, 0))
+        return _prefix_max(best) + group(rest, g), history
+
+    history = ops.zeros((num_groups - 1,) + step_shape, first.dtype)
+    best, history = ops.fori_loop(0, num_groups - 1, forward, (first, history))
+    last = _first_argmax(best, positions)
+    path = ops.zeros((num_groups,) + step_shape[:-1], first.dtype)
+    path = ops.slice_update(path, (num_groups - 1,) + zeros[:-1], ops.expand_dims(last, 0))
+
+    def backward(i, carry):
+        # Where the path to `index` at group g + 1 came from: the first
+        # i <= index with the best score at group g.
+        index, path = carry
+        g = num_groups - 2 - i
+        best = group(history, g)
+        reachable = ops.where(positions <= ops.expand_dims(index, -1), best, float("-inf"))
+        index = _first_argmax(reachable, positions)
+        return index, ops.slice_update(path, (g,) + zeros[:-1], ops.expand_dims(index, 0))
+
+    _, path = ops.fori_loop(0, num_groups - 1, backward, (last, path))
+    path = ops.transpose(path, tuple(range(1, rank - 1)) + (0,))
+    path = ops.cast(path, "int32")
     if direction == "decreasing":
         path = (group_size - 1) - path
     return path

@@ -1,0 +1,69 @@
+import keras
+
+from keras_addons_qa import _checks
+from keras_addons_qa.layers import monotone_grouped_softmax
+
+_DIRECTIONS = ("increasing", "decreasing")
+
+
+@keras.saving.register_keras_serializable(package="keras_addons_qa")
+class MonotoneDecode(keras.layers.Layer):
+    """The most probable monotone index path, as a layer of a model.
+
+    `monotone_decode` as a layer: from `(..., num_groups, group_size)`
+    probabilities (a `MonotoneGroupedSoftmax`'s output) to the int32
+    `(..., num_groups)` indices that maximize `sum_g log p[g, k_g]` subject
+    to `k_0 <= ... <= k_{G-1}` (`>=` for `"decreasing"`), exactly. No
+    weights; it is an inference head. Train the model that ends in the
+    softmax, then build the one a server or a phone runs from the same
+    layers:
+
+    ```python
+    probs = kaq.layers.MonotoneGroupedSoftmax(32, 64)(features)
+    trained = keras.Model(inputs, probs)      # compile, fit
+    path = kaq.layers.MonotoneDecode()(probs)
+    deployed = keras.Model(inputs, path)      # save, export
+    ```
+
+    The dynamic program is a `keras.ops.scan` over groups written with
+    comparisons and sums only, so the exported graph stays the same size
+    for any number of groups and uses LiteRT builtins and plain ONNX ops.
+
+    Args:
+        direction: `"increasing"` (non-decreasing indices) or
+            `"decreasing"`.
+        **kwargs: Base layer keyword arguments, such as `name`.
+
+    Input shape:
+        `(..., num_groups, group_size)` probabilities.
+
+    Output shape:
+        `(..., num_groups)` int32 indices.
+
+    Example:
+
+    >>> import numpy as np
+    >>> probs = np.array([[[0.1, 0.0, 0.9], [0.0, 0.6, 0.4]]], "float32")
+    >>> keras.ops.convert_to_numpy(MonotoneDecode()(probs)).tolist()
+    [[2, 2]]
+    """
+
+    def __init__(self, direction="increasing", **kwargs):
+        super().__init__(**kwargs)
+        self.direction = _checks.one_of("direction", direction, _DIRECTIONS)
+
+    def call(self, probs):
+        return monotone_grouped_softmax.monotone_decode(
+            probs, direction=self.direction
+        )
+
+    def compute_output_spec(self, probs):
+        if len(probs.shape) < 2:
+            raise ValueError(
+                "`probs` must have shape (..., num_groups, group_size). "
+                f"Received: probs.shape={tuple(probs.shape)}"
+            )
+        return keras.KerasTensor(probs.shape[:-1], dtype="int32")
+
+    def get_config(self):
+        return {**super().get_config(), "direction": self.direction}
