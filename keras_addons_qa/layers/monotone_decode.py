@@ -25,9 +25,10 @@ class MonotoneDecode(keras.layers.Layer):
     deployed = keras.Model(inputs, path)      # save, export
     ```
 
-    The dynamic program is a `keras.ops.scan` over groups written with
-    comparisons and sums only, so the exported graph stays the same size
-    for any number of groups and uses LiteRT builtins and plain ONNX ops.
+    The dynamic program is a loop over groups written with comparisons,
+    slices and sums only, so the exported graph stays the same size for any
+    number of groups and uses LiteRT builtins and plain ONNX ops (see
+    `monotone_decode`).
 
     Args:
         direction: `"increasing"` (non-decreasing indices) or
