@@ -197,3 +197,28 @@ def test_litert_with_builtin_ops_only(name, tmp_path):
             # output_1, ... for a single output.
             got = [outputs[k] for k in sorted(outputs)]
             _compare(got, want)
+
+
+@pytest.mark.skipif(
+    harness.BACKEND not in ("tensorflow", "torch"),
+    reason="ONNX export is tested from the TensorFlow (tf2onnx) and torch backends",
+)
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_onnx(name, tmp_path):
+    import onnxruntime
+
+    model, batches, expected = _built(name)
+    path = tmp_path / "model.onnx"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.export(str(path), format="onnx", verbose=False)
+    ours = [w for w in caught if "keras_addons_qa" in str(w.filename)]
+    assert not ours, [f"{w.filename}:{w.lineno}: {w.message}" for w in ours]
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    for batch, want in zip(batches, expected):
+        got = session.run(None, _feed(batch, names))
+        if isinstance(want, dict):  # ONNX outputs follow the model's outputs
+            order = [k for k in model.output]
+            got = {k: g for k, g in zip(order, got)}
+        _compare(got, want)

@@ -124,14 +124,14 @@ def monotone_decode(probs, direction="increasing"):
         # best[..., j]: the best score of a path over groups 0..g ending at
         # j; the step to group g + 1 may come from any i <= j.
         best, history = carry
-        history = ops.slice_update(history, (g,) + zeros, ops.expand_dims(best, 0))
+        history = ops.scatter_update(history, ops.reshape(g, (1, 1)), ops.expand_dims(best, 0))
         return _prefix_max(best) + group(rest, g), history
 
     history = ops.zeros((num_groups - 1,) + step_shape, first.dtype)
     best, history = ops.fori_loop(0, num_groups - 1, forward, (first, history))
     last = _first_argmax(best, positions)
     path = ops.zeros((num_groups,) + step_shape[:-1], "int32")
-    path = ops.slice_update(path, (num_groups - 1,) + zeros[:-1], ops.expand_dims(last, 0))
+    path = ops.scatter_update(path, [[num_groups - 1]], ops.expand_dims(last, 0))
 
     def backward(i, carry):
         # Where the path to `index` at group g + 1 came from: the first
@@ -141,7 +141,7 @@ def monotone_decode(probs, direction="increasing"):
         best = group(history, g)
         reachable = ops.where(positions <= ops.expand_dims(index, -1), best, float("-inf"))
         index = _first_argmax(reachable, positions)
-        return index, ops.slice_update(path, (g,) + zeros[:-1], ops.expand_dims(index, 0))
+        return index, ops.scatter_update(path, ops.reshape(g, (1, 1)), ops.expand_dims(index, 0))
 
     _, path = ops.fori_loop(0, num_groups - 1, backward, (last, path))
     if direction == "decreasing":
