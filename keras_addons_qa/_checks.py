@@ -62,6 +62,19 @@ def one_of(name, value, choices):
     return value
 
 
+def static_shape(shape):
+    """`shape` as a tuple of Python ints, with None where a size is unknown.
+
+    A size is unknown when it is None or not a Python int: under
+    `torch.jit.trace` (torch's ONNX export) sizes are traced tensors, and
+    comparing them would bake this trace's sizes into the exported graph.
+    """
+    return tuple(
+        d if isinstance(d, int) and not isinstance(d, bool) else None
+        for d in tuple(shape)
+    )
+
+
 def check_mask_shape(mask_shape, input_shape, input_name="inputs"):
     """Raises if a mask's static shape is not a prefix of the input's.
 
@@ -69,8 +82,8 @@ def check_mask_shape(mask_shape, input_shape, input_name="inputs"):
     `(batch, time, features)` it is `(batch, time)`. Dimensions that are
     unknown at trace time (`None`) are not compared.
     """
-    mask_shape = tuple(mask_shape)
-    input_shape = tuple(input_shape)
+    mask_shape = static_shape(mask_shape)
+    input_shape = static_shape(input_shape)
     ok = len(mask_shape) <= len(input_shape) and all(
         m is None or i is None or m == i
         for m, i in zip(mask_shape, input_shape)

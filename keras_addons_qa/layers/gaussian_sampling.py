@@ -127,7 +127,7 @@ def _check_pair(inputs):
             f"{received}"
         )
     mean, log_var = inputs
-    shapes = [tuple(getattr(t, "shape", t)) for t in (mean, log_var)]
+    shapes = [_checks.static_shape(getattr(t, "shape", t)) for t in (mean, log_var)]
     if len(shapes[0]) < 1 or len(shapes[0]) != len(shapes[1]) or not all(
         a is None or b is None or a == b for a, b in zip(*shapes)
     ):

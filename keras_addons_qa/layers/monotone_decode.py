@@ -1,4 +1,5 @@
 import keras
+from keras import ops
 
 from keras_addons_qa import _checks
 from keras_addons_qa.layers import monotone_grouped_softmax
@@ -53,17 +54,18 @@ class MonotoneDecode(keras.layers.Layer):
         super().__init__(**kwargs)
         self.direction = _checks.one_of("direction", direction, _DIRECTIONS)
 
+    def build(self, probs_shape):
+        # Known here, so that a traced call (torch's ONNX export) never
+        # reads a size from a tensor.
+        self._groups = monotone_grouped_softmax._groups(probs_shape)
+
     def call(self, probs):
-        return monotone_grouped_softmax.monotone_decode(
-            probs, direction=self.direction
+        return monotone_grouped_softmax._decode(
+            ops.convert_to_tensor(probs), self.direction, *self._groups
         )
 
     def compute_output_spec(self, probs):
-        if len(probs.shape) < 2:
-            raise ValueError(
-                "`probs` must have shape (..., num_groups, group_size). "
-                f"Received: probs.shape={tuple(probs.shape)}"
-            )
+        monotone_grouped_softmax._groups(probs.shape)  # raises if bad
         return keras.KerasTensor(probs.shape[:-1], dtype="int32")
 
     def get_config(self):

@@ -22,12 +22,11 @@ def expected_index(probs):
     return _numerics.expected_index(probs)
 
 
-def _prefix_max(values):
-    """Running max over the last axis.
+def _prefix_max(values, size):
+    """Running max over the last axis, of static size `size`.
 
     A Hillis-Steele scan: log2(K) vectorized steps instead of a loop over K.
     """
-    size = values.shape[-1]
     lead = [[0, 0]] * (len(values.shape) - 1)
     shift = 1
     while shift < size:
@@ -41,11 +40,10 @@ def _prefix_max(values):
     return values
 
 
-def _first_argmax(values, positions):
+def _first_argmax(values, positions, size):
     """`argmax` over the last axis (the first maximum), written with a
     comparison and a min: Keras's TensorFlow `argmax` of floats lowers to
     Bitcast and BitwiseAnd, which LiteRT's builtins and ONNX Runtime lack."""
-    size = values.shape[-1]
     top = ops.max(values, axis=-1, keepdims=True)
     return ops.min(ops.where(values >= top, positions, size), axis=-1)
 
@@ -93,13 +91,23 @@ def monotone_decode(probs, direction="increasing"):
 
         return MonotoneDecode(direction=direction)(probs)
     probs = ops.convert_to_tensor(probs)
-    if len(probs.shape) < 2:
+    return _decode(probs, direction, *_groups(probs.shape))
+
+
+def _groups(shape):
+    """The static `(num_groups, group_size)` of `(..., G, K)` probabilities."""
+    shape = _checks.static_shape(shape)
+    if len(shape) < 2 or shape[-2] is None or shape[-1] is None:
         raise ValueError(
-            "`probs` must have shape (..., num_groups, group_size). "
-            f"Received: probs.shape={tuple(probs.shape)}"
+            "`probs` must have shape (..., num_groups, group_size), with a "
+            f"known number of groups. Received: probs.shape={shape}"
         )
+    return shape[-2:]
+
+
+def _decode(probs, direction, num_groups, group_size):
+    """`monotone_decode` with the group count and size as Python ints."""
     rank = len(probs.shape)
-    group_size = probs.shape[-1]
     log_probs = _numerics.safe_log(probs)
     # Groups first, for the loops: (G, ..., K). A decreasing path is an
     # increasing one read from the last group to the first.
@@ -110,10 +118,9 @@ def monotone_decode(probs, direction="increasing"):
     positions = ops.broadcast_to(
         ops.arange(group_size, dtype="int32"), ops.shape(first)
     )
-    if probs.shape[-2] == 1:  # one group: nothing to loop over
-        return ops.expand_dims(_first_argmax(first, positions), -1)
+    if num_groups == 1:  # nothing to loop over
+        return ops.expand_dims(_first_argmax(first, positions, group_size), -1)
 
-    num_groups = probs.shape[-2]
     step_shape = tuple(ops.shape(first))
     zeros = (0,) * len(step_shape)
 
@@ -125,11 +132,11 @@ def monotone_decode(probs, direction="increasing"):
         # j; the step to group g + 1 may come from any i <= j.
         best, history = carry
         history = ops.scatter_update(history, ops.reshape(g, (1, 1)), ops.expand_dims(best, 0))
-        return _prefix_max(best) + group(rest, g), history
+        return _prefix_max(best, group_size) + group(rest, g), history
 
     history = ops.zeros((num_groups - 1,) + step_shape, first.dtype)
     best, history = ops.fori_loop(0, num_groups - 1, forward, (first, history))
-    last = _first_argmax(best, positions)
+    last = _first_argmax(best, positions, group_size)
     path = ops.zeros((num_groups,) + step_shape[:-1], "int32")
     path = ops.scatter_update(path, [[num_groups - 1]], ops.expand_dims(last, 0))
 
@@ -140,7 +147,7 @@ def monotone_decode(probs, direction="increasing"):
         g = num_groups - 2 - i
         best = group(history, g)
         reachable = ops.where(positions <= ops.expand_dims(index, -1), best, float("-inf"))
-        index = _first_argmax(reachable, positions)
+        index = _first_argmax(reachable, positions, group_size)
         return index, ops.scatter_update(path, ops.reshape(g, (1, 1)), ops.expand_dims(index, 0))
 
     _, path = ops.fori_loop(0, num_groups - 1, backward, (last, path))

@@ -83,6 +83,7 @@ class NoiseAdaptation(keras.layers.Layer):
         return ops.cast(ops.matmul(p, ops.transpose(q)), self.compute_dtype)
 
     def _check_classes(self, shape):
+        shape = _checks.static_shape(shape)
         if len(shape) < 1 or shape[-1] not in (None, self.num_classes):
             raise ValueError(
                 f"NoiseAdaptation(num_classes={self.num_classes}) expects "

@@ -250,7 +250,10 @@ class QKVAttention(keras.layers.MultiHeadAttention):
     ):
         if key is None:
             key, key_mask = value, None  # the value mask covers the key
-        steps = tuple(query.shape[:-1]), tuple(value.shape[:-1])
+        steps = (
+            _checks.static_shape(query.shape[:-1]),
+            _checks.static_shape(value.shape[:-1]),
+        )
         for name, mask, shape in (
             ("query_mask", query_mask, steps[0]),
             ("value_mask", value_mask, steps[1]),
@@ -417,8 +420,9 @@ class QKVAttention(keras.layers.MultiHeadAttention):
     def _fused_attention(self, q, k, v, mask, is_causal):
         """Fused attention on `(B, T, N, H)` heads; empty rows give zeros."""
         key_valid = None  # `(B, S)` if the mask is a key mask only
-        if mask is not None and mask.shape[1] == 1 and mask.shape[2] == 1:
-            key_valid = ops.squeeze(mask, (1, 2))
+        if mask is not None and _checks.static_shape(mask.shape)[1:3] == (1, 1):
+            # One axis at a time: torch's ONNX export takes no tuple here.
+            key_valid = ops.squeeze(ops.squeeze(mask, 2), 1)
         full = mask  # with causality, for the paths that take one mask
         if is_causal and mask is not None:
             full = _and_masks(mask, ops.expand_dims(self._compute_causal_mask(q, k), 0))
@@ -525,7 +529,7 @@ class QKVAttention(keras.layers.MultiHeadAttention):
         )
         heads_at = len(free)
         with_heads = full[:heads_at] + (self._num_heads,) + full[heads_at:]
-        shape = tuple(shape)
+        shape = _checks.static_shape(shape)
         expected = with_heads if len(shape) == len(with_heads) else full[-len(shape):]
         ok = 2 <= len(shape) <= len(with_heads) and all(
             s is None or e is None or s == e or s == 1
@@ -644,10 +648,17 @@ def _masked_softmax(logits, mask, key_axes):
 
 def _sees_a_key(key_valid, is_causal, q_len):
     """`(B, T, 1, 1)` or `(B, 1, 1, 1)` bool: which queries see a valid key."""
-    if is_causal:  # query i sees a key iff one of keys 0..i is valid
-        seen = ops.cumsum(ops.cast(key_valid, "int32"), axis=1) > 0
-        rows = ops.minimum(ops.arange(q_len), ops.shape(key_valid)[1] - 1)
-        sees = ops.take(seen, rows, axis=1)
+    if is_causal:
+        # Query i sees a key iff the first valid key is at most i (written
+        # without a gather, which torch's ONNX export cannot take).
+        steps = ops.shape(key_valid)[1]
+        first = ops.min(
+            ops.where(key_valid, ops.arange(steps), steps), axis=1, keepdims=True
+        )
+        sees = ops.logical_and(
+            ops.expand_dims(ops.arange(q_len), 0) >= first,
+            ops.any(key_valid, axis=1, keepdims=True),
+        )
     else:
         sees = ops.any(key_valid, axis=1, keepdims=True)
     return ops.expand_dims(ops.expand_dims(sees, -1), -1)
@@ -679,7 +690,7 @@ def _jax_padded_attention():
 
 def _check_shape(name, shape, expected):
     """Raises unless `shape` matches `expected` where both are known."""
-    shape, expected = tuple(shape), tuple(expected)
+    shape, expected = _checks.static_shape(shape), _checks.static_shape(expected)
     ok = len(shape) == len(expected) and all(
         s is None or e is None or s == e for s, e in zip(shape, expected)
     )
