@@ -228,3 +228,46 @@ def test_onnx(name, tmp_path, request):
             order = [k for k in model.output]
             got = {k: g for k, g in zip(order, got)}
         _compare(got, want)
+
+
+_SERVE = """
+import sys
+import numpy as np
+import tensorflow as tf
+
+assert "keras_addons_qa" not in sys.modules
+loaded = tf.saved_model.load(sys.argv[1])
+batches = np.load(sys.argv[2], allow_pickle=True)["batches"]
+outputs = []
+for batch in batches:
+    out = loaded.serve(batch)
+    if isinstance(out, dict):
+        out = {k: v.numpy() for k, v in out.items()}
+    elif isinstance(out, (list, tuple)):
+        out = [v.numpy() for v in out]
+    else:
+        out = out.numpy()
+    outputs.append(out)
+assert not any(m.startswith("keras_addons_qa") for m in sys.modules), "imported the package"
+np.save(sys.argv[3], np.array(outputs + [None], dtype=object)[:-1], allow_pickle=True)
+"""
+
+
+@tensorflow_only
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_saved_model_served_without_the_package(name, tmp_path):
+    model, batches, expected = _built(name)
+    model.export(str(tmp_path / "saved"), format="tf_saved_model", verbose=False)
+    np.savez(tmp_path / "batches.npz", batches=np.array(batches + [None], dtype=object)[:-1])
+    script = tmp_path / "serve.py"
+    script.write_text(_SERVE)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "saved"),
+         str(tmp_path / "batches.npz"), str(tmp_path / "out.npy")],
+        cwd=tmp_path, env=env, capture_output=True, text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for got, want in zip(np.load(tmp_path / "out.npy", allow_pickle=True), expected):
+        _compare(got, want)
