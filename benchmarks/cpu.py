@@ -532,6 +532,10 @@ def main(argv=None):
                 f"{args.repeats} interleaved repeats (ratio: median of the "
                 f"paired per-repeat ratios); peak memory: bytes requested by the "
                 f"step's live tensors{sizes}.\n\n{table(results)}")
+    from benchmarks import decode
+
+    print("monotone decoding at size:", flush=True)
+    markdown += "\n\n" + decode.run(tiny=args.tiny)
     if not args.no_scaling:
         lengths = [16, 32] if args.tiny else [64, 128, 256, 512, 1024, 2048]
         print("scaling with sequence length (graph mode):", flush=True)

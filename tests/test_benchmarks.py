@@ -1,5 +1,6 @@
 """The benchmark suite runs end to end (tiny sizes; speed is not asserted)."""
 
+import importlib.util
 import os
 import pathlib
 import subprocess
@@ -23,7 +24,8 @@ def test_cpu_suite_runs_at_tiny_sizes(tmp_path):
         cwd=ROOT, env=env, capture_output=True, text=True,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    table = (tmp_path / "cpu.md").read_text()
+    text = (tmp_path / "cpu.md").read_text()
+    table = text.split("\n\n")[1]  # the ratio table; the decode table follows
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(rows) == 1 + 14  # header + 7 cases x (graph, XLA)
     for row in rows[1:]:
@@ -31,6 +33,9 @@ def test_cpu_suite_runs_at_tiny_sizes(tmp_path):
         ours_ms, theirs_ms, ratio = (float(c) for c in cells[3:6])
         assert ours_ms > 0 and theirs_ms > 0 and ratio > 0
     assert (tmp_path / "cpu_scaling.png").stat().st_size > 10_000
+    decode = [l for l in text.split("Monotone decoding")[1].splitlines() if l.startswith("| ")]
+    assert len(decode) == 2 + 2 + (1 if importlib.util.find_spec("jax") else 0)
+    assert all(row.rstrip().endswith("| yes |") for row in decode[2:])  # exact paths
 
 
 @pytest.mark.skipif(
