@@ -116,3 +116,33 @@ def test_no_lambda_layers_or_pickled_code():
         text = path.read_text()
         for banned in ("layers.Lambda", "Lambda(", "import pickle", "marshal", "dill"):
             assert banned not in text, f"{banned!r} in {path.relative_to(ROOT)}"
+
+
+def test_loading_without_importing_the_package_names_it(tmp_path):
+    # Keras imports a saved class's module by itself only for its own
+    # packages (keras, keras_hub, keras_cv, keras_nlp); for any other it
+    # raises. Its message then quotes the layer's config, whose
+    # `registered_name` and `module` name this package: what a user needs
+    # to learn to `import keras_addons_qa` first.
+    import subprocess
+    import sys
+
+    tokens = keras.Input((None,), dtype="int32")
+    x = keras.layers.Embedding(20, 8, mask_zero=True)(tokens)
+    from keras_addons_qa.layers import QKVAttention
+
+    path = tmp_path / "model.keras"
+    keras.Model(tokens, QKVAttention(2, 4)(x, x)).save(path)
+    script = (
+        "import sys, keras\n"
+        "try:\n"
+        f"    keras.saving.load_model({str(path)!r})\n"
+        "except Exception as error:\n"
+        "    print(error)\n"
+        "assert 'keras_addons_qa' not in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Could not locate class 'QKVAttention'" in done.stdout
+    assert "'registered_name': 'keras_addons_qa>QKVAttention'" in done.stdout
+    assert "'module': 'keras_addons_qa.layers.qkv_attention'" in done.stdout
