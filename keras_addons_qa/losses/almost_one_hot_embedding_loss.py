@@ -39,9 +39,18 @@ class AlmostOneHotEmbeddingLoss(keras.losses.Loss):
     `from_logits=True`: the loss is the same, and the softmax's own gradient
     (one more `(..., vocab)` buffer) is gone.
 
+    The matrix is held once, as a non-trainable float32 `keras.Variable`
+    (`loss.embedding`): traced steps read it, they do not embed it as a
+    constant. A compiled model saved as `.keras` writes it with the model's
+    weights (`model.weights.h5`), not into `config.json`, whose entry for
+    the loss holds its shape only; `keras.saving.load_model` restores it,
+    and the loaded model trains on with the same loss. Files saved by
+    0.1.0, which hold the matrix in the config, still load.
+
     Args:
         embedding: `(vocab, dim)` matrix: a NumPy array, nested list, or
-            backend tensor. It is stored as float32 and saved in the config.
+            backend tensor, stored as float32. None only when loading a
+            saved model (the matrix then arrives with its weights).
         power: Sharpening exponent, a finite float > 0 (1 leaves `p` as is).
         iterations: How many times to sharpen, an integer >= 1. The result
             equals one sharpening with exponent `power ** iterations`.
@@ -54,6 +63,8 @@ class AlmostOneHotEmbeddingLoss(keras.losses.Loss):
         name: Name of the loss.
         dtype: Dtype of the returned loss; the computation itself always
             runs in float32.
+        embedding_shape: The `(vocab, dim)` shape, given by a saved config
+            in place of the matrix; not needed otherwise.
 
     Call arguments:
         y_true: `(..., dim)` target vectors.
@@ -71,7 +82,7 @@ class AlmostOneHotEmbeddingLoss(keras.losses.Loss):
 
     def __init__(
         self,
-        embedding,
+        embedding=None,
         power=4.0,
         iterations=1,
         distance="mse",
@@ -79,8 +90,27 @@ class AlmostOneHotEmbeddingLoss(keras.losses.Loss):
         reduction="sum_over_batch_size",
         name="almost_one_hot_embedding",
         dtype=None,
+        embedding_shape=None,
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.embedding = None
+        if embedding is not None:
+            self._set_embedding(embedding)
+            self._embedding_shape = tuple(self.embedding.shape)
+        elif embedding_shape is not None and len(embedding_shape) == 2:
+            self._embedding_shape = tuple(int(d) for d in embedding_shape)
+        else:
+            raise ValueError(
+                "Argument `embedding` must be a 2-D (vocab, dim) matrix. "
+                f"Received: embedding={embedding!r}"
+            )
+        self.power = _checks.positive_float("power", power)
+        self.iterations = _checks.integer_at_least("iterations", iterations, 1)
+        self.distance = _checks.one_of("distance", distance, _DISTANCES)
+        self.from_logits = bool(from_logits)
+        self._dtype_arg = dtype
+
+    def _set_embedding(self, embedding):
         matrix = np.asarray(
             ops.convert_to_numpy(embedding)
             if ops.is_tensor(embedding)
@@ -92,20 +122,31 @@ class AlmostOneHotEmbeddingLoss(keras.losses.Loss):
                 "Argument `embedding` must be a 2-D (vocab, dim) matrix. "
                 f"Received: embedding.shape={tuple(matrix.shape)}"
             )
-        self.embedding = matrix
-        self.power = _checks.positive_float("power", power)
-        self.iterations = _checks.integer_at_least("iterations", iterations, 1)
-        self.distance = _checks.one_of("distance", distance, _DISTANCES)
-        self.from_logits = bool(from_logits)
-        self._dtype_arg = dtype
+        if self.embedding is not None and tuple(self.embedding.shape) == matrix.shape:
+            self.embedding.assign(matrix)
+            return
+        self.embedding = keras.Variable(
+            matrix, trainable=False, dtype="float32", name="embedding"
+        )
+
+    def save_own_variables(self, store):
+        """Writes the matrix with the model's weights (`model.save`)."""
+        if self.embedding is not None:
+            store["embedding"] = self.embedding
+
+    def load_own_variables(self, store):
+        """Reads the matrix back (`keras.saving.load_model`). A 0.1.0 file
+        stores none here: its config already held the matrix."""
+        if "embedding" in store.keys():
+            self._set_embedding(store["embedding"])
 
     @property
     def vocab_size(self):
-        return self.embedding.shape[0]
+        return self._embedding_shape[0]
 
     @property
     def embedding_dim(self):
-        return self.embedding.shape[1]
+        return self._embedding_shape[1]
 
     def sharpen(self, y_pred):
         """Returns `q`, the sharpened float32 distribution over the vocab."""
@@ -129,10 +170,14 @@ class AlmostOneHotEmbeddingLoss(keras.losses.Loss):
         product), where automatic differentiation keeps about five.
         """
         y_pred = _numerics.widen(y_pred)
-        matrix = ops.convert_to_tensor(self.embedding, y_pred.dtype)
-        # Transposed once, on the host: a transpose inside the gradient
-        # would allocate a (dim, vocab) copy in every step.
-        matrix_t = ops.convert_to_tensor(self.embedding.T, y_pred.dtype)
+        if self.embedding is None:
+            raise ValueError(
+                "This AlmostOneHotEmbeddingLoss was built from a config "
+                "without its matrix, which arrives with the weights of a "
+                "saved model (`keras.saving.load_model`). Pass "
+                "`embedding=` to use it on its own."
+            )
+        matrix = ops.cast(self.embedding, y_pred.dtype)
         scale = _numerics.sharpening_scale(self.power, self.iterations)
         from_logits = self.from_logits
 
@@ -150,7 +195,9 @@ class AlmostOneHotEmbeddingLoss(keras.losses.Loss):
                 # pass, and its buffer is held alongside `q` and `g E^T`
                 # (a third (..., vocab) buffer in about one step in four).
                 upstream = ops.cast(upstream, q.dtype) * scale
-                d_q = ops.matmul(upstream, matrix_t)
+                # `g E^T` as an einsum: a product with the transposed
+                # operand, no `(dim, vocab)` copy of the matrix.
+                d_q = ops.einsum("...d,vd->...v", upstream, matrix)
                 inner = ops.sum(upstream * predicted, axis=-1, keepdims=True)
                 d_log = (d_q - inner) * q  # the softmax's gradient
                 if from_logits:
@@ -197,7 +244,7 @@ class AlmostOneHotEmbeddingLoss(keras.losses.Loss):
     def get_config(self):
         return {
             **super().get_config(),
-            "embedding": self.embedding.tolist(),
+            "embedding_shape": list(self._embedding_shape),
             "power": self.power,
             "iterations": self.iterations,
             "distance": self.distance,
