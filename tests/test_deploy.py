@@ -6,6 +6,7 @@ ways users ship Keras models, with dynamic batch and time.
   ops only (the converter, and `model.export(format="litert")`), run in
   `ai_edge_litert`'s interpreter; ONNX (`model.export(format="onnx")`), run
   in ONNX Runtime.
+- JAX backend: SavedModel (through jax2tf), served the same way.
 - torch backend: ONNX (`model.export(format="onnx")`), run in ONNX Runtime,
   with no warning from this package's code during export.
 
@@ -253,7 +254,10 @@ np.save(sys.argv[3], np.array(outputs + [None], dtype=object)[:-1], allow_pickle
 """
 
 
-@tensorflow_only
+@pytest.mark.skipif(
+    harness.BACKEND not in ("tensorflow", "jax"),
+    reason="Keras exports a SavedModel from the TensorFlow and JAX backends only",
+)
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_saved_model_served_without_the_package(name, tmp_path):
     model, batches, expected = _built(name)
