@@ -4,8 +4,6 @@ from keras import ops
 from keras_addons_qa import _checks
 from keras_addons_qa.layers import monotone_grouped_softmax
 
-_DIRECTIONS = ("increasing", "decreasing")
-
 
 @keras.saving.register_keras_serializable(package="keras_addons_qa")
 class MonotoneDecode(keras.layers.Layer):
@@ -52,7 +50,9 @@ class MonotoneDecode(keras.layers.Layer):
 
     def __init__(self, direction="increasing", **kwargs):
         super().__init__(**kwargs)
-        self.direction = _checks.one_of("direction", direction, _DIRECTIONS)
+        self.direction = _checks.one_of(
+            "direction", direction, monotone_grouped_softmax._DIRECTIONS
+        )
 
     def build(self, probs_shape):
         # Known here, so that a traced call (torch's ONNX export) never

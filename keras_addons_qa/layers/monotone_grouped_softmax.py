@@ -59,7 +59,7 @@ def monotone_decode(probs, direction="increasing"):
 
     It is a dynamic program over groups (Viterbi with a running max): a
     forward loop over groups (`keras.ops.fori_loop`) that keeps each group's
-    scores in a preallocated buffer (`slice_update`), and a backward loop
+    scores in a preallocated buffer (`scatter_update`), and a backward loop
     that recovers the path from them. The traced graph does not grow with
     the number of groups, and it holds only comparisons, `where`, `max`,
     `min`, slices and sums (no float `argmax`, no gather, no tensor lists),
