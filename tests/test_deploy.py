@@ -205,15 +205,9 @@ def test_litert_with_builtin_ops_only(name, tmp_path):
     reason="ONNX export is tested from the TensorFlow (tf2onnx) and torch backends",
 )
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_onnx(name, tmp_path, request):
+def test_onnx(name, tmp_path):
     import onnxruntime
 
-    if harness.BACKEND == "torch" and name in ("monotone_decode", "combined"):
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "open gap: torch's TorchScript ONNX export of MonotoneDecode "
-            "writes a file, but ONNX Runtime fails on one of its reshapes "
-            "(its loop is traced with the first batch's sizes)"
-        )))
     model, batches, expected = _built(name)
     path = tmp_path / "model.onnx"
     with warnings.catch_warnings(record=True) as caught:

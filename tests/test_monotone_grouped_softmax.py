@@ -345,3 +345,41 @@ def test_monotone_decode_layer_config_and_errors():
         MonotoneDecode("up")
     with pytest.raises(ValueError, match=r"probs.shape=\(None,\)"):
         MonotoneDecode()(keras.Input(batch_shape=(None,)))
+
+
+def _numpy_viterbi(log_p):
+    """The plain dynamic program, ties to the smaller index."""
+    best, history = log_p[:, 0], []
+    for g in range(1, log_p.shape[1]):
+        history.append(best)
+        best = np.maximum.accumulate(best, axis=-1) + log_p[:, g]
+    path = [best.argmax(-1)]
+    for earlier in reversed(history):
+        reachable = np.where(np.arange(best.shape[-1]) <= path[-1][:, None], earlier, -np.inf)
+        path.append(reachable.argmax(-1))
+    return np.stack(path[::-1], -1)
+
+
+@pytest.mark.parametrize("put", ["default", "select"])
+@pytest.mark.parametrize("direction", ["increasing", "decreasing"])
+@pytest.mark.parametrize("num_groups", [2, 3, 5, 10, 17, 26])
+def test_monotone_decode_equals_numpy_viterbi_with_ties(num_groups, direction, put, monkeypatch):
+    # Probabilities on a coarse grid tie often; the path must be NumPy's
+    # exactly (the smaller index wins), for group counts that fill the
+    # record buffer's chunks partly. Both buffer updates give the same path
+    # on every backend.
+    from keras_addons_qa.layers import monotone_grouped_softmax as module
+
+    if put == "select":
+        monkeypatch.setattr(module, "_put", module._put_by_select)
+    rng = np.random.default_rng(num_groups)
+    probs = rng.integers(1, 4, size=(6, num_groups, 4)).astype("float32")
+    probs[0, :, 1:] = probs[0, :, :1]  # all classes tied
+    probs /= probs.sum(-1, keepdims=True)
+    log_p = np.log(probs)
+    if direction == "decreasing":
+        expected = _numpy_viterbi(log_p[:, ::-1])[:, ::-1]
+    else:
+        expected = _numpy_viterbi(log_p)
+    got = harness.to_numpy(monotone_decode(probs, direction=direction))
+    np.testing.assert_array_equal(got, expected)

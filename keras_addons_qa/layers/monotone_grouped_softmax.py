@@ -1,3 +1,5 @@
+import math
+
 import keras
 from keras import ops
 
@@ -58,16 +60,14 @@ def monotone_decode(probs, direction="increasing"):
     the smaller index wins.
 
     It is a dynamic program over groups (Viterbi with a running max): a
-    forward loop over groups (`keras.ops.fori_loop`) that keeps each group's
-    scores in a preallocated buffer (`scatter_update`), and a backward loop
-    that recovers the path from them. The traced graph does not grow with
-    the number of groups, and it holds only comparisons, `where`, `max`,
-    `min`, slices and sums (no float `argmax`, no gather, no tensor lists),
-    so it exports to SavedModel, LiteRT's builtin ops and ONNX. Under XLA
-    (`jit_compile=True`, JAX) the buffer is updated in place; TensorFlow
-    without XLA copies it once per group, which at 512 groups of 256
-    classes is several times slower than the compiled loop. Called on a
-    symbolic tensor (a functional model), it adds a `MonotoneDecode`
+    forward loop over groups (`keras.ops.fori_loop`) that records where
+    each group's running max rises, and a backward loop that recovers the
+    path from those records. The traced graph does not grow with the number
+    of groups, and it holds only comparisons, `where`, `max`, `min`, pads,
+    slices, sums and a buffer update (no float `argmax`, no gather, no
+    tensor lists), so it exports to SavedModel, LiteRT's builtin ops and ONNX
+    (from TensorFlow and from torch, with a dynamic batch size). Called on
+    a symbolic tensor (a functional model), it adds a `MonotoneDecode`
     layer.
 
     Args:
@@ -105,6 +105,31 @@ def _groups(shape):
     return shape[-2:]
 
 
+def _put(buffer, index, value):
+    """`buffer[index] = value` along the first axis, for a traced index and
+    a slot still all zeros (False).
+
+    A scatter, which XLA does in place (2-3x faster than the selects under
+    `jit_compile=True` and `jax.jit` in `make bench`'s decode case). On
+    torch, `_put_by_select`: torch's ONNX export writes a scatter's shapes
+    as constants, which breaks the file for another batch size.
+    """
+    if keras.backend.backend() == "torch":
+        return _put_by_select(buffer, index, value)
+    return ops.scatter_update(buffer, ops.reshape(index, (1, 1)), ops.expand_dims(value, 0))
+
+
+def _put_by_select(buffer, index, value):
+    """`_put` as selects; a bool buffer takes an `or` (ONNX Runtime has no
+    bool `Where`)."""
+    rows = ops.arange(buffer.shape[0], dtype="int32")
+    hit = ops.reshape(ops.equal(rows, index), (-1,) + (1,) * (len(buffer.shape) - 1))
+    value = ops.expand_dims(value, 0)
+    if keras.backend.standardize_dtype(buffer.dtype) == "bool":
+        return ops.logical_or(buffer, ops.logical_and(hit, value))
+    return ops.where(hit, value, buffer)
+
+
 def _decode(probs, direction, num_groups, group_size):
     """`monotone_decode` with the group count and size as Python ints."""
     rank = len(probs.shape)
@@ -114,43 +139,61 @@ def _decode(probs, direction, num_groups, group_size):
     log_probs = ops.transpose(log_probs, (rank - 2,) + tuple(range(rank - 2)) + (rank - 1,))
     if direction == "decreasing":
         log_probs = ops.flip(log_probs, axis=0)
-    first, rest = log_probs[0], log_probs[1:]
-    positions = ops.broadcast_to(
-        ops.arange(group_size, dtype="int32"), ops.shape(first)
-    )
-    if num_groups == 1:  # nothing to loop over
-        return ops.expand_dims(_first_argmax(first, positions, group_size), -1)
+    # Compared against (..., K) by broadcasting: no size is read from a
+    # tensor, so a traced export (torch's) keeps its batch size dynamic.
+    positions = ops.arange(group_size, dtype="int32")
+    if num_groups == 1:
+        return ops.expand_dims(_first_argmax(log_probs[0], positions, group_size), -1)
 
-    step_shape = tuple(ops.shape(first))
-    zeros = (0,) * len(step_shape)
+    # The path back from j at group g + 1 goes to the first i <= j with the
+    # best score at g: the last i <= j where the running max of g's scores
+    # rises strictly (a record). The backward pass needs each group's
+    # records, a bool per class, kept in a buffer of (chunks, size) entries
+    # filled a chunk at a time: XLA updates a buffer in place, TensorFlow's
+    # graph executor copies it, and two levels of about sqrt(G) entries
+    # copy about 2 G^1.5 entries instead of G^2. Zero scores after the last
+    # group leave the path where it ends.
+    steps = num_groups - 1
+    size = math.isqrt(steps - 1) + 1  # ceil(sqrt(steps))
+    chunks = -(-steps // size)
+    rest = ops.pad(log_probs[1:], [[0, chunks * size - steps]] + [[0, 0]] * (rank - 1))
+    empty_chunk = ops.zeros_like(rest[:size], dtype="bool")
+    lead = [[0, 0]] * (rank - 2)
 
-    def group(tensor, g):  # tensor[g], for a traced index g
-        return ops.squeeze(ops.slice(tensor, (g,) + zeros, (1,) + step_shape), 0)
+    def forward(c, carry):
+        def step(i, carry):
+            # best[..., j]: the best score of a path over the groups so far
+            # ending at j; the next group may follow any i <= j.
+            best, chunk = carry
+            running = _prefix_max(best, group_size)
+            before = ops.pad(running[..., :-1], lead + [[1, 0]], constant_values=float("-inf"))
+            scores = rest[c * size + i]
+            return running + scores, _put(chunk, i, best > before)
 
-    def forward(g, carry):
-        # best[..., j]: the best score of a path over groups 0..g ending at
-        # j; the step to group g + 1 may come from any i <= j.
         best, history = carry
-        history = ops.scatter_update(history, ops.reshape(g, (1, 1)), ops.expand_dims(best, 0))
-        return _prefix_max(best, group_size) + group(rest, g), history
+        best, chunk = ops.fori_loop(0, size, step, (best, empty_chunk))
+        return best, _put(history, c, chunk)
 
-    history = ops.zeros((num_groups - 1,) + step_shape, first.dtype)
-    best, history = ops.fori_loop(0, num_groups - 1, forward, (first, history))
+    history = ops.tile(ops.expand_dims(empty_chunk, 0), (chunks,) + (1,) * rank)
+    best, history = ops.fori_loop(0, chunks, forward, (log_probs[0], history))
     last = _first_argmax(best, positions, group_size)
-    path = ops.zeros((num_groups,) + step_shape[:-1], "int32")
-    path = ops.scatter_update(path, [[num_groups - 1]], ops.expand_dims(last, 0))
 
-    def backward(i, carry):
-        # Where the path to `index` at group g + 1 came from: the first
-        # i <= index with the best score at group g.
-        index, path = carry
-        g = num_groups - 2 - i
-        best = group(history, g)
-        reachable = ops.where(positions <= ops.expand_dims(index, -1), best, float("-inf"))
-        index = _first_argmax(reachable, positions, group_size)
-        return index, ops.scatter_update(path, ops.reshape(g, (1, 1)), ops.expand_dims(index, 0))
+    def backward(c, carry):
+        c = chunks - 1 - c
+        chunk = history[c]
 
-    _, path = ops.fori_loop(0, num_groups - 1, backward, (last, path))
+        def step(i, carry):
+            i = size - 1 - i
+            index, path = carry
+            records = ops.logical_and(chunk[i], positions <= ops.expand_dims(index, -1))
+            index = ops.max(ops.where(records, positions, 0), axis=-1)
+            return index, _put(path, c * size + i, index)
+
+        return ops.fori_loop(0, size, step, carry)
+
+    path = ops.zeros_like(rest[..., 0], dtype="int32")
+    _, path = ops.fori_loop(0, chunks, backward, (last, path))
+    path = ops.concatenate([path[:steps], ops.expand_dims(last, 0)], axis=0)
     if direction == "decreasing":
         path = ops.flip(path, axis=0)
     return ops.transpose(path, tuple(range(1, rank - 1)) + (0,))
