@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from keras_addons_qa import _checks
+from keras_addons_qa import _chunked_attention
 from keras_addons_qa import _compat
 from keras_addons_qa import _numerics
 
@@ -149,7 +150,9 @@ class QKVAttention(keras.layers.MultiHeadAttention):
           Speech-Transformer.
     """
 
-    def __init__(self, *args, distance_penalty=0.0, output_dim=None, **kwargs):
+    def __init__(
+        self, *args, distance_penalty=0.0, scores_budget_mb=256.0, output_dim=None, **kwargs
+    ):
         # MultiHeadAttention's own signature, positional arguments included,
         # so every argument it has (and any it gains) means the same here.
         arguments = inspect.signature(_MultiHeadAttention.__init__).bind(
@@ -179,10 +182,17 @@ class QKVAttention(keras.layers.MultiHeadAttention):
         self.distance_penalty = _checks.non_negative_float(
             "distance_penalty", distance_penalty
         )
+        self.scores_budget_mb = None if scores_budget_mb is None else _checks.positive_float(
+            "scores_budget_mb", scores_budget_mb
+        )
         super().__init__(**arguments)
 
     def get_config(self):
-        return {**super().get_config(), "distance_penalty": self.distance_penalty}
+        return {
+            **super().get_config(),
+            "distance_penalty": self.distance_penalty,
+            "scores_budget_mb": self.scores_budget_mb,
+        }
 
     def build(self, query_shape, value_shape, key_shape=None):
         for name, shape in (("query", query_shape), ("value", value_shape)):
@@ -295,32 +305,48 @@ class QKVAttention(keras.layers.MultiHeadAttention):
         v = _project(self._value_dense, value)  # (B, S, N, value_dim)
         rank = len(q.shape) - 1 + len(self._attention_axes)  # the scores'
 
-        # Every mask but the query's, broadcastable to the scores: a key
-        # mask stays `(B, 1, 1, S)`, so the fused kernels never see a
-        # `(B, T, S)` tensor unless the user gave one. Padded queries are
-        # zeroed after attention (the same thing as masking their rows).
-        parts = [
-            self._steps_to_scores(key_valid, keys=True),
-            None if attention_mask is None else self._expand_mask(
-                ops.cast(attention_mask, "bool"), rank
-            ),
-        ]
-        if self._window:
-            parts.append(self._expand_mask(self._compute_sliding_window_mask(q, v), rank))
         query_valid = None if query_mask is None else ops.cast(query_mask, "bool")
-        causal_flag = bool(use_causal_mask)
-        if type(self)._compute_attention is not QKVAttention._compute_attention:
-            # A subclass's `_compute_attention` gets the mask as
-            # MultiHeadAttention would give it: every part, causality too.
-            parts.append(self._steps_to_scores(query_valid, keys=False))
-            if causal_flag:
-                parts.append(self._expand_mask(self._compute_causal_mask(q, v), rank))
-            causal_flag = False
-        mask = _and_masks(*parts)
-        extra = {"use_causal_mask": True} if causal_flag else {}
-        context, scores = self._compute_attention(
-            q, k, v, mask, training, return_attention_scores, **extra
-        )
+        chunks = self._chunk_sizes(q, k, return_attention_scores, training)
+        if chunks is not None:
+            context, scores = _chunked_attention.attention(
+                q, k, v,
+                scale=float(self._inverse_sqrt_key_dim),
+                key_valid=None if key_valid is None else ops.cast(key_valid, "bool"),
+                mask=None if attention_mask is None else self._expand_mask(
+                    ops.cast(attention_mask, "bool"), 4
+                ),
+                causal=bool(use_causal_mask),
+                window=self._window,
+                distance_penalty=self.distance_penalty,
+                rows=chunks[0],
+                cols=chunks[1],
+            ), None
+        else:
+            # Every mask but the query's, broadcastable to the scores: a key
+            # mask stays `(B, 1, 1, S)`, so the fused kernels never see a
+            # `(B, T, S)` tensor unless the user gave one. Padded queries are
+            # zeroed after attention (the same thing as masking their rows).
+            parts = [
+                self._steps_to_scores(key_valid, keys=True),
+                None if attention_mask is None else self._expand_mask(
+                    ops.cast(attention_mask, "bool"), rank
+                ),
+            ]
+            if self._window:
+                parts.append(self._expand_mask(self._compute_sliding_window_mask(q, v), rank))
+            causal_flag = bool(use_causal_mask)
+            if type(self)._compute_attention is not QKVAttention._compute_attention:
+                # A subclass's `_compute_attention` gets the mask as
+                # MultiHeadAttention would give it: every part, causality too.
+                parts.append(self._steps_to_scores(query_valid, keys=False))
+                if causal_flag:
+                    parts.append(self._expand_mask(self._compute_causal_mask(q, v), rank))
+                causal_flag = False
+            mask = _and_masks(*parts)
+            extra = {"use_causal_mask": True} if causal_flag else {}
+            context, scores = self._compute_attention(
+                q, k, v, mask, training, return_attention_scores, **extra
+            )
         if query_valid is not None:
             context = _numerics.sanitize(context, query_valid)
             if scores is not None:
@@ -335,6 +361,37 @@ class QKVAttention(keras.layers.MultiHeadAttention):
         if return_attention_scores:
             return output, scores
         return output
+
+    def _chunk_sizes(self, q, k, return_attention_scores, training):
+        """`(rows, cols)` of the chunked path, or None for the full one.
+
+        Chunks when the full float32 scores of one example, `N * T * S * 4`
+        bytes, exceed `scores_budget_mb`, for rank-3 inputs with static
+        lengths, no returned scores and no dropout at training time (the
+        backward pass would have to draw the same dropout mask again). On
+        JAX with a GPU, cuDNN's fused attention is already linear in
+        memory and stays.
+        """
+        if self.scores_budget_mb is None or return_attention_scores:
+            return None
+        if self._dropout > 0 and bool(training):
+            return None
+        if len(q.shape) != 4 or tuple(self._attention_axes) != (1,):
+            return None
+        if type(self)._compute_attention is not QKVAttention._compute_attention:
+            return None  # a subclass's attention gets the full scores' mask
+        if _jax_padded_attention() is not None:
+            return None
+        q_len, k_len = q.shape[1], k.shape[1]
+        if q_len is None or k_len is None:
+            return None
+        budget = self.scores_budget_mb * 2**20
+        if self._num_heads * q_len * k_len * 4 <= budget:
+            return None
+        return (
+            _chunked_attention.chunk_length(self._num_heads, k_len, budget),
+            _chunked_attention.chunk_length(self._num_heads, q_len, budget),
+        )
 
     def _compute_attention(
         self,
