@@ -22,7 +22,8 @@ that has the chunk's length (size-1 axes broadcast). Rows with no visible
 key get zero probabilities, so a zero context and a zero gradient.
 
 Everything is `keras.ops`, with static shapes: the loops are
-`keras.ops.fori_loop` over a fixed number of chunks, the lengths are
+`keras.ops.fori_loop` over a fixed number of chunks (one chunk at a time on
+TensorFlow too, see `_xla.serial_fori_loop`), the lengths are
 padded up to a whole number of chunks, and results go into buffers of
 fixed shape.
 """
@@ -31,6 +32,7 @@ import keras
 from keras import ops
 
 from keras_addons_qa import _numerics
+from keras_addons_qa import _xla
 
 
 def chunk_length(heads, other_length, budget_bytes):
@@ -190,7 +192,7 @@ def _forward(spec, q, k, v, key_valid, mask, rows):
 
     contexts = ops.zeros((count, batch, rows, heads, v.shape[-1]), v.dtype)
     lses = ops.zeros((count, batch, heads, rows), "float32")
-    contexts, lses = ops.fori_loop(0, count, step, (contexts, lses))
+    contexts, lses = _xla.serial_fori_loop(0, count, step, (contexts, lses))
     context = _unchunk(contexts, 1, spec.q_len)  # (B, T, N, Hv)
     lse = _unchunk(lses, 2, spec.q_len)  # (B, N, T)
     return context, lse
@@ -233,7 +235,7 @@ def _backward(spec, q, k, v, key_valid, mask, context, lse, upstream, rows, cols
         return _put(d_qs, i, d_q)
 
     d_qs = ops.zeros((count, batch, rows, heads, q.shape[-1]), "float32")
-    d_q = _unchunk(ops.fori_loop(0, count, query_step, d_qs), 1, spec.q_len)
+    d_q = _unchunk(_xla.serial_fori_loop(0, count, query_step, d_qs), 1, spec.q_len)
 
     # Key and value gradients, chunk by chunk over keys.
     k_chunks, count = _chunks(k, 1, cols)
@@ -256,7 +258,7 @@ def _backward(spec, q, k, v, key_valid, mask, context, lse, upstream, rows, cols
 
     d_ks = ops.zeros((count, batch, cols, heads, k.shape[-1]), "float32")
     d_vs = ops.zeros((count, batch, cols, heads, v.shape[-1]), "float32")
-    d_ks, d_vs = ops.fori_loop(0, count, key_step, (d_ks, d_vs))
+    d_ks, d_vs = _xla.serial_fori_loop(0, count, key_step, (d_ks, d_vs))
     d_k = _unchunk(d_ks, 1, spec.k_len)
     d_v = _unchunk(d_vs, 1, spec.k_len)
     return tuple(ops.cast(g, dtype) for g, dtype in zip((d_q, d_k, d_v), dtypes))

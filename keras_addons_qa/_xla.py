@@ -18,6 +18,12 @@ with `jit_compile=True` (the default `"auto"` picks it on a GPU or TPU when
 every layer supports XLA); the check reads TensorFlow's private
 `control_flow_util`, and answers False if that ever moves, which costs speed
 under XLA, never correctness. On torch it is False.
+
+`serial_fori_loop` is `keras.ops.fori_loop` with one iteration in flight at
+a time. TensorFlow's `while_loop` starts up to ten iterations at once when
+their inputs are ready, which multiplies the memory of a loop over chunks
+that depend only on the loop index (chunked attention: 10.0 GiB instead of
+2.8 GiB at 16384 steps).
 """
 
 import keras
@@ -31,6 +37,20 @@ def compiling():
     if backend == "tensorflow":
         return _tensorflow_xla_context()
     return False
+
+
+def serial_fori_loop(lower, upper, body_fun, init_val):
+    """`keras.ops.fori_loop`, one iteration at a time on TensorFlow."""
+    if keras.backend.backend() != "tensorflow":
+        return keras.ops.fori_loop(lower, upper, body_fun, init_val)
+    import tensorflow as tf
+
+    return tf.while_loop(
+        lambda i, _: i < upper,
+        lambda i, value: (i + 1, body_fun(i, value)),
+        (lower, init_val),
+        parallel_iterations=1,
+    )[1]
 
 
 def _tensorflow_xla_context():

@@ -125,12 +125,12 @@ def test_the_chunked_path_runs_when_scores_exceed_the_budget(monkeypatch):
     assert spy.calls == 1
     QKVAttention(2, 4, scores_budget_mb=_budget(2, 6, 6))(x, x)  # fits exactly
     assert spy.calls == 1
-    # The default, 256 MiB per example: 8 heads over 2048 x 2048 fit, 4096 do not.
+    # The default, 128 MiB per example: 8 heads over 2048 x 2048 fit, 4096 do not.
     default = QKVAttention(8, 64)
-    assert default.scores_budget_mb == 256.0
+    assert default.scores_budget_mb == 128.0
     default.build((None, None, 16), (None, None, 16))
     assert default._chunk_sizes(ops.zeros((1, 2048, 8, 1)), ops.zeros((1, 2048, 8, 1)), False, False) is None
-    assert default._chunk_sizes(ops.zeros((1, 4096, 8, 1)), ops.zeros((1, 4096, 8, 1)), False, False) == (2048, 2048)
+    assert default._chunk_sizes(ops.zeros((1, 4096, 8, 1)), ops.zeros((1, 4096, 8, 1)), False, False) == (1024, 1024)
 
 
 def test_the_full_path_runs_for_scores_and_dropout(monkeypatch):
