@@ -1,0 +1,201 @@
+"""Attention over long sequences: peak memory and step time against length.
+
+Self-attention as the long-sequence question asks it: batch 1, 8 heads of
+64, 512 features, the last eighth of the steps padding, one training step
+(forward and backward with respect to the input and the weights). Each
+point runs in a fresh process, and reports the process's peak resident
+memory and the median of two steps after the first (the first includes
+tracing and compiling):
+
+- `QKVAttention` with its defaults (chunked once the scores of one example
+  pass 128 MiB: from 4096 steps on here), on TensorFlow (graph) and JAX
+  (`jax.jit`);
+- `QKVAttention(scores_budget_mb=None)` (always the full scores) at 2048
+  and 4096 steps, the cost of the chunked path where the full one fits;
+- `keras.layers.MultiHeadAttention` with the same padding as an
+  `attention_mask`, on TensorFlow, up to 8192 steps (at 16384 its step
+  needs more than the 24 GiB of the machine this was written on).
+
+    python -m benchmarks.long_attention [--tiny] [--output-dir DIR]
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_RESULT = "RESULT "
+LENGTHS = (1024, 2048, 4096, 8192, 16384, 32768)
+MHA_MAX = 8192
+
+
+def _worker(length, which, features=512, heads=8, head_size=64):
+    import keras
+    import numpy as np
+
+    import keras_addons_qa as kaq
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1, length, features)).astype("float32")
+    mask = np.ones((1, length), bool)
+    mask[0, length - length // 8 :] = False
+    if which == "ours":
+        layer = kaq.layers.QKVAttention(heads, head_size)
+    elif which == "ours-full":
+        layer = kaq.layers.QKVAttention(heads, head_size, scores_budget_mb=None)
+    else:
+        layer = keras.layers.MultiHeadAttention(heads, head_size)
+    layer(x[:, :8], x[:, :8])
+
+    def forward(x, m):
+        if which == "mha":
+            pair = keras.ops.logical_and(keras.ops.expand_dims(m, 1), keras.ops.expand_dims(m, 2))
+            return layer(x, x, attention_mask=pair)
+        return layer(x, x, query_mask=m, value_mask=m)
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        @tf.function
+        def step(x, m):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                out = forward(x, m)
+                loss = tf.reduce_sum(out * out)
+            return loss, tape.gradient(loss, [x] + layer.trainable_variables)
+
+        x, mask = tf.constant(x), tf.constant(mask)
+        run = lambda: step(x, mask)[0].numpy()  # noqa: E731
+    else:
+        import jax
+
+        weights = [v.value for v in layer.trainable_variables]
+
+        def loss(weights, x, m):
+            with keras.StatelessScope(state_mapping=list(zip(layer.trainable_variables, weights))):
+                out = forward(x, m)
+            return (out * out).sum()
+
+        step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+        run = lambda: jax.block_until_ready(step(weights, x, mask))  # noqa: E731
+    start = time.perf_counter()
+    run()
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(2):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return dict(length=length, which=which, backend=backend, first=first,
+                step=float(sorted(times)[0] + sorted(times)[1]) / 2, peak=peak)
+
+
+def _measure(length, which, backend):
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.long_attention", "--worker", str(length), which],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )
+    lines = [l for l in done.stdout.splitlines() if l.startswith(_RESULT)]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"{which} on {backend} at {length} failed:\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1][len(_RESULT):])
+
+
+def _cases(lengths):
+    backends = ["tensorflow"] + (["jax"] if importlib.util.find_spec("jax") else [])
+    for length in lengths:
+        for backend in backends:
+            yield length, "ours", backend
+        if length in lengths[1:3]:
+            yield length, "ours-full", "tensorflow"
+        if length <= MHA_MAX:
+            yield length, "mha", "tensorflow"
+
+
+def plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (memory, seconds) = plt.subplots(1, 2, figsize=(11, 4))
+    labels = {("ours", "tensorflow"): "QKVAttention, TF graph",
+              ("ours", "jax"): "QKVAttention, JAX jit",
+              ("mha", "tensorflow"): "MultiHeadAttention, TF graph"}
+    for (which, backend), label in labels.items():
+        points = [r for r in rows if r["which"] == which and r["backend"] == backend]
+        if not points:
+            continue
+        lengths = [r["length"] for r in points]
+        memory.plot(lengths, [r["peak"] / 2**30 for r in points], "o-", label=label)
+        seconds.plot(lengths, [r["step"] for r in points], "o-", label=label)
+    for axis, title in ((memory, "peak resident memory (GiB)"), (seconds, "training step (s)")):
+        axis.set_xscale("log", base=2)
+        axis.set_yscale("log")
+        axis.set_xlabel("sequence length")
+        axis.set_title(title)
+        axis.grid(True, which="both", alpha=0.3)
+    memory.axhline(3, color="gray", linestyle="--", linewidth=1)
+    memory.legend()
+    figure.suptitle("Self-attention, batch 1, 8 heads of 64, 2 CPU cores")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def run(tiny=False, output_dir=None):
+    """The markdown table (and the plot, unless tiny)."""
+    lengths = (64, 128, 256) if tiny else LENGTHS
+    rows = []
+    for length, which, backend in _cases(lengths):
+        row = _measure(length, which, backend)
+        rows.append(row)
+        print(f"  {which} {backend} T={length}: step {row['step']:.2f} s, "
+              f"peak {row['peak'] / 2**30:.2f} GiB", flush=True)
+    names = {"ours": "QKVAttention", "ours-full": "QKVAttention, full scores",
+             "mha": "MultiHeadAttention"}
+    lines = [
+        "Long sequences: self-attention training step, batch 1, 8 heads of 64, "
+        "512 features, the last eighth padding (goal: peak < 3 GiB at 16384 on "
+        "TensorFlow and JAX; 32768 runs; at 2048 within 1.3x of the full path):",
+        "",
+        "| T | layer | backend | step (s) | peak memory (GiB) | step / MultiHeadAttention's |",
+        "| ---: | --- | --- | ---: | ---: | ---: |",
+    ]
+    mha = {r["length"]: r for r in rows if r["which"] == "mha"}
+    for r in rows:
+        ratio = ""
+        if r["which"] != "mha" and r["length"] in mha and r["backend"] == "tensorflow":
+            ratio = f"{r['step'] / mha[r['length']]['step']:.2f}"
+        lines.append(f"| {r['length']} | {names[r['which']]} | {r['backend']} | "
+                     f"{r['step']:.2f} | {r['peak'] / 2**30:.2f} | {ratio} |")
+    if not tiny and output_dir:
+        plot(rows, os.path.join(output_dir, "long_attention.png"))
+        lines += ["", "![Long sequences](benchmarks/results/long_attention.png)"]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--output-dir", default=os.path.join(ROOT, "benchmarks", "results"))
+    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        length, which = args.worker
+        print(_RESULT + json.dumps(_worker(int(length), which)), flush=True)
+        return 0
+    print(run(args.tiny, args.output_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
