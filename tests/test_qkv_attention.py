@@ -407,7 +407,9 @@ def test_config_round_trip():
     config = layer.get_config()
     # MultiHeadAttention's keys, and this layer's own.
     mha_keys = set(keras.layers.MultiHeadAttention(3, 4).get_config())
-    assert set(config) == mha_keys | {"distance_penalty", "scores_budget_mb"}
+    assert set(config) == mha_keys | {
+        "distance_penalty", "num_key_value_heads", "scores_budget_mb"
+    }
     assert config["output_shape"] == (6,) and config["distance_penalty"] == 0.25
     assert QKVAttention.from_config(config).get_config() == config
 

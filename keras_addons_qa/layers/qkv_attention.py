@@ -124,6 +124,11 @@ class QKVAttention(keras.layers.MultiHeadAttention):
             relative scale, aligning step centers:
             `i' = (i + 1/2) S / T - 1/2`. Needs a single attention axis.
             0 (the default) is plain attention.
+        num_key_value_heads: Number of key and value heads, a divisor of
+            `num_heads` (grouped-query attention, as in Keras's
+            `GroupQueryAttention` and Llama-style models: each key and value
+            head serves `num_heads // num_key_value_heads` query heads);
+            defaults to `num_heads`.
         scores_budget_mb: Memory, in MiB per example, above which the
             attention scores are computed in chunks (see above), and which
             each chunk's scores stay within; a positive float, default 128
@@ -145,10 +150,24 @@ class QKVAttention(keras.layers.MultiHeadAttention):
             dropout), `(B, num_heads, T, S)` for rank-3 inputs.
         training: Whether dropout is active.
         use_causal_mask: Whether query `i` may only see keys `j <= i`.
+        cache: Optional `(B, 2, max_length, num_key_value_heads, key_dim)`
+            keys and values of earlier steps, for autoregressive decoding
+            (KerasHub's `CachedMultiHeadAttention` convention). With a
+            cache, the call returns `(output, cache)` and attends over all
+            `max_length` cached steps; `use_causal_mask`, `sliding_window`
+            and `distance_penalty` count the queries' positions from
+            `cache_update_index`, so a causal pass hides the steps not yet
+            written. `value_mask` / `key_mask` cover the new steps; padding
+            of earlier steps (a left-padded prompt) is an `attention_mask`
+            of shape `(B, T, max_length)`, as KerasHub models pass it.
+            Rank-3 inputs, `value_dim == key_dim`, no returned scores.
+        cache_update_index: Where the new steps' keys and values go in the
+            cache (an int or a scalar tensor: a compiled decoding step
+            keeps one static cache shape); None reads the cache as it is.
 
     Output shape:
         The query's shape with its feature axis replaced by `output_shape`,
-        and the scores if asked.
+        and the scores if asked, or the updated cache if one is given.
 
     Example:
 
@@ -173,7 +192,13 @@ class QKVAttention(keras.layers.MultiHeadAttention):
     """
 
     def __init__(
-        self, *args, distance_penalty=0.0, scores_budget_mb=128.0, output_dim=None, **kwargs
+        self,
+        *args,
+        distance_penalty=0.0,
+        num_key_value_heads=None,
+        scores_budget_mb=128.0,
+        output_dim=None,
+        **kwargs,
     ):
         # MultiHeadAttention's own signature, positional arguments included,
         # so every argument it has (and any it gains) means the same here.
@@ -207,12 +232,26 @@ class QKVAttention(keras.layers.MultiHeadAttention):
         self.scores_budget_mb = None if scores_budget_mb is None else _checks.positive_float(
             "scores_budget_mb", scores_budget_mb
         )
-        super().__init__(**arguments)
+        super().__init__(**arguments)  # checks num_heads
+        heads = self._num_heads
+        if num_key_value_heads is None:
+            num_key_value_heads = heads
+        num_key_value_heads = _checks.integer_at_least(
+            "num_key_value_heads", num_key_value_heads, 1
+        )
+        if heads % num_key_value_heads:
+            raise ValueError(
+                "`num_heads` must be a multiple of `num_key_value_heads`. "
+                f"Received: num_heads={heads}, "
+                f"num_key_value_heads={num_key_value_heads}"
+            )
+        self.num_key_value_heads = num_key_value_heads
 
     def get_config(self):
         return {
             **super().get_config(),
             "distance_penalty": self.distance_penalty,
+            "num_key_value_heads": self.num_key_value_heads,
             "scores_budget_mb": self.scores_budget_mb,
         }
 
@@ -239,6 +278,29 @@ class QKVAttention(keras.layers.MultiHeadAttention):
                 f"{self._attention_axes} for query.shape={tuple(query_shape)}"
             )
         super().build(query_shape, value_shape, key_shape)
+        if self.num_key_value_heads != self._num_heads:
+            # Grouped-query attention: keys and values get fewer heads.
+            self._group_heads("_key_dense", key_shape or value_shape)
+            self._group_heads("_value_dense", value_shape)
+
+    def _group_heads(self, attribute, input_shape):
+        """Rebuilds the projection `attribute` (built by MultiHeadAttention)
+        with `num_key_value_heads` heads, in the same place among the
+        sublayers, so the weights keep MultiHeadAttention's order."""
+        dense = getattr(self, attribute)
+        grouped = keras.layers.EinsumDense(
+            dense.equation,
+            output_shape=tuple(dense.partial_output_shape[:-2])
+            + (self.num_key_value_heads, dense.partial_output_shape[-1]),
+            bias_axes=dense.bias_axes,
+            name=dense.name,
+            **self._get_common_kwargs_for_sublayer(),
+        )
+        grouped.build(input_shape)
+        index = self._layers.index(dense)
+        setattr(self, attribute, grouped)  # tracked: appended to the sublayers
+        self._layers.remove(grouped)
+        self._layers[index] = grouped
 
     @classmethod
     def from_multi_head_attention(cls, mha, **kwargs):
@@ -265,6 +327,35 @@ class QKVAttention(keras.layers.MultiHeadAttention):
         layer.set_weights(mha.get_weights())
         return layer
 
+    @classmethod
+    def from_grouped_query_attention(cls, gqa, **kwargs):
+        """A `QKVAttention` with the configuration and weights of `gqa`.
+
+        `keras.layers.GroupQueryAttention(head_dim=d, num_query_heads=H,
+        num_key_value_heads=K)` becomes `QKVAttention(num_heads=H,
+        key_dim=d, num_key_value_heads=K)`, with the same variables in the
+        same order.
+
+        Args:
+            gqa: A built `keras.layers.GroupQueryAttention`.
+            **kwargs: Overrides of the constructor arguments (e.g. `name`).
+        """
+        if not gqa.built:
+            raise ValueError(
+                "`gqa` must be built (called once) so its shapes are known. "
+                f"Received: gqa={gqa.name!r} (not built)"
+            )
+        config = gqa.get_config()
+        config["num_heads"] = config.pop("num_query_heads")
+        config["key_dim"] = config.pop("head_dim")
+        layer = cls.from_config({**config, **kwargs})
+        features = [(None, None, dense.kernel.shape[0]) for dense in (
+            gqa._query_dense, gqa._value_dense, gqa._key_dense
+        )]
+        layer.build(*features)
+        layer.set_weights(gqa.get_weights())
+        return layer
+
     # -- call --------------------------------------------------------------
 
     def call(
@@ -279,6 +370,8 @@ class QKVAttention(keras.layers.MultiHeadAttention):
         return_attention_scores=False,
         training=None,
         use_causal_mask=False,
+        cache=None,
+        cache_update_index=None,
     ):
         if key is None:
             key, key_mask = value, None  # the value mask covers the key
@@ -286,6 +379,8 @@ class QKVAttention(keras.layers.MultiHeadAttention):
             _checks.static_shape(query.shape[:-1]),
             _checks.static_shape(value.shape[:-1]),
         )
+        if cache is not None or cache_update_index is not None:
+            self._check_cache(query, cache, cache_update_index, return_attention_scores)
         for name, mask, shape in (
             ("query_mask", query_mask, steps[0]),
             ("value_mask", value_mask, steps[1]),
@@ -302,7 +397,10 @@ class QKVAttention(keras.layers.MultiHeadAttention):
                 f"query.shape={tuple(query.shape)}"
             )
         if attention_mask is not None:
-            self._check_attention_mask(attention_mask.shape, steps)
+            self._check_attention_mask(
+                attention_mask.shape,
+                steps if cache is None else (steps[0], (steps[1][0], cache.shape[2])),
+            )
 
         # Padding may hold anything (inf, NaN): zero it before projecting.
         # A key step either mask marks gets no weight, so both masks zero
@@ -325,10 +423,36 @@ class QKVAttention(keras.layers.MultiHeadAttention):
         q = _project(self._query_dense, query)  # (B, T, N, key_dim)
         k = _project(self._key_dense, key)  # (B, S, N, key_dim)
         v = _project(self._value_dense, value)  # (B, S, N, value_dim)
+        offset = None  # the first query's position, when decoding
+        if cache is not None:
+            # KerasHub's convention: the new steps' keys and values go into
+            # the cache at `cache_update_index`; attention runs over all of
+            # it, `(B, max_length)` steps.
+            if cache_update_index is None:
+                k, v = cache[:, 0], cache[:, 1]
+                key_valid = None
+                offset = 0
+            else:
+                start = [0, cache_update_index, 0, 0]
+                k = ops.slice_update(cache[:, 0], start, ops.cast(k, cache.dtype))
+                v = ops.slice_update(cache[:, 1], start, ops.cast(v, cache.dtype))
+                cache = ops.stack((k, v), axis=1)
+                if key_valid is not None:  # the new steps' padding
+                    everywhere = ops.ones(ops.shape(cache)[:1] + (cache.shape[2],), "int32")
+                    key_valid = ops.cast(ops.slice_update(
+                        everywhere, [0, cache_update_index], ops.cast(key_valid, "int32")
+                    ), "bool")
+                offset = cache_update_index
+        if self.num_key_value_heads != self._num_heads:
+            # Each key and value head serves a group of query heads.
+            groups = self._num_heads // self.num_key_value_heads
+            k, v = ops.repeat(k, groups, axis=-2), ops.repeat(v, groups, axis=-2)
         rank = len(q.shape) - 1 + len(self._attention_axes)  # the scores'
 
         query_valid = None if query_mask is None else ops.cast(query_mask, "bool")
-        chunks = self._chunk_sizes(q, k, return_attention_scores, training)
+        chunks = None if cache is not None else self._chunk_sizes(
+            q, k, return_attention_scores, training
+        )
         if chunks is not None:
             context, scores = _chunked_attention.attention(
                 q, k, v,
@@ -354,9 +478,18 @@ class QKVAttention(keras.layers.MultiHeadAttention):
                     ops.cast(attention_mask, "bool"), rank
                 ),
             ]
-            if self._window:
-                parts.append(self._expand_mask(self._compute_sliding_window_mask(q, v), rank))
             causal_flag = bool(use_causal_mask)
+            if offset is not None:
+                # Decoding: positions count from `offset` on the query side.
+                rows = ops.expand_dims(offset + ops.arange(ops.shape(q)[1]), 1)
+                cols = ops.expand_dims(ops.arange(ops.shape(k)[1]), 0)
+                if self._window:
+                    parts.append(self._expand_mask(ops.abs(rows - cols) < self._window, rank))
+                if causal_flag:
+                    parts.append(self._expand_mask(rows >= cols, rank))
+                causal_flag = False
+            elif self._window:
+                parts.append(self._expand_mask(self._compute_sliding_window_mask(q, v), rank))
             if type(self)._compute_attention is not QKVAttention._compute_attention:
                 # A subclass's `_compute_attention` gets the mask as
                 # MultiHeadAttention would give it: every part, causality too.
@@ -366,9 +499,13 @@ class QKVAttention(keras.layers.MultiHeadAttention):
                 causal_flag = False
             mask = _and_masks(*parts)
             extra = {"use_causal_mask": True} if causal_flag else {}
-            context, scores = self._compute_attention(
-                q, k, v, mask, training, return_attention_scores, **extra
-            )
+            self._query_offset = offset
+            try:
+                context, scores = self._compute_attention(
+                    q, k, v, mask, training, return_attention_scores, **extra
+                )
+            finally:
+                self._query_offset = None
         if query_valid is not None:
             context = _numerics.sanitize(context, query_valid)
             if scores is not None:
@@ -382,7 +519,36 @@ class QKVAttention(keras.layers.MultiHeadAttention):
             _compat.set_keras_mask(output, query_valid)
         if return_attention_scores:
             return output, scores
+        if cache is not None:
+            return output, cache
         return output
+
+    def _check_cache(self, query, cache, cache_update_index, return_attention_scores):
+        if cache is None:
+            raise ValueError(
+                "`cache_update_index` needs a `cache`. Received: cache=None, "
+                f"cache_update_index={cache_update_index!r}"
+            )
+        expected = (None, 2, None, self.num_key_value_heads, self._key_dim)
+        shape = _checks.static_shape(cache.shape)
+        if len(shape) != 5 or any(
+            e is not None and s is not None and s != e for s, e in zip(shape, expected)
+        ):
+            raise ValueError(
+                "`cache` must have shape (batch, 2, max_length, "
+                f"num_key_value_heads={self.num_key_value_heads}, "
+                f"key_dim={self._key_dim}). Received: cache.shape={shape}"
+            )
+        if len(query.shape) != 3 or self._value_dim != self._key_dim:
+            raise ValueError(
+                "A cache needs rank-3 inputs and `value_dim == key_dim` (keys "
+                f"and values share it). Received: query.shape={tuple(query.shape)}, "
+                f"key_dim={self._key_dim}, value_dim={self._value_dim}"
+            )
+        if return_attention_scores:
+            raise ValueError(
+                "`return_attention_scores` is not supported with a `cache`."
+            )
 
     def _chunk_sizes(self, q, k, return_attention_scores, training):
         """`(rows, cols)` of the chunked path, or None for the full one.
@@ -474,7 +640,8 @@ class QKVAttention(keras.layers.MultiHeadAttention):
         if self.distance_penalty:
             axis = self._attention_axes[0]
             logits = logits - self._distance_bias(
-                ops.shape(q)[axis], ops.shape(k)[axis], logits.dtype
+                ops.shape(q)[axis], ops.shape(k)[axis], logits.dtype,
+                getattr(self, "_query_offset", None),
             )
         weights = _masked_softmax(logits, mask, len(self._attention_axes))
         scores = ops.cast(weights, self.compute_dtype)
@@ -485,12 +652,16 @@ class QKVAttention(keras.layers.MultiHeadAttention):
         context = ops.einsum(self._combine_equation, dropped, v)
         return context, scores
 
-    def _distance_bias(self, q_len, k_len, dtype):
-        """`distance_penalty * |i' - j|`, `(T, S)`, with `i'` on the key scale."""
+    def _distance_bias(self, q_len, k_len, dtype, offset=None):
+        """`distance_penalty * |i' - j|`, `(T, S)`, with `i'` on the key
+        scale, or `offset + i` when decoding with a cache."""
         rows = ops.cast(ops.arange(q_len), dtype)
         cols = ops.cast(ops.arange(k_len), dtype)
-        scale = ops.cast(k_len, dtype) / ops.cast(q_len, dtype)
-        aligned = (rows + 0.5) * scale - 0.5  # == rows when q_len == k_len
+        if offset is not None:
+            aligned = rows + ops.cast(offset, dtype)
+        else:
+            scale = ops.cast(k_len, dtype) / ops.cast(q_len, dtype)
+            aligned = (rows + 0.5) * scale - 0.5  # == rows when q_len == k_len
         distance = ops.abs(ops.expand_dims(aligned, 1) - ops.expand_dims(cols, 0))
         # Capped far below the float32 maximum: a huge penalty is a hard
         # locality mask, never an inf logit (inf - inf is NaN in the softmax).
@@ -634,6 +805,8 @@ class QKVAttention(keras.layers.MultiHeadAttention):
         return_attention_scores=False,
         training=None,
         use_causal_mask=False,
+        cache=None,
+        cache_update_index=None,
     ):
         output = keras.KerasTensor(
             self.compute_output_shape(
@@ -641,6 +814,8 @@ class QKVAttention(keras.layers.MultiHeadAttention):
             ),
             dtype=self.compute_dtype,
         )
+        if cache is not None:
+            return output, keras.KerasTensor(cache.shape, dtype=cache.dtype)
         if not return_attention_scores:
             return output
         # The scores' layout: non-attention axes, heads, query attention
