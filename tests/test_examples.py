@@ -111,10 +111,15 @@ def _check_08(out):
     assert _number(r"PretrainedEmbedding\s+accuracy.*pretrained vectors ([\d.]+)", out) == 0.0
 
 
+def _check_09(out):
+    assert "same text with and without the cache: True" in out
+    assert _number(r"speedup ([\d.]+)x\)", out) > 1.0
+
+
 CHECKS = {
     "01": _check_01, "02": _check_02, "03": _check_03,
     "04": _check_04, "05": _check_05, "06": _check_06,
-    "07": _check_07, "08": _check_08,
+    "07": _check_07, "08": _check_08, "09": _check_09,
 }
 
 
