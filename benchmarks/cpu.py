@@ -536,6 +536,10 @@ def main(argv=None):
 
     print("monotone decoding at size:", flush=True)
     markdown += "\n\n" + decode.run(tiny=args.tiny)
+    from benchmarks import long_attention
+
+    print("attention over long sequences:", flush=True)
+    markdown += "\n\n" + long_attention.run(tiny=args.tiny, output_dir=args.output_dir)
     if not args.no_scaling:
         lengths = [16, 32] if args.tiny else [64, 128, 256, 512, 1024, 2048]
         print("scaling with sequence length (graph mode):", flush=True)

@@ -33,9 +33,16 @@ def test_cpu_suite_runs_at_tiny_sizes(tmp_path):
         ours_ms, theirs_ms, ratio = (float(c) for c in cells[3:6])
         assert ours_ms > 0 and theirs_ms > 0 and ratio > 0
     assert (tmp_path / "cpu_scaling.png").stat().st_size > 10_000
-    decode = [l for l in text.split("Monotone decoding")[1].splitlines() if l.startswith("| ")]
-    assert len(decode) == 2 + 2 + (1 if importlib.util.find_spec("jax") else 0)
+    decode, long = text.split("Monotone decoding")[1].split("Long sequences")
+    decode = [l for l in decode.splitlines() if l.startswith("| ")]
+    jax = importlib.util.find_spec("jax") is not None
+    assert len(decode) == 2 + 2 + jax
     assert all(row.rstrip().endswith("| yes |") for row in decode[2:])  # exact paths
+    long = [l for l in long.splitlines() if l.startswith("| ")]
+    assert len(long) == 2 + 5 + 2 * jax  # 2 lengths: ours (per backend), MHA; full at 128
+    for row in long[2:]:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert float(cells[3]) > 0 and float(cells[4]) > 0  # seconds, GiB
 
 
 @pytest.mark.skipif(
