@@ -28,9 +28,9 @@ padded up to a whole number of chunks, and results go into buffers of
 fixed shape.
 """
 
-import keras
 from keras import ops
 
+from keras_addons_qa import _buffers
 from keras_addons_qa import _numerics
 from keras_addons_qa import _xla
 
@@ -151,11 +151,6 @@ def _unchunk(chunks, axis, length):
     return whole[tuple(index)]
 
 
-def _put(buffer, index, value):
-    """`buffer[index] = value` along the first axis, for a traced index."""
-    return ops.scatter_update(buffer, ops.reshape(index, (1, 1)), ops.expand_dims(value, 0))
-
-
 def _mask_along(mask, axis, size):
     """A mask's chunks along `axis` if it spans it, or None if it
     broadcasts there (size 1)."""
@@ -188,7 +183,7 @@ def _forward(spec, q, k, v, key_valid, mask, rows):
         probs = p / ops.where(seen, total, 1.0)
         lse = ops.where(seen, top + ops.log(ops.where(seen, total, 1.0)), 0.0)
         context = ops.einsum("bnrc,bcnh->brnh", ops.cast(probs, v.dtype), v)
-        return _put(contexts, i, context), _put(lses, i, lse[..., 0])
+        return _buffers.put(contexts, i, context), _buffers.put(lses, i, lse[..., 0])
 
     contexts = ops.zeros((count, batch, rows, heads, v.shape[-1]), v.dtype)
     lses = ops.zeros((count, batch, heads, rows), "float32")
@@ -232,7 +227,7 @@ def _backward(spec, q, k, v, key_valid, mask, context, lse, upstream, rows, cols
             lse_chunks[:, :, i], term_chunks[:, :, i],
         )
         d_q = ops.einsum("bnrc,bcnh->brnh", d_logits, k) * spec.scale
-        return _put(d_qs, i, d_q)
+        return _buffers.put(d_qs, i, d_q)
 
     d_qs = ops.zeros((count, batch, rows, heads, q.shape[-1]), "float32")
     d_q = _unchunk(_xla.serial_fori_loop(0, count, query_step, d_qs), 1, spec.q_len)
@@ -254,7 +249,7 @@ def _backward(spec, q, k, v, key_valid, mask, context, lse, upstream, rows, cols
         )
         d_v = ops.einsum("bnrc,brnh->bcnh", p, upstream)
         d_k = ops.einsum("bnrc,brnh->bcnh", d_logits, q)
-        return _put(d_ks, j, d_k), _put(d_vs, j, d_v)
+        return _buffers.put(d_ks, j, d_k), _buffers.put(d_vs, j, d_v)
 
     d_ks = ops.zeros((count, batch, cols, heads, k.shape[-1]), "float32")
     d_vs = ops.zeros((count, batch, cols, heads, v.shape[-1]), "float32")

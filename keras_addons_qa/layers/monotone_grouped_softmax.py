@@ -3,6 +3,7 @@ import math
 import keras
 from keras import ops
 
+from keras_addons_qa import _buffers
 from keras_addons_qa import _checks
 from keras_addons_qa import _numerics
 
@@ -40,14 +41,6 @@ def _prefix_max(values, size):
         values = ops.maximum(values, shifted)
         shift *= 2
     return values
-
-
-def _first_argmax(values, positions, size):
-    """`argmax` over the last axis (the first maximum), written with a
-    comparison and a min: Keras's TensorFlow `argmax` of floats lowers to
-    Bitcast and BitwiseAnd, which LiteRT's builtins and ONNX Runtime lack."""
-    top = ops.max(values, axis=-1, keepdims=True)
-    return ops.min(ops.where(values >= top, positions, size), axis=-1)
 
 
 def monotone_decode(probs, direction="increasing"):
@@ -105,31 +98,6 @@ def _groups(shape):
     return shape[-2:]
 
 
-def _put(buffer, index, value):
-    """`buffer[index] = value` along the first axis, for a traced index and
-    a slot still all zeros (False).
-
-    A scatter, which XLA does in place (2-3x faster than the selects under
-    `jit_compile=True` and `jax.jit` in `make bench`'s decode case). On
-    torch, `_put_by_select`: torch's ONNX export writes a scatter's shapes
-    as constants, which breaks the file for another batch size.
-    """
-    if keras.backend.backend() == "torch":
-        return _put_by_select(buffer, index, value)
-    return ops.scatter_update(buffer, ops.reshape(index, (1, 1)), ops.expand_dims(value, 0))
-
-
-def _put_by_select(buffer, index, value):
-    """`_put` as selects; a bool buffer takes an `or` (ONNX Runtime has no
-    bool `Where`)."""
-    rows = ops.arange(buffer.shape[0], dtype="int32")
-    hit = ops.reshape(ops.equal(rows, index), (-1,) + (1,) * (len(buffer.shape) - 1))
-    value = ops.expand_dims(value, 0)
-    if keras.backend.standardize_dtype(buffer.dtype) == "bool":
-        return ops.logical_or(buffer, ops.logical_and(hit, value))
-    return ops.where(hit, value, buffer)
-
-
 def _decode(probs, direction, num_groups, group_size):
     """`monotone_decode` with the group count and size as Python ints."""
     rank = len(probs.shape)
@@ -143,7 +111,7 @@ def _decode(probs, direction, num_groups, group_size):
     # tensor, so a traced export (torch's) keeps its batch size dynamic.
     positions = ops.arange(group_size, dtype="int32")
     if num_groups == 1:
-        return ops.expand_dims(_first_argmax(log_probs[0], positions, group_size), -1)
+        return ops.expand_dims(_buffers.first_argmax(log_probs[0], positions, group_size), -1)
 
     # The path back from j at group g + 1 goes to the first i <= j with the
     # best score at g: the last i <= j where the running max of g's scores
@@ -168,15 +136,15 @@ def _decode(probs, direction, num_groups, group_size):
             running = _prefix_max(best, group_size)
             before = ops.pad(running[..., :-1], lead + [[1, 0]], constant_values=float("-inf"))
             scores = rest[c * size + i]
-            return running + scores, _put(chunk, i, best > before)
+            return running + scores, _buffers.put(chunk, i, best > before)
 
         best, history = carry
         best, chunk = ops.fori_loop(0, size, step, (best, empty_chunk))
-        return best, _put(history, c, chunk)
+        return best, _buffers.put(history, c, chunk)
 
     history = ops.tile(ops.expand_dims(empty_chunk, 0), (chunks,) + (1,) * rank)
     best, history = ops.fori_loop(0, chunks, forward, (log_probs[0], history))
-    last = _first_argmax(best, positions, group_size)
+    last = _buffers.first_argmax(best, positions, group_size)
 
     def backward(c, carry):
         c = chunks - 1 - c
@@ -187,7 +155,7 @@ def _decode(probs, direction, num_groups, group_size):
             index, path = carry
             records = ops.logical_and(chunk[i], positions <= ops.expand_dims(index, -1))
             index = ops.max(ops.where(records, positions, 0), axis=-1)
-            return index, _put(path, c * size + i, index)
+            return index, _buffers.put(path, c * size + i, index)
 
         return ops.fori_loop(0, size, step, carry)
 
