@@ -1,4 +1,4 @@
-"""Keras 3 layers, losses and constraints that core Keras lacks.
+"""Keras 3 layers, losses, constraints and CRF functions that core Keras lacks.
 
 Every public class is registered under the package name `keras_addons_qa`, so
 models using them load with `keras.saving.load_model(path)` in safe mode and
@@ -8,7 +8,8 @@ without `custom_objects`.
 from keras_addons_qa import constraints
 from keras_addons_qa import layers
 from keras_addons_qa import losses
+from keras_addons_qa import text
 
 __version__ = "0.1.0"
 
-__all__ = ["constraints", "layers", "losses", "__version__"]
+__all__ = ["constraints", "layers", "losses", "text", "__version__"]

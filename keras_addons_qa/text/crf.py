@@ -1,0 +1,232 @@
+"""Linear-chain conditional random field functions.
+
+The functions of TensorFlow Addons' `tfa.text` CRF module, with its names,
+signatures, return values and edge cases (sequence length 0 and 1, a
+single tag), so code written for TensorFlow Addons ports by changing the
+import. They are written with `keras.ops` and run on TensorFlow, JAX and
+torch, under XLA, with dynamic batch and (on TensorFlow) dynamic length.
+
+Shapes: `inputs` / `potentials` are the unary scores `(batch, time,
+num_tags)`; `tag_indices` `(batch, time)` ints; `sequence_lengths`
+`(batch,)` ints; `transition_params` `(num_tags, num_tags)`, where entry
+`[i, j]` scores tag `i` followed by tag `j`. Steps at or beyond an
+example's length change nothing.
+
+The dynamic programs are `keras.ops.fori_loop`s over time (the traced
+graph does not grow with the length) and compute in float32 under every
+dtype (the results are cast back to the inputs' dtype). Decoding writes its
+back-pointers into a fixed-shape buffer with comparisons, selects and
+scatters only, so a model that decodes exports to SavedModel, LiteRT's
+builtin ops and ONNX.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_addons_qa import _buffers
+from keras_addons_qa import _numerics
+
+
+def _tensor(x):
+    x = ops.convert_to_tensor(x)
+    # A TensorFlow variable passes through `convert_to_tensor` as it is;
+    # `take_along_axis` needs a tensor.
+    return x if hasattr(x, "ndim") else ops.copy(x)
+
+
+def _prepare(inputs, transition_params=None):
+    inputs = _tensor(inputs)
+    dtype = keras.backend.standardize_dtype(inputs.dtype)
+    scores = _numerics.widen(inputs)
+    if transition_params is not None:
+        transition_params = _numerics.widen(ops.convert_to_tensor(transition_params))
+    return scores, transition_params, dtype
+
+
+def _lengths(sequence_lengths):
+    return ops.cast(ops.convert_to_tensor(sequence_lengths), "int32")
+
+
+def _valid(scores, lengths):
+    """`(batch, time)` bool: the steps inside each example's length."""
+    steps = ops.arange(ops.shape(scores)[1], dtype="int32")
+    return ops.expand_dims(steps, 0) < ops.expand_dims(lengths, 1)
+
+
+def crf_unary_score(tag_indices, sequence_lengths, inputs):
+    """Sum of the unary scores of the tags, `(batch,)`."""
+    scores, _, dtype = _prepare(inputs)
+    tags = ops.cast(tag_indices, "int32")
+    picked = ops.take_along_axis(scores, ops.expand_dims(tags, -1), axis=-1)[..., 0]
+    valid = _valid(scores, _lengths(sequence_lengths))
+    return ops.cast(ops.sum(ops.where(valid, picked, 0.0), axis=-1), dtype)
+
+
+def crf_binary_score(tag_indices, sequence_lengths, transition_params):
+    """Sum of the transition scores between consecutive tags, `(batch,)`."""
+    transitions = _numerics.widen(ops.convert_to_tensor(transition_params))
+    dtype = keras.backend.standardize_dtype(ops.convert_to_tensor(transition_params).dtype)
+    tags = ops.cast(tag_indices, "int32")
+    num_tags = transitions.shape[0]
+    pairs = tags[:, :-1] * num_tags + tags[:, 1:]
+    picked = ops.take(ops.reshape(transitions, (-1,)), pairs)
+    # Pair (t, t + 1) counts when t + 1 is inside the length.
+    steps = ops.arange(1, ops.shape(tags)[1], dtype="int32")
+    valid = ops.expand_dims(steps, 0) < ops.expand_dims(_lengths(sequence_lengths), 1)
+    return ops.cast(ops.sum(ops.where(valid, picked, 0.0), axis=-1), dtype)
+
+
+def crf_sequence_score(inputs, tag_indices, sequence_lengths, transition_params):
+    """The unnormalized score of each tag sequence, `(batch,)`: the sum of
+    its unary scores and of its transitions, within each length (0 for a
+    length of 0)."""
+    inputs = _tensor(inputs)
+    dtype = keras.backend.standardize_dtype(inputs.dtype)
+    unary = crf_unary_score(tag_indices, sequence_lengths, _numerics.widen(inputs))
+    binary = crf_binary_score(tag_indices, sequence_lengths, _numerics.widen(_tensor(transition_params)))
+    return ops.cast(unary + binary, dtype)
+
+
+def crf_forward(inputs, state, transition_params, sequence_lengths):
+    """The forward algorithm: from `state`, the log-scores `(batch,
+    num_tags)` of the first step, over the later steps `inputs` `(batch,
+    time - 1, num_tags)`; returns the log-scores at each example's last
+    step (`state` where the length is 0 or 1)."""
+    scores, transitions, dtype = _prepare(inputs, transition_params)
+    alpha = _numerics.widen(ops.convert_to_tensor(state))
+    lengths = _lengths(sequence_lengths)
+    if scores.shape[1] == 0:  # one step in all: nothing to loop over
+        return ops.cast(alpha, dtype)
+
+    def step(t, alpha):
+        # alpha[b, j] <- scores[b, t, j] + logsumexp_i(alpha[b, i] + T[i, j])
+        new = scores[:, t] + ops.logsumexp(ops.expand_dims(alpha, 2) + transitions, axis=1)
+        return ops.where(ops.expand_dims(t + 1 < lengths, 1), new, alpha)
+
+    return ops.cast(ops.fori_loop(0, ops.shape(scores)[1], step, alpha), dtype)
+
+
+def crf_log_norm(inputs, sequence_lengths, transition_params):
+    """The log of the partition function, `(batch,)`: log-sum-exp of the
+    scores of all tag sequences of each length (0 for a length of 0)."""
+    scores, transitions, dtype = _prepare(inputs, transition_params)
+    lengths = _lengths(sequence_lengths)
+    alpha = crf_forward(scores[:, 1:], scores[:, 0], transitions, lengths)
+    log_norm = ops.logsumexp(alpha, axis=1)
+    return ops.cast(ops.where(lengths <= 0, 0.0, log_norm), dtype)
+
+
+def crf_log_likelihood(inputs, tag_indices, sequence_lengths, transition_params=None):
+    """The log-likelihood of each tag sequence under the CRF.
+
+    Args:
+        inputs: `(batch, time, num_tags)` unary scores.
+        tag_indices: `(batch, time)` gold tags.
+        sequence_lengths: `(batch,)` lengths.
+        transition_params: `(num_tags, num_tags)` transition scores; if
+            None, a new `keras.Variable` initialized with Glorot uniform.
+
+    Returns:
+        `(log_likelihood, transition_params)`, the first `(batch,)`.
+    """
+    inputs = _tensor(inputs)
+    if transition_params is None:
+        num_tags = inputs.shape[-1]
+        transition_params = keras.Variable(
+            keras.initializers.GlorotUniform()((num_tags, num_tags)), name="transitions"
+        )
+    score = crf_sequence_score(inputs, tag_indices, sequence_lengths, transition_params)
+    log_norm = crf_log_norm(inputs, sequence_lengths, transition_params)
+    return score - log_norm, transition_params
+
+
+def crf_filtered_inputs(inputs, tag_bitmap):
+    """`inputs` with the tags that `tag_bitmap` (bool, same shape) rules
+    out set to -inf."""
+    inputs = ops.convert_to_tensor(inputs)
+    return ops.where(ops.cast(tag_bitmap, "bool"), inputs, ops.cast(float("-inf"), inputs.dtype))
+
+
+def crf_multitag_sequence_score(inputs, tag_bitmap, sequence_lengths, transition_params):
+    """log-sum-exp of the scores of every tag sequence that `tag_bitmap`
+    allows (several allowed tags per step), `(batch,)`."""
+    return crf_log_norm(crf_filtered_inputs(inputs, tag_bitmap), sequence_lengths, transition_params)
+
+
+def crf_decode(potentials, transition_params, sequence_length):
+    """The highest-scoring tag sequence of each example (Viterbi).
+
+    Args:
+        potentials: `(batch, time, num_tags)` unary scores.
+        transition_params: `(num_tags, num_tags)` transition scores.
+        sequence_length: `(batch,)` lengths.
+
+    Returns:
+        `(decode_tags, best_score)`: int32 `(batch, time)` tags (0 beyond
+        each length; ties go to the smaller tag) and the `(batch,)` score
+        of the best sequence.
+    """
+    scores, transitions, dtype = _prepare(potentials, transition_params)
+    lengths = _lengths(sequence_length)
+    num_tags = scores.shape[-1]
+    tags_axis = ops.arange(num_tags, dtype="int32")
+    # Time first, for the loops; the buffers keep the batch size dynamic.
+    by_time = ops.transpose(scores, (1, 0, 2))
+    steps = ops.shape(by_time)[0]
+
+    def forward(t, carry):
+        # alpha[b, j] <- scores[b, t, j] + max_i(alpha[b, i] + T[i, j]), and
+        # the i that gives it. Beyond the length: unchanged, pointing to j.
+        alpha, pointers = carry
+        candidates = ops.transpose(ops.expand_dims(alpha, 2) + transitions, (0, 2, 1))
+        came = _buffers.first_argmax(candidates, tags_axis, num_tags)
+        active = ops.expand_dims(t < lengths, 1)
+        alpha = ops.where(active, by_time[t] + ops.max(candidates, axis=-1), alpha)
+        return alpha, _buffers.put(pointers, t, ops.where(active, came, tags_axis))
+
+    pointers = ops.zeros_like(by_time, dtype="int32")
+    alpha, pointers = ops.fori_loop(1, steps, forward, (by_time[0], pointers))
+    last = _buffers.first_argmax(alpha, tags_axis, num_tags)
+
+    def backward(i, carry):
+        tag, path = carry
+        t = steps - 1 - i  # the step whose pointer leads to step t - 1
+        chosen = ops.expand_dims(tag, 1) == tags_axis
+        tag = ops.sum(ops.where(chosen, pointers[t], 0), axis=-1)
+        return tag, _buffers.put(path, t - 1, tag)
+
+    path = _buffers.put(ops.zeros_like(by_time[..., 0], dtype="int32"), steps - 1, last)
+    _, path = ops.fori_loop(0, steps - 1, backward, (last, path))
+    path = ops.where(_valid(scores, lengths), ops.transpose(path), 0)
+    return path, ops.cast(ops.max(alpha, axis=-1), dtype)
+
+
+def crf_constrained_decode(potentials, tag_bitmap, transition_params, sequence_length):
+    """`crf_decode` among the tags that `tag_bitmap` allows at each step."""
+    return crf_decode(crf_filtered_inputs(potentials, tag_bitmap), transition_params, sequence_length)
+
+
+def viterbi_decode(score, transition_params):
+    """Viterbi decoding of one sequence, in NumPy (outside any graph).
+
+    Args:
+        score: `(time, num_tags)` unary scores.
+        transition_params: `(num_tags, num_tags)` transition scores.
+
+    Returns:
+        `(viterbi, viterbi_score)`: the best tags as a list of ints, and
+        their score.
+    """
+    score = np.asarray(score)
+    transitions = np.asarray(transition_params)
+    best = score[0]
+    pointers = []
+    for unary in score[1:]:
+        candidates = best[:, None] + transitions  # [previous, next]
+        pointers.append(np.argmax(candidates, axis=0))
+        best = unary + np.max(candidates, axis=0)
+    viterbi = [int(np.argmax(best))]
+    for came in pointers[::-1]:
+        viterbi.append(int(came[viterbi[-1]]))
+    return viterbi[::-1], np.max(best)

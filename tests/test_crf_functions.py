@@ -1,0 +1,152 @@
+"""The CRF functions of `keras_addons_qa.text` against brute force."""
+
+import itertools
+
+import keras
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
+
+from keras_addons_qa import text
+from tests import harness
+
+
+def _all_paths(scores, transitions, length):
+    """Every tag sequence of `length` and its score."""
+    num_tags = scores.shape[-1]
+    for path in itertools.product(range(num_tags), repeat=length):
+        unary = sum(scores[t, tag] for t, tag in enumerate(path))
+        binary = sum(transitions[a, b] for a, b in zip(path, path[1:]))
+        yield path, float(unary + binary)
+
+
+def _case(seed, batch, steps, num_tags, with_zero=True):
+    rng = np.random.default_rng(seed)
+    scores = rng.normal(size=(batch, steps, num_tags)).astype("float32") * 2
+    transitions = rng.normal(size=(num_tags, num_tags)).astype("float32")
+    lengths = rng.integers(0 if with_zero else 1, steps + 1, size=batch)
+    return scores, transitions, lengths
+
+
+@settings(max_examples=harness.examples(40), deadline=None)
+@given(
+    steps=st.integers(1, 4),
+    num_tags=st.integers(1, 4),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_log_norm_score_and_decode_equal_brute_force(steps, num_tags, seed):
+    scores, transitions, lengths = _case(seed, 3, steps, num_tags)
+    rng = np.random.default_rng(seed + 1)
+    tags = rng.integers(0, num_tags, size=(3, steps))
+    log_norm = harness.to_numpy(text.crf_log_norm(scores, lengths, transitions))
+    score = harness.to_numpy(text.crf_sequence_score(scores, tags, lengths, transitions))
+    decoded, best = (harness.to_numpy(t) for t in text.crf_decode(scores, transitions, lengths))
+    assert decoded.dtype == np.int32 and decoded.shape == (3, steps)
+    for b, length in enumerate(lengths):
+        paths = list(_all_paths(scores[b], transitions, length))
+        values = np.array([v for _, v in paths])
+        if length == 0:
+            assert log_norm[b] == 0 and score[b] == 0
+            assert np.all(decoded[b] == 0)
+            continue
+        np.testing.assert_allclose(log_norm[b], np.logaddexp.reduce(values), rtol=1e-5, atol=1e-5)
+        own = dict(paths)[tuple(tags[b, :length])]
+        np.testing.assert_allclose(score[b], own, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(best[b], values.max(), rtol=1e-5, atol=1e-5)
+        path = tuple(decoded[b, :length])
+        np.testing.assert_allclose(dict(paths)[path], values.max(), rtol=1e-5, atol=1e-5)
+        assert np.all(decoded[b, length:] == 0)  # nothing beyond the length
+
+
+def test_log_likelihoods_of_all_sequences_sum_to_one():
+    scores, transitions, _ = _case(1, 1, 4, 3)
+    lengths = np.array([3])
+    likelihoods = []
+    for path in itertools.product(range(3), repeat=3):
+        tags = np.array([list(path) + [0]])
+        value, _ = text.crf_log_likelihood(scores, tags, lengths, transitions)
+        likelihoods.append(float(harness.to_numpy(value)[0]))
+    np.testing.assert_allclose(np.logaddexp.reduce(likelihoods), 0.0, atol=1e-5)
+    # Without transitions, a new Glorot-initialized variable comes back.
+    _, made = text.crf_log_likelihood(scores, np.zeros((1, 4), "int64"), lengths)
+    assert isinstance(made, keras.Variable) and tuple(made.shape) == (3, 3)
+
+
+def test_decode_ties_go_to_the_smaller_tag_and_match_numpy_viterbi():
+    scores = np.zeros((1, 5, 3), "float32")
+    transitions = np.zeros((3, 3), "float32")
+    tags, best = text.crf_decode(scores, transitions, np.array([5]))
+    assert harness.to_numpy(tags).tolist() == [[0, 0, 0, 0, 0]]
+    scores, transitions, _ = _case(3, 1, 6, 4)
+    path, score = text.viterbi_decode(scores[0], transitions)
+    tags, best = text.crf_decode(scores, transitions, np.array([6]))
+    assert harness.to_numpy(tags)[0].tolist() == path
+    np.testing.assert_allclose(harness.to_numpy(best)[0], score, rtol=1e-6)
+
+
+def test_filtered_and_constrained():
+    scores, transitions, lengths = _case(4, 2, 4, 3, with_zero=False)
+    bitmap = np.random.default_rng(5).random((2, 4, 3)) > 0.4
+    bitmap[..., 0] = True  # at least one allowed tag per step
+    filtered = harness.to_numpy(text.crf_filtered_inputs(scores, bitmap))
+    assert np.all(np.isneginf(filtered[~bitmap])) and np.all(filtered[bitmap] == scores[bitmap])
+    tags, _ = text.crf_constrained_decode(scores, bitmap, transitions, lengths)
+    tags = harness.to_numpy(tags)
+    for b, length in enumerate(lengths):
+        assert all(bitmap[b, t, tags[b, t]] for t in range(length))
+    multitag = harness.to_numpy(text.crf_multitag_sequence_score(scores, bitmap, lengths, transitions))
+    for b, length in enumerate(lengths):
+        values = [v for p, v in _all_paths(scores[b], transitions, length)
+                  if all(bitmap[b, t, tag] for t, tag in enumerate(p))]
+        np.testing.assert_allclose(multitag[b], np.logaddexp.reduce(values), rtol=1e-5)
+
+
+def test_gradients_are_finite_and_masked_steps_get_none():
+    scores, transitions, _ = _case(6, 2, 5, 4, with_zero=False)
+    lengths = np.array([5, 2])
+    tags = np.random.default_rng(7).integers(0, 4, size=(2, 5))
+    x, t = keras.Variable(scores), keras.Variable(transitions)
+
+    def loss():
+        value, _ = text.crf_log_likelihood(x.value, tags, lengths, t.value)
+        return -keras.ops.sum(value)
+
+    _, (d_x, d_t) = harness.gradients(loss, [x, t])
+    d_x, d_t = harness.to_numpy(d_x), harness.to_numpy(d_t)
+    harness.assert_finite(d_x, d_t)
+    assert np.all(d_x[1, 2:] == 0)  # beyond the second example's length
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_half_precision_inputs_compute_in_float32(policy):
+    scores, transitions, lengths = _case(8, 2, 6, 5, with_zero=False)
+    dtype = "float16" if policy == "mixed_float16" else "bfloat16"
+    half = keras.ops.cast(scores * 10, dtype)  # large scores: float16 sums overflow
+    log_norm = text.crf_log_norm(half, lengths, transitions)
+    assert keras.backend.standardize_dtype(log_norm.dtype) == dtype
+    want = harness.to_numpy(text.crf_log_norm(harness.to_numpy(keras.ops.cast(half, "float32")), lengths, transitions))
+    np.testing.assert_allclose(harness.to_numpy(keras.ops.cast(log_norm, "float32")), want, rtol=1e-2)
+
+
+def test_compiled_and_dynamic_length():
+    scores, transitions, lengths = _case(9, 3, 7, 4)
+    want = [harness.to_numpy(v) for v in text.crf_decode(scores, transitions, lengths)]
+    if harness.BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        signature = (tf.TensorSpec([None, None, 4]), tf.TensorSpec([4, 4]), tf.TensorSpec([None], tf.int32))
+        for jit in (False, True):
+            fn = tf.function(text.crf_decode, input_signature=None if jit else signature, jit_compile=jit)
+            got = fn(scores, transitions, lengths.astype("int32"))
+            for g, w in zip(got, want):
+                np.testing.assert_allclose(harness.to_numpy(g), w, rtol=1e-6)
+    elif harness.BACKEND == "jax":
+        import jax
+
+        got = jax.jit(text.crf_decode)(scores, transitions, lengths)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(harness.to_numpy(g), w, rtol=1e-6)
+    else:
+        pytest.skip("torch runs eagerly; the other tests cover it")
