@@ -125,6 +125,7 @@ def plot(rows, path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     figure, (memory, seconds) = plt.subplots(1, 2, figsize=(11, 4))
     labels = {("ours", "tensorflow"): "QKVAttention, TF graph",
@@ -143,6 +144,8 @@ def plot(rows, path):
         axis.set_xlabel("sequence length")
         axis.set_title(title)
         axis.grid(True, which="both", alpha=0.3)
+        axis.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        axis.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     memory.axhline(3, color="gray", linestyle="--", linewidth=1)
     memory.legend()
     figure.suptitle("Self-attention, batch 1, 8 heads of 64, 2 CPU cores")
