@@ -86,10 +86,16 @@ def _batch_inputs(name):
                 {"tokens": _tokens(2, 7, 2), "images": _images(2, 5, 3)}]
     if name == "decomposed_conv2d":
         return [_images(3, 6, 1), _images(2, 5, 3)]
-    if name in ("gaussian_sampling", "noise_adaptation", "monotone_decode"):
+    if name in ("gaussian_sampling", "noise_adaptation", "monotone_decode", "weight_normalization"):
         return [np.random.default_rng(s).normal(size=(b, 4)).astype("float32")
                 for s, b in ((0, 3), (1, 2))]
     return [_tokens(3, 5, 0), _tokens(2, 7, 2)]
+
+
+def _initialized(model):
+    """The model after a call on data (WeightNormalization's data init)."""
+    model(np.random.default_rng(9).normal(size=(16, 4)).astype("float32"))
+    return model
 
 
 def _dense_model(body, features=4):
@@ -127,6 +133,9 @@ MODELS = {
     "qkv_attention_distance_penalty": lambda: _token_model(
         lambda x: L.QKVAttention(2, 4, distance_penalty=0.5)(x, x)
     ),
+    "weight_normalization": lambda: _initialized(_dense_model(
+        lambda x: L.WeightNormalization(keras.layers.Dense(3, activation="tanh"))(x)
+    )),
     "combined": _combined,
 }
 

@@ -13,6 +13,7 @@ from keras_addons_qa.layers.monotone_grouped_softmax import monotone_decode
 from keras_addons_qa.layers.noise_adaptation import NoiseAdaptation
 from keras_addons_qa.layers.pretrained_embedding import PretrainedEmbedding
 from keras_addons_qa.layers.qkv_attention import QKVAttention
+from keras_addons_qa.layers.weight_normalization import WeightNormalization
 
 __all__ = [
     "ActivityPenalty",
@@ -24,6 +25,7 @@ __all__ = [
     "NoiseAdaptation",
     "PretrainedEmbedding",
     "QKVAttention",
+    "WeightNormalization",
     "expected_index",
     "monotone_decode",
 ]

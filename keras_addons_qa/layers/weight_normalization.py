@@ -1,0 +1,185 @@
+import inspect
+
+import keras
+from keras import ops
+
+from keras_addons_qa import _numerics
+
+
+@keras.saving.register_keras_serializable(package="keras_addons_qa")
+class WeightNormalization(keras.layers.Wrapper):
+    """Weight normalization (Salimans and Kingma, 2016) of a wrapped layer.
+
+    The wrapped layer's kernel `v` is re-parameterized as `g * v / ||v||`,
+    the norm taken over every axis but the last (the output units), with a
+    trainable `g` per unit: the direction and the length of each unit's
+    weight vector are learned separately. It wraps `Dense`, `Conv1D/2D/3D`
+    and anything with a `kernel`; for a recurrent layer (`SimpleRNN`,
+    `GRU`, `LSTM`) its cell's `recurrent_kernel`. Arguments and defaults
+    are TensorFlow Addons' `tfa.layers.WeightNormalization`'s:
+
+    ```python
+    layer = WeightNormalization(keras.layers.Conv2D(32, 3), data_init=True)
+    ```
+
+    `g` starts at `||v||`, so the layer first computes what the wrapped
+    layer computes. With `data_init=True` (the default), the first batch
+    the layer sees in training (or called directly; not in `predict`,
+    `evaluate` or an export) initializes it (the paper's section 3): the
+    pre-activations of the unit-norm kernel get zero mean and unit variance
+    over that batch, each unit's length becoming `1 / std` and its bias
+    `-mean / std`. This happens once: the layer keeps an `initialized`
+    flag, and a saved and reloaded model does not initialize again.
+
+    The data-dependent values are offsets in non-trainable variables
+    (`g_init`, `bias_init`) added to the trainable `g` and the layer's
+    bias, so that the initialization is a state update like a batch
+    normalization's statistics and works inside a compiled `fit` on every
+    backend; the trainable variables get the same gradients as the paper's
+    `g` and bias. `g` and the norm are computed in float32 under mixed
+    precision.
+
+    Args:
+        layer: The layer to wrap, a `keras.layers.Layer` with a `kernel`
+            (or a recurrent layer).
+        data_init: Whether to initialize from the first batch.
+        **kwargs: Base layer keyword arguments, such as `name`.
+
+    Reference:
+        - [Salimans and Kingma, 2016](https://arxiv.org/abs/1602.07868),
+          Weight Normalization.
+    """
+
+    def __init__(self, layer, data_init=True, **kwargs):
+        if not isinstance(layer, keras.layers.Layer):
+            raise ValueError(
+                "Argument `layer` must be a Keras layer with a `kernel`. "
+                f"Received: layer={layer!r}"
+            )
+        super().__init__(layer, **kwargs)
+        self.data_init = bool(data_init)
+        self.is_rnn = isinstance(layer, keras.layers.RNN)
+
+    def build(self, input_shape=None):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        owner = self.layer.cell if self.is_rnn else self.layer
+        name = "recurrent_kernel" if self.is_rnn else "kernel"
+        kernel = getattr(owner, name, None)
+        if not isinstance(kernel, keras.Variable):
+            raise ValueError(
+                "WeightNormalization wraps a layer that contains a `kernel` "
+                f"(or an RNN whose cell has a `recurrent_kernel`). Received: "
+                f"layer={self.layer.name!r} ({type(self.layer).__name__})"
+            )
+        self._v = kernel
+        self._takes_training = "training" in inspect.signature(self.layer.call).parameters
+        bias = getattr(owner, "bias", None)
+        self._bias = bias if isinstance(bias, keras.Variable) else None
+        units = kernel.shape[-1]
+        self.kernel_norm_axes = tuple(range(len(kernel.shape) - 1))
+        norm = ops.convert_to_numpy(self._norm(kernel))
+        self.g = self.add_weight(
+            name="g", shape=(units,),
+            initializer=keras.initializers.Constant(norm),
+            dtype="float32", autocast=False,
+        )
+        self.g_init = self.add_weight(
+            name="g_init", shape=(units,), initializer="zeros",
+            trainable=False, dtype="float32", autocast=False,
+        )
+        self.bias_init = self.add_weight(
+            name="bias_init", shape=(units,), initializer="zeros",
+            trainable=False, dtype="float32", autocast=False,
+        )
+        self.initialized = self.add_weight(
+            name="initialized", shape=(), initializer="zeros",
+            trainable=False, dtype="float32", autocast=False,
+        )
+        if not self.data_init:
+            self.initialized.assign(1.0)
+
+    def _norm(self, kernel):
+        kernel = _numerics.widen(ops.convert_to_tensor(kernel))
+        return ops.sqrt(ops.sum(ops.square(kernel), axis=self.kernel_norm_axes))
+
+    def _direction(self):
+        v = _numerics.widen(ops.convert_to_tensor(self._v))
+        return v / ops.maximum(self._norm(v), 1e-12)
+
+    def _wrapped(self, kernel, bias, inputs, training, linear=False):
+        """The wrapped layer with `kernel` (and `bias`) in place of its own."""
+        replace = {id(self._v): kernel}
+        if bias is not None and self._bias is not None:
+            replace[id(self._bias)] = bias
+        trainable = [replace.get(id(w), w.value) for w in self.layer.trainable_variables]
+        fixed = [replace.get(id(w), w.value) for w in self.layer.non_trainable_variables]
+        activation = getattr(self.layer, "activation", None)
+        if linear and activation is not None:
+            self.layer.activation = keras.activations.linear
+        try:
+            extra = {"training": training} if self._takes_training else {}
+            outputs, _ = self.layer.stateless_call(trainable, fixed, inputs, **extra)
+        finally:
+            if linear and activation is not None:
+                self.layer.activation = activation
+        return outputs
+
+    def call(self, inputs, training=None):
+        direction = self._direction()
+        if self.data_init and training is not False:
+            # Not at inference (`predict`, `evaluate`, exports): their graphs
+            # hold no state update, and an uninitialized layer computes what
+            # the wrapped layer computes.
+            self._initialize_once(inputs, direction, training)
+        g = self.g + self.g_init
+        kernel = ops.cast(direction * g, self._v.dtype)
+        bias = None
+        if self._bias is not None:
+            bias = ops.cast(_numerics.widen(self._bias.value) + self.bias_init, self._bias.dtype)
+        return self._wrapped(kernel, bias, inputs, training)
+
+    def _initialize_once(self, inputs, direction, training):
+        """The paper's data-dependent initialization, on the first batch."""
+        done = self.initialized > 0.5
+
+        def measure():
+            zero_bias = None if self._bias is None else ops.zeros_like(self._bias.value)
+            pre = _numerics.widen(self._wrapped(
+                ops.cast(direction, self._v.dtype), zero_bias, inputs, training,
+                linear=not self.is_rnn,
+            ))
+            axes = tuple(range(len(pre.shape) - 1))
+            mean = ops.mean(pre, axis=axes)
+            scale = 1.0 / ops.sqrt(ops.var(pre, axis=axes) + 1e-10)
+            # Fused recurrent kernels hold several gates per unit.
+            repeats = self.g.shape[0] // scale.shape[0]
+            if repeats > 1:
+                scale, mean = ops.tile(scale, (repeats,)), ops.tile(mean, (repeats,))
+            # Offsets that bring the current g and bias to the targets.
+            bias = 0.0 if self._bias is None else _numerics.widen(self._bias.value)
+            return scale - self.g, -mean * scale - bias
+
+        scale, shift = ops.cond(
+            done, lambda: (self.g_init.value, self.bias_init.value), measure
+        )
+        self.g_init.assign(scale)
+        self.bias_init.assign(shift)
+        self.initialized.assign(1.0)
+
+    def remove(self):
+        """The wrapped layer with its kernel (and bias) set to the
+        normalized ones, for inference without the wrapper."""
+        g = self.g + self.g_init
+        self._v.assign(ops.cast(self._direction() * g, self._v.dtype))
+        if self._bias is not None:
+            self._bias.assign(ops.cast(
+                _numerics.widen(self._bias.value) + self.bias_init, self._bias.dtype
+            ))
+        return self.layer
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "data_init": self.data_init}
