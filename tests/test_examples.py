@@ -116,10 +116,21 @@ def _check_09(out):
     assert _number(r"speedup ([\d.]+)x\)", out) > 1.0
 
 
+def _check_10(out):
+    assert "initialized=True" in out
+    assert abs(_number(r"WeightNormalization\(Conv2D\):\s+mean ([-\d.]+)", out)) < 1e-2
+    assert abs(_number(r"per-channel std ([\d.]+)", out) - 1.0) < 1e-2
+    for name in ("plain", "WeightNormalization"):
+        first = _number(rf"{name}: training loss ([\d.e-]+) \(epoch 1\)", out)
+        last = _number(rf"{name}: training loss [\d.e-]+ \(epoch 1\) -> ([\d.e-]+)", out)
+        assert last < first
+
+
 CHECKS = {
     "01": _check_01, "02": _check_02, "03": _check_03,
     "04": _check_04, "05": _check_05, "06": _check_06,
     "07": _check_07, "08": _check_08, "09": _check_09,
+    "10": _check_10,
 }
 
 
