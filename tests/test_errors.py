@@ -90,6 +90,14 @@ CASES = {
     "pe-finite": lambda: L.PretrainedEmbedding(np.array([[1.0, np.nan]])),
     "pe-trainable_tokens": lambda: L.PretrainedEmbedding(np.eye(4, 3), trainable_tokens=5),
     "pe-trainable_dim": lambda: L.PretrainedEmbedding(np.eye(4, 3), trainable_dim=2),
+    "qkv-num_key_value_heads": lambda: L.QKVAttention(4, 4, num_key_value_heads=3),
+    "qkv-scores_budget_mb": lambda: L.QKVAttention(2, 4, scores_budget_mb=0),
+    "qkv-cache_update_index": lambda: L.QKVAttention(2, 4)(X3, X3, cache_update_index=0),
+    "qkv-cache": lambda: L.QKVAttention(2, 4)(
+        X3, X3, cache=np.zeros((2, 2, 8, 1, 4), "float32"), cache_update_index=0
+    ),
+    "wn-layer": lambda: L.WeightNormalization("dense"),
+    "wn-kernel": lambda: L.WeightNormalization(keras.layers.MaxPooling1D(2))(X3),
 }
 
 
