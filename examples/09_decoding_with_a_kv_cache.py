@@ -114,22 +114,30 @@ def block_step(block, x, mask, positions_mask, cache=None, index=None):
 
 
 def embed(tokens, start):
-    positions = ops.arange(start, start + tokens.shape[1])
-    return token_embedding(tokens) + position_embedding(positions)[None]
+    steps = ops.arange(start, start + tokens.shape[1])
+    return token_embedding(tokens) + position_embedding(steps)[None]
 
 
+# The positions are a second input (0, 1, 2, ... for every row).
 tokens_in = keras.Input((None,), dtype="int32")
-positions = keras.layers.Lambda(lambda t: ops.arange(ops.shape(t)[1])[None])(tokens_in)
+positions_in = keras.Input((None,), dtype="int32")
 not_padding = ops.not_equal(tokens_in, 0)
-hidden = token_embedding(tokens_in) + position_embedding(positions)
+hidden = token_embedding(tokens_in) + position_embedding(positions_in)
 for block in blocks:
     hidden, _ = block_step(block, hidden, not_padding, None)
-model = keras.Model(tokens_in, head(hidden))
+model = keras.Model([tokens_in, positions_in], head(hidden))
 model.compile(keras.optimizers.Adam(3e-3),
               keras.losses.SparseCategoricalCrossentropy(from_logits=True),
               metrics=["accuracy"])
-history = model.fit(train[:, :-1], train[:, 1:], batch_size=64,
-                    epochs=2 if QUICK else 4, validation_split=0.1, verbose=2)
+
+def positions(batch, length):
+    return np.tile(np.arange(length, dtype="int32"), (batch, 1))
+
+
+history = model.fit(
+    [train[:, :-1], positions(len(train), MAX_LENGTH - 1)], train[:, 1:],
+    batch_size=64, epochs=2 if QUICK else 4, validation_split=0.1, verbose=2,
+)
 accuracy = history.history["val_accuracy"][-1]
 print(f"next-character accuracy (held out) {accuracy:.3f}")
 
@@ -156,7 +164,7 @@ def generate_without_cache(prompts):
     seconds = []
     for t in range(PROMPT, MAX_LENGTH):
         start = time.perf_counter()
-        logits = model(tokens[:, :t])
+        logits = model([tokens[:, :t], positions(BATCH, t)])
         tokens[:, t] = np.argmax(ops.convert_to_numpy(logits[:, -1]), axis=-1)
         seconds.append(time.perf_counter() - start)
     return tokens, seconds
