@@ -571,8 +571,8 @@ class QKVAttention(keras.layers.MultiHeadAttention):
         if _jax_padded_attention() is not None:
             return None
         q_len, k_len = q.shape[1], k.shape[1]
-        if q_len is None or k_len is None:
-            return None
+        if not isinstance(q_len, int) or not isinstance(k_len, int):
+            return None  # unknown, or symbolic (jax2tf's shape polymorphism)
         budget = self.scores_budget_mb * 2**20
         if self._num_heads * q_len * k_len * 4 <= budget:
             return None
