@@ -41,6 +41,17 @@ def compiling():
 
 def serial_fori_loop(lower, upper, body_fun, init_val):
     """`keras.ops.fori_loop`, one iteration at a time on TensorFlow."""
+    return fori_loop(lower, upper, body_fun, init_val, parallel_iterations=1)
+
+
+def fori_loop(lower, upper, body_fun, init_val, parallel_iterations=10):
+    """`keras.ops.fori_loop` that XLA can differentiate on TensorFlow.
+
+    Keras's TensorFlow `fori_loop` is a `tf.while_loop` without a trip
+    count; under `jit_compile=True` its gradient fails ("XLA compilation
+    requires a fixed tensor list size"). Here the loop gets
+    `maximum_iterations=upper - lower`, which XLA reads as a constant.
+    """
     if keras.backend.backend() != "tensorflow":
         return keras.ops.fori_loop(lower, upper, body_fun, init_val)
     import tensorflow as tf
@@ -49,7 +60,8 @@ def serial_fori_loop(lower, upper, body_fun, init_val):
         lambda i, _: i < upper,
         lambda i, value: (i + 1, body_fun(i, value)),
         (lower, init_val),
-        parallel_iterations=1,
+        parallel_iterations=parallel_iterations,
+        maximum_iterations=upper - lower,
     )[1]
 
 

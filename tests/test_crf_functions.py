@@ -150,3 +150,10 @@ def test_compiled_and_dynamic_length():
             np.testing.assert_allclose(harness.to_numpy(g), w, rtol=1e-6)
     else:
         pytest.skip("torch has no compiled call to test here; its eager calls are tested above")
+
+
+def test_tags_beyond_the_inputs_steps_are_ignored():
+    scores = np.array([[[-1.0, 2.0, 1.0]]], "float32")
+    tags = np.array([[1, 0]])  # one tag more than the inputs have steps
+    score = text.crf_sequence_score(scores, tags, np.array([1]), np.zeros((3, 3), "float32"))
+    assert harness.to_numpy(score).tolist() == [2.0]

@@ -123,3 +123,15 @@ def test_mirrored_strategy():
     history = model.fit(x, x[:, :1], epochs=2, batch_size=16, verbose=0)
     assert np.all(np.isfinite(history.history["loss"]))
     assert float(harness.to_numpy(model.layers[1].initialized)) == 1.0
+
+
+def test_the_first_predict_initializes_when_it_comes_first():
+    x = _data(7, (32, 5))
+    inputs = keras.Input((5,))
+    model = keras.Model(inputs, WeightNormalization(keras.layers.Dense(3))(inputs))
+    out = model.predict(x, verbose=0)  # as in TensorFlow Addons
+    np.testing.assert_allclose(out.mean(axis=0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(out.std(axis=0), 1.0, rtol=1e-3)
+    assert float(harness.to_numpy(model.layers[1].initialized)) == 1.0
+    model.predict(x * 10, verbose=0)  # other data: no second initialization
+    np.testing.assert_allclose(model.predict(x, verbose=0), out, rtol=1e-5, atol=1e-5)

@@ -1,6 +1,7 @@
 """Layers of keras_addons_qa."""
 
 from keras_addons_qa.layers.activity_penalty import ActivityPenalty
+from keras_addons_qa.layers.crf import CRF
 from keras_addons_qa.layers.decomposed_conv2d import DecomposedConv2D
 from keras_addons_qa.layers.gaussian_sampling import GaussianSampling
 from keras_addons_qa.layers.masked_attention_pooling import (
@@ -17,6 +18,7 @@ from keras_addons_qa.layers.weight_normalization import WeightNormalization
 
 __all__ = [
     "ActivityPenalty",
+    "CRF",
     "DecomposedConv2D",
     "GaussianSampling",
     "MaskedAttentionPooling",

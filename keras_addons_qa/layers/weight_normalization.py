@@ -24,12 +24,14 @@ class WeightNormalization(keras.layers.Wrapper):
 
     `g` starts at `||v||`, so the layer first computes what the wrapped
     layer computes. With `data_init=True` (the default), the first batch
-    the layer sees in training (or called directly; not in `predict`,
-    `evaluate` or an export) initializes it (the paper's section 3): the
-    pre-activations of the unit-norm kernel get zero mean and unit variance
-    over that batch, each unit's length becoming `1 / std` and its bias
-    `-mean / std`. This happens once: the layer keeps an `initialized`
-    flag, and a saved and reloaded model does not initialize again.
+    the layer sees initializes it, as in TensorFlow Addons: in `fit`, or in
+    `predict`, `evaluate` or a direct call if those come first (the paper's
+    section 3): the pre-activations of the unit-norm kernel get zero mean
+    and unit variance over that batch, each unit's length becoming
+    `1 / std` and its bias `-mean / std`. This happens once: the layer
+    keeps an `initialized` flag, and a saved and reloaded model does not
+    initialize again. Call the model on representative data before
+    exporting it.
 
     The data-dependent values are offsets in non-trainable variables
     (`g_init`, `bias_init`) added to the trainable `g` and the layer's
@@ -127,10 +129,7 @@ class WeightNormalization(keras.layers.Wrapper):
 
     def call(self, inputs, training=None):
         direction = self._direction()
-        if self.data_init and training is not False:
-            # Not at inference (`predict`, `evaluate`, exports): their graphs
-            # hold no state update, and an uninitialized layer computes what
-            # the wrapped layer computes.
+        if self.data_init:
             self._initialize_once(inputs, direction, training)
         g = self.g + self.g_init
         kernel = ops.cast(direction * g, self._v.dtype)

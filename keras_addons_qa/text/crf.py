@@ -12,7 +12,7 @@ num_tags)`; `tag_indices` `(batch, time)` ints; `sequence_lengths`
 `[i, j]` scores tag `i` followed by tag `j`. Steps at or beyond an
 example's length change nothing.
 
-The dynamic programs are `keras.ops.fori_loop`s over time (the traced
+The dynamic programs are `fori_loop`s over time (the traced
 graph does not grow with the length) and compute in float32 under every
 dtype (the results are cast back to the inputs' dtype). Decoding writes its
 back-pointers into a fixed-shape buffer with comparisons, selects and
@@ -26,6 +26,7 @@ from keras import ops
 
 from keras_addons_qa import _buffers
 from keras_addons_qa import _numerics
+from keras_addons_qa import _xla
 
 
 def _tensor(x):
@@ -57,7 +58,8 @@ def _valid(scores, lengths):
 def crf_unary_score(tag_indices, sequence_lengths, inputs):
     """Sum of the unary scores of the tags, `(batch,)`."""
     scores, _, dtype = _prepare(inputs)
-    tags = ops.cast(tag_indices, "int32")
+    # Tags beyond the inputs' steps are ignored, as in TensorFlow Addons.
+    tags = ops.cast(tag_indices, "int32")[:, : ops.shape(scores)[1]]
     picked = ops.take_along_axis(scores, ops.expand_dims(tags, -1), axis=-1)[..., 0]
     valid = _valid(scores, _lengths(sequence_lengths))
     return ops.cast(ops.sum(ops.where(valid, picked, 0.0), axis=-1), dtype)
@@ -83,6 +85,7 @@ def crf_sequence_score(inputs, tag_indices, sequence_lengths, transition_params)
     length of 0)."""
     inputs = _tensor(inputs)
     dtype = keras.backend.standardize_dtype(inputs.dtype)
+    tag_indices = ops.convert_to_tensor(tag_indices)[:, : ops.shape(inputs)[1]]
     unary = crf_unary_score(tag_indices, sequence_lengths, _numerics.widen(inputs))
     binary = crf_binary_score(tag_indices, sequence_lengths, _numerics.widen(_tensor(transition_params)))
     return ops.cast(unary + binary, dtype)
@@ -98,13 +101,82 @@ def crf_forward(inputs, state, transition_params, sequence_lengths):
     lengths = _lengths(sequence_lengths)
     if scores.shape[1] == 0:  # one step in all: nothing to loop over
         return ops.cast(alpha, dtype)
+    by_time = ops.transpose(scores, (1, 0, 2))
+    alpha, _ = _forward(
+        alpha, 0, ops.shape(by_time)[0],
+        edge_at=lambda t: transitions + ops.expand_dims(by_time[t], 1),
+        active_at=lambda t: t + 1 < lengths,
+    )
+    return ops.cast(alpha, dtype)
 
-    def step(t, alpha):
-        # alpha[b, j] <- scores[b, t, j] + logsumexp_i(alpha[b, i] + T[i, j])
-        new = scores[:, t] + ops.logsumexp(ops.expand_dims(alpha, 2) + transitions, axis=1)
-        return ops.where(ops.expand_dims(t + 1 < lengths, 1), new, alpha)
 
-    return ops.cast(ops.fori_loop(0, ops.shape(scores)[1], step, alpha), dtype)
+def _forward(alpha, start, stop, edge_at, active_at, tag_at=None):
+    """The forward algorithm over steps `start <= t < stop`.
+
+    `alpha` `(batch, num_tags)` are the log-scores before step `start`;
+    `edge_at(t)` the `(batch or 1, previous, next)` log-potentials of step
+    `t`; `active_at(t)` `(batch,)` bool, False where step `t` is skipped
+    (`alpha` passes it unchanged). With `tag_at(t)` `(batch,)` int32, also
+    the score of that tag sequence, summed over the active steps (its tag
+    before the first active step is 0). Returns `(alpha, score)`.
+    """
+    batch = ops.shape(alpha)[0]
+
+    def step(t, carry):
+        alpha, previous, score = carry
+        edges = edge_at(t)
+        active = active_at(t)
+        new = ops.logsumexp(ops.expand_dims(alpha, 2) + edges, axis=1)
+        alpha = ops.where(ops.expand_dims(active, 1), new, alpha)
+        if tag_at is not None:
+            tag = tag_at(t)
+            edges = ops.broadcast_to(edges, (batch,) + tuple(edges.shape[1:]))
+            row = ops.take_along_axis(edges, ops.reshape(previous, (-1, 1, 1)), axis=1)[:, 0]
+            picked = ops.take_along_axis(row, ops.expand_dims(tag, 1), axis=1)[:, 0]
+            score = score + ops.where(active, picked, 0.0)
+            previous = ops.where(active, tag, previous)
+        return alpha, previous, score
+
+    carry = (alpha, ops.zeros((batch,), "int32"), ops.zeros((batch,), alpha.dtype))
+    alpha, _, score = _xla.fori_loop(start, stop, step, carry)
+    return alpha, score
+
+
+def _viterbi(alpha, start, stop, edge_at, active_at):
+    """Viterbi decoding over steps `start <= t < stop` (as `_forward`,
+    with max for log-sum-exp); steps before `start` take the back-pointer
+    0. Returns `(path, alpha)`: the int32 `(batch, stop)` best tags (at a
+    skipped step, the tag of the next active one) and the final scores.
+    Ties go to the smaller tag.
+    """
+    num_tags = alpha.shape[-1]
+    tags_axis = ops.arange(num_tags, dtype="int32")
+
+    def forward(t, carry):
+        # alpha[b, j] <- max_i(alpha[b, i] + edges[b, i, j]), and the i that
+        # gives it. A skipped step keeps alpha and points each tag to itself.
+        alpha, pointers = carry
+        candidates = ops.transpose(ops.expand_dims(alpha, 2) + edge_at(t), (0, 2, 1))
+        came = _buffers.first_argmax(candidates, tags_axis, num_tags)
+        active = ops.expand_dims(active_at(t), 1)
+        alpha = ops.where(active, ops.max(candidates, axis=-1), alpha)
+        return alpha, _buffers.put(pointers, t, ops.where(active, came, tags_axis))
+
+    # Time first, for the loops; the buffers keep the batch size dynamic.
+    pointers = ops.zeros((stop, ops.shape(alpha)[0], num_tags), "int32")
+    alpha, pointers = ops.fori_loop(start, stop, forward, (alpha, pointers))
+    last = _buffers.first_argmax(alpha, tags_axis, num_tags)
+
+    def backward(i, carry):
+        tag, path = carry
+        t = stop - 1 - i  # the step whose pointer leads to step t - 1
+        chosen = ops.expand_dims(tag, 1) == tags_axis
+        tag = ops.sum(ops.where(chosen, pointers[t], 0), axis=-1)
+        return tag, _buffers.put(path, t - 1, tag)
+
+    path = _buffers.put(ops.zeros_like(pointers[..., 0]), stop - 1, last)
+    _, path = ops.fori_loop(0, stop - 1, backward, (last, path))
+    return ops.transpose(path), alpha
 
 
 def crf_log_norm(inputs, sequence_lengths, transition_params):
@@ -169,36 +241,13 @@ def crf_decode(potentials, transition_params, sequence_length):
     """
     scores, transitions, dtype = _prepare(potentials, transition_params)
     lengths = _lengths(sequence_length)
-    num_tags = scores.shape[-1]
-    tags_axis = ops.arange(num_tags, dtype="int32")
-    # Time first, for the loops; the buffers keep the batch size dynamic.
     by_time = ops.transpose(scores, (1, 0, 2))
-    steps = ops.shape(by_time)[0]
-
-    def forward(t, carry):
-        # alpha[b, j] <- scores[b, t, j] + max_i(alpha[b, i] + T[i, j]), and
-        # the i that gives it. Beyond the length: unchanged, pointing to j.
-        alpha, pointers = carry
-        candidates = ops.transpose(ops.expand_dims(alpha, 2) + transitions, (0, 2, 1))
-        came = _buffers.first_argmax(candidates, tags_axis, num_tags)
-        active = ops.expand_dims(t < lengths, 1)
-        alpha = ops.where(active, by_time[t] + ops.max(candidates, axis=-1), alpha)
-        return alpha, _buffers.put(pointers, t, ops.where(active, came, tags_axis))
-
-    pointers = ops.zeros_like(by_time, dtype="int32")
-    alpha, pointers = ops.fori_loop(1, steps, forward, (by_time[0], pointers))
-    last = _buffers.first_argmax(alpha, tags_axis, num_tags)
-
-    def backward(i, carry):
-        tag, path = carry
-        t = steps - 1 - i  # the step whose pointer leads to step t - 1
-        chosen = ops.expand_dims(tag, 1) == tags_axis
-        tag = ops.sum(ops.where(chosen, pointers[t], 0), axis=-1)
-        return tag, _buffers.put(path, t - 1, tag)
-
-    path = _buffers.put(ops.zeros_like(by_time[..., 0], dtype="int32"), steps - 1, last)
-    _, path = ops.fori_loop(0, steps - 1, backward, (last, path))
-    path = ops.where(_valid(scores, lengths), ops.transpose(path), 0)
+    path, alpha = _viterbi(
+        by_time[0], 1, ops.shape(by_time)[0],
+        edge_at=lambda t: transitions + ops.expand_dims(by_time[t], 1),
+        active_at=lambda t: t < lengths,
+    )
+    path = ops.where(_valid(scores, lengths), path, 0)
     return path, ops.cast(ops.max(alpha, axis=-1), dtype)
 
 
@@ -230,3 +279,63 @@ def viterbi_decode(score, transition_params):
     for came in pointers[::-1]:
         viterbi.append(int(came[viterbi[-1]]))
     return viterbi[::-1], np.max(best)
+
+
+# The potentials the `CRF` layer outputs and `CRFLoss` reads: one float32
+# tensor `(batch, time, num_tags + 1, num_tags)` that holds the whole chain
+# of each example, so the loss needs nothing but `y_pred` and `y_true`.
+# Rows `[:num_tags]` of step t are the log-potentials `[previous, next]`:
+# transitions plus the unary scores of step t (plus the start scores at an
+# example's first unmasked step, where every row is the same, and the end
+# scores at its last). Row `num_tags` is 1 at unmasked steps, 0 at masked
+# ones, which the chain skips: masked steps change nothing, wherever they
+# are (right or left padding, or holes).
+
+
+def _chain_potentials(unary, transitions, valid, start=None, end=None):
+    """The layer's potentials from float32 `(batch, time, num_tags)` unary
+    scores, `(num_tags, num_tags)` transitions, `(batch, time)` bool
+    `valid` and optional `(num_tags,)` start and end scores."""
+    counted = ops.cast(valid, "int32")
+    first = ops.logical_and(valid, ops.cumsum(counted, axis=1) == 1)
+    last = ops.logical_and(valid, ops.flip(ops.cumsum(ops.flip(counted, 1), axis=1), 1) == 1)
+    if start is not None:
+        unary = unary + ops.where(ops.expand_dims(first, -1), start, 0.0)
+    if end is not None:
+        unary = unary + ops.where(ops.expand_dims(last, -1), end, 0.0)
+    unary = ops.expand_dims(unary, 2)
+    first, valid = (ops.expand_dims(ops.expand_dims(m, -1), -1) for m in (first, valid))
+    edges = ops.where(valid, ops.where(first, unary, transitions + unary), 0.0)
+    flags = ops.cast(valid, edges.dtype) + ops.zeros_like(unary)
+    return ops.concatenate([edges, flags], axis=2)
+
+
+def _chain(potentials):
+    """Time-first edges `(time, batch, n, n)`, `valid` `(time, batch)` and
+    the log-scores before the first step: 0 for a virtual tag 0, which the
+    first unmasked step's identical rows make irrelevant."""
+    potentials = _numerics.widen(_tensor(potentials))
+    num_tags = potentials.shape[-1]
+    by_time = ops.transpose(potentials, (1, 0, 2, 3))
+    valid = by_time[:, :, num_tags, 0] > 0.5
+    before = ops.where(ops.arange(num_tags) == 0, 0.0, _numerics.FLOAT32_MIN)
+    alpha = ops.zeros_like(potentials[:, 0, 0]) + ops.cast(before, potentials.dtype)
+    return by_time[:, :, :num_tags], valid, alpha
+
+
+def _chain_log_likelihood(potentials, tags):
+    """`(batch,)` log-likelihood of the `(batch, time)` int tags."""
+    edges, valid, alpha = _chain(potentials)
+    tags = ops.transpose(ops.cast(tags, "int32"))
+    alpha, score = _forward(
+        alpha, 0, ops.shape(edges)[0],
+        edge_at=lambda t: edges[t], active_at=lambda t: valid[t], tag_at=lambda t: tags[t],
+    )
+    return score - ops.logsumexp(alpha, axis=-1)
+
+
+def _chain_decode(potentials):
+    """The int32 `(batch, time)` Viterbi tags, 0 at masked steps."""
+    edges, valid, alpha = _chain(potentials)
+    path, _ = _viterbi(alpha, 0, ops.shape(edges)[0], edge_at=lambda t: edges[t], active_at=lambda t: valid[t])
+    return ops.where(ops.transpose(valid), path, 0)

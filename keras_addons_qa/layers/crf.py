@@ -1,0 +1,189 @@
+import keras
+from keras import ops
+
+from keras_addons_qa import _checks
+from keras_addons_qa import _numerics
+from keras_addons_qa.text import crf as crf_functions
+
+
+@keras.saving.register_keras_serializable(package="keras_addons_qa")
+class CRF(keras.layers.Layer):
+    """A linear-chain conditional random field for sequence tagging.
+
+    Scores every tag sequence of an example as the sum of per-step tag
+    scores (a `Dense` projection of the features), learned transition
+    scores between consecutive tags and, optionally, learned scores for
+    the first and the last tag; trains on the log-likelihood of the gold
+    sequence against all sequences (the forward algorithm) and decodes the
+    best sequence (Viterbi), both exactly, in float32.
+
+    It returns a dict:
+    - `"tags"`: the int32 `(batch, time)` Viterbi tag path, the output a
+      server or a phone uses; 0 at masked steps. It is part of the model,
+      so SavedModel, LiteRT (builtin ops) and ONNX exports decode.
+    - `"potentials"`: float32 `(batch, time, num_tags + 1, num_tags)`, the
+      whole chain of each example (per-step transition-plus-tag scores and
+      a row marking the unmasked steps), what `CRFLoss` trains on.
+
+    What the user writes: a plain `compile` and `fit(x, tags)`, the loss
+    on `"potentials"`, any tag metric on `"tags"`:
+
+    ```python
+    tokens = keras.Input((None,), dtype="int32")
+    x = keras.layers.Embedding(vocabulary, 64, mask_zero=True)(tokens)
+    x = keras.layers.Bidirectional(keras.layers.LSTM(64, return_sequences=True))(x)
+    model = keras.Model(tokens, kaq.layers.CRF(num_tags)(x))
+    model.compile("adam", loss={"potentials": kaq.losses.CRFLoss()})
+    model.fit(tokens_array, tags_array)          # tags: (batch, time) ints
+    model.predict(tokens_array)["tags"]          # the decoded tags
+    deployed = keras.Model(model.input, model.output["tags"])
+    ```
+
+    The Keras mask (from `Embedding(mask_zero=True)`, `Masking`, or the
+    `mask` argument) gives each example's steps: masked steps change
+    nothing, wherever they are (right or left padding, holes), and get no
+    gradient. The tags there are ignored in training and are 0 in the
+    output. For a tag metric during `fit`, give the tags to both outputs,
+    `fit(x, {"tags": tags, "potentials": tags})` with
+    `metrics={"tags": ["accuracy"]}` (it counts masked steps, where both
+    are 0 when the padding tag is 0). Both dynamic programs are `keras.ops.fori_loop`s over time with
+    fixed-shape buffers: one graph for every length, under XLA and on
+    every backend.
+
+    Args:
+        num_tags: Number of tags, an int >= 1.
+        use_kernel: Whether to project the features to `num_tags` scores
+            with a `Dense` layer. If False, the input's last axis must be
+            `num_tags` (the tag scores themselves).
+        use_boundary: Whether to learn scores for the first and the last
+            tag of each sequence (TensorFlow Addons' `left_boundary` and
+            `right_boundary`).
+        kernel_initializer: Initializer of the projection's kernel.
+        chain_initializer: Initializer of the `(num_tags, num_tags)`
+            transition scores, entry `[i, j]` for tag `i` followed by tag
+            `j`.
+        boundary_initializer: Initializer of the boundary scores.
+        kernel_regularizer: Regularizer of the projection's kernel.
+        chain_regularizer: Regularizer of the transition scores.
+        **kwargs: Base layer keyword arguments, such as `name` or `dtype`.
+
+    Input shape:
+        `(batch, time, features)`, and an optional `(batch, time)` mask.
+
+    Output shape:
+        `{"tags": (batch, time), "potentials": (batch, time, num_tags + 1,
+        num_tags)}`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> crf = CRF(3, use_kernel=False, use_boundary=False, chain_initializer="zeros")
+    >>> scores = np.array([[[0.0, 2.0, 1.0], [3.0, 0.0, 0.0]]], "float32")
+    >>> keras.ops.convert_to_numpy(crf(scores)["tags"]).tolist()
+    [[1, 0]]
+    """
+
+    def __init__(
+        self,
+        num_tags,
+        use_kernel=True,
+        use_boundary=True,
+        kernel_initializer="glorot_uniform",
+        chain_initializer="orthogonal",
+        boundary_initializer="zeros",
+        kernel_regularizer=None,
+        chain_regularizer=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_tags = _checks.integer_at_least("num_tags", num_tags, 1)
+        self.use_kernel = bool(use_kernel)
+        self.use_boundary = bool(use_boundary)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.chain_initializer = keras.initializers.get(chain_initializer)
+        self.boundary_initializer = keras.initializers.get(boundary_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.chain_regularizer = keras.regularizers.get(chain_regularizer)
+        self.supports_masking = True
+        self.dense = None
+        if self.use_kernel:
+            self.dense = keras.layers.Dense(
+                self.num_tags,
+                kernel_initializer=self.kernel_initializer,
+                kernel_regularizer=self.kernel_regularizer,
+                dtype=self.dtype_policy,
+                name="dense",
+            )
+
+    def build(self, inputs_shape):
+        if len(inputs_shape) != 3:
+            raise ValueError(
+                "CRF expects inputs of shape (batch, time, features). "
+                f"Received: inputs.shape={tuple(inputs_shape)}"
+            )
+        if self.use_kernel:
+            self.dense.build(inputs_shape)
+        elif inputs_shape[-1] != self.num_tags:
+            raise ValueError(
+                "With use_kernel=False, the inputs are the tag scores and "
+                f"their last axis must be num_tags={self.num_tags}. "
+                f"Received: inputs.shape={tuple(inputs_shape)}"
+            )
+        # float32 under every policy: the dynamic programs compute in float32.
+        self.chain_kernel = self.add_weight(
+            name="chain_kernel",
+            shape=(self.num_tags, self.num_tags),
+            initializer=self.chain_initializer,
+            regularizer=self.chain_regularizer,
+            autocast=False,
+        )
+        self.left_boundary = self.right_boundary = None
+        if self.use_boundary:
+            self.left_boundary, self.right_boundary = (
+                self.add_weight(
+                    name=name, shape=(self.num_tags,), initializer=self.boundary_initializer, autocast=False
+                )
+                for name in ("left_boundary", "right_boundary")
+            )
+
+    def call(self, inputs, mask=None):
+        scores = self.dense(inputs) if self.use_kernel else inputs
+        scores = _numerics.widen(ops.convert_to_tensor(scores))
+        if mask is None:
+            valid = ops.ones(ops.shape(scores)[:2], "bool")
+        else:
+            _checks.check_mask_shape(mask.shape, inputs.shape)
+            valid = ops.cast(mask, "bool")
+        boundaries = {}
+        if self.use_boundary:
+            boundaries = {"start": self.left_boundary.value, "end": self.right_boundary.value}
+        potentials = crf_functions._chain_potentials(
+            scores, ops.cast(self.chain_kernel.value, scores.dtype), valid,
+            **{k: ops.cast(v, scores.dtype) for k, v in boundaries.items()},
+        )
+        return {"tags": crf_functions._chain_decode(potentials), "potentials": potentials}
+
+    def compute_mask(self, inputs, mask=None):
+        # The mask stops here: Keras's tag metrics (`"accuracy"`) cannot
+        # take a `(batch, time)` mask on `(batch, time)` outputs.
+        return None
+
+    def compute_output_spec(self, inputs, mask=None):
+        batch, steps = inputs.shape[:2]
+        return {
+            "tags": keras.KerasTensor((batch, steps), dtype="int32"),
+            "potentials": keras.KerasTensor((batch, steps, self.num_tags + 1, self.num_tags), dtype="float32"),
+        }
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_tags": self.num_tags,
+            "use_kernel": self.use_kernel,
+            "use_boundary": self.use_boundary,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "chain_initializer": keras.initializers.serialize(self.chain_initializer),
+            "boundary_initializer": keras.initializers.serialize(self.boundary_initializer),
+            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+            "chain_regularizer": keras.regularizers.serialize(self.chain_regularizer),
+        }

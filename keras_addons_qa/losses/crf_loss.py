@@ -1,0 +1,52 @@
+import keras
+from keras import ops
+
+from keras_addons_qa import _checks
+from keras_addons_qa.text import crf as crf_functions
+
+
+@keras.saving.register_keras_serializable(package="keras_addons_qa")
+class CRFLoss(keras.losses.Loss):
+    """The negative log-likelihood of the gold tags under a `CRF` layer.
+
+    `y_true` is the `(batch, time)` int tags; `y_pred` the CRF layer's
+    `"potentials"` output, which holds each example's whole chain
+    (transitions, tag scores, boundary scores and its mask), so the loss
+    has no state and no reference to the layer: it is compiled, saved and
+    loaded like any Keras loss. Per example it is `log Z - score(tags)`
+    over the unmasked steps (the tags at masked steps are ignored; an
+    example with no unmasked step has loss 0), computed in float32 with the
+    forward algorithm. The default reduction averages over the batch, as
+    TensorFlow Addons users write `-reduce_mean(log_likelihood)`.
+
+    ```python
+    model.compile("adam", loss={"potentials": kaq.losses.CRFLoss()})
+    ```
+
+    Args:
+        name: Name of the loss.
+        reduction: Keras reduction over the batch.
+        dtype: Dtype of the loss's computations (float32 by default).
+    """
+
+    def __init__(self, name="crf_loss", reduction="sum_over_batch_size", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+
+    def call(self, y_true, y_pred):
+        shape = _checks.static_shape(y_pred.shape)
+        if len(shape) != 4 or (None not in shape[2:] and shape[2] != shape[3] + 1):
+            raise ValueError(
+                "CRFLoss expects the CRF layer's `potentials` output, of shape "
+                f"(batch, time, num_tags + 1, num_tags). Received: y_pred.shape={shape}"
+            )
+        tags_shape = _checks.static_shape(y_true.shape)
+        if len(tags_shape) != 2:
+            raise ValueError(
+                "CRFLoss expects (batch, time) int tags as y_true. "
+                f"Received: y_true.shape={tags_shape}"
+            )
+        return -crf_functions._chain_log_likelihood(y_pred, ops.cast(y_true, "int32"))
+
+    def get_config(self):
+        config = super().get_config()
+        return {k: config[k] for k in ("name", "reduction", "dtype") if k in config}

@@ -1,0 +1,231 @@
+"""The `CRF` layer and `CRFLoss`: brute force over all tag sequences,
+masks anywhere, training with a plain `fit`, saving, precision, XLA."""
+
+import itertools
+
+import keras
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
+
+import keras_addons_qa as kaq
+from keras_addons_qa import text
+from tests import harness
+
+CRF = kaq.layers.CRF
+CRFLoss = kaq.losses.CRFLoss
+
+
+def _weights(layer):
+    transitions = harness.to_numpy(layer.chain_kernel)
+    if not layer.use_boundary:
+        return transitions, 0.0, 0.0
+    return transitions, harness.to_numpy(layer.left_boundary), harness.to_numpy(layer.right_boundary)
+
+
+def _brute_force(scores, valid, transitions, start, end):
+    """Every tag sequence over the valid steps, and its score."""
+    steps = np.flatnonzero(valid)
+    num_tags = scores.shape[-1]
+    for path in itertools.product(range(num_tags), repeat=len(steps)):
+        value = sum(scores[t, tag] for t, tag in zip(steps, path))
+        value += sum(transitions[a, b] for a, b in zip(path, path[1:]))
+        if path:
+            value += np.broadcast_to(start, (num_tags,))[path[0]]
+            value += np.broadcast_to(end, (num_tags,))[path[-1]]
+        yield path, float(value)
+
+
+def _random_layer(num_tags, use_boundary, seed):
+    layer = CRF(num_tags, use_kernel=False, use_boundary=use_boundary, name="crf")
+    layer.build((None, None, num_tags))
+    rng = np.random.default_rng(seed)
+    layer.chain_kernel.assign(rng.normal(size=(num_tags, num_tags)).astype("float32"))
+    if use_boundary:
+        layer.left_boundary.assign(rng.normal(size=num_tags).astype("float32"))
+        layer.right_boundary.assign(rng.normal(size=num_tags).astype("float32"))
+    return layer
+
+
+@settings(max_examples=harness.examples(40), deadline=None)
+@given(
+    steps=st.integers(1, 5),
+    num_tags=st.integers(1, 3),
+    use_boundary=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_loss_and_tags_equal_brute_force_with_masks_anywhere(steps, num_tags, use_boundary, seed):
+    rng = np.random.default_rng(seed)
+    scores = (rng.normal(size=(3, steps, num_tags)) * 2).astype("float32")
+    valid = rng.random((3, steps)) > 0.35  # holes, left and right padding
+    valid[0] = False  # an example with no step
+    tags = rng.integers(0, num_tags, size=(3, steps))
+    layer = _random_layer(num_tags, use_boundary, seed)
+    out = layer(scores, mask=valid)
+    loss = harness.to_numpy(CRFLoss(reduction=None)(tags, out["potentials"]))
+    decoded = harness.to_numpy(out["tags"])
+    assert decoded.dtype == np.int32 and decoded.shape == (3, steps)
+    for b in range(3):
+        paths = dict(_brute_force(scores[b], valid[b], *_weights(layer)))
+        values = np.array(list(paths.values()))
+        gold = paths[tuple(tags[b, valid[b]])]
+        np.testing.assert_allclose(loss[b], np.logaddexp.reduce(values) - gold, rtol=1e-5, atol=1e-5)
+        best = paths[tuple(decoded[b, valid[b]])]
+        np.testing.assert_allclose(best, values.max(), rtol=1e-5, atol=1e-5)
+        assert np.all(decoded[b, ~valid[b]] == 0)
+
+
+def test_matches_the_tensorflow_addons_functions_on_right_padding():
+    rng = np.random.default_rng(1)
+    scores = rng.normal(size=(4, 6, 5)).astype("float32")
+    lengths = np.array([6, 3, 1, 0])
+    valid = np.arange(6)[None] < lengths[:, None]
+    tags = rng.integers(0, 5, size=(4, 6))
+    layer = _random_layer(5, use_boundary=False, seed=2)
+    out = layer(scores, mask=valid)
+    transitions = layer.chain_kernel
+    likelihood, _ = text.crf_log_likelihood(scores, tags, lengths, transitions)
+    np.testing.assert_allclose(
+        harness.to_numpy(CRFLoss(reduction=None)(tags, out["potentials"])),
+        -harness.to_numpy(likelihood), rtol=1e-5, atol=1e-5,
+    )
+    decoded, _ = text.crf_decode(scores, transitions, lengths)
+    np.testing.assert_array_equal(harness.to_numpy(out["tags"]), harness.to_numpy(decoded))
+
+
+def test_masked_steps_change_nothing_and_get_no_gradient():
+    rng = np.random.default_rng(3)
+    scores = rng.normal(size=(2, 7, 4)).astype("float32")
+    valid = np.array([[0, 1, 1, 0, 1, 1, 0], [1, 1, 1, 1, 0, 0, 0]], bool)
+    tags = rng.integers(0, 4, size=(2, 7))
+    layer = _random_layer(4, use_boundary=True, seed=4)
+    loss = CRFLoss()
+    noisy = scores.copy()
+    noisy[~valid] = 1e4  # anything at masked steps, tags too
+    other_tags = np.where(valid, tags, 3)
+    base = layer(scores, mask=valid)
+    moved = layer(noisy, mask=valid)
+    np.testing.assert_array_equal(harness.to_numpy(base["tags"]), harness.to_numpy(moved["tags"]))
+    np.testing.assert_allclose(
+        harness.to_numpy(loss(tags, base["potentials"])),
+        harness.to_numpy(loss(other_tags, moved["potentials"])), rtol=1e-6,
+    )
+    x = keras.Variable(scores)
+    _, (grad,) = harness.gradients(lambda: loss(tags, layer(x.value, mask=valid)["potentials"]), [x])
+    grad = harness.to_numpy(grad)
+    harness.assert_finite(grad)
+    assert np.all(grad[~valid] == 0) and np.any(grad[valid] != 0)
+
+
+def _tagging_data(seed, batch=96, steps=10, vocabulary=12):
+    """Tokens whose tag is the token modulo 4, except that tag 3 may only
+    follow tag 3 or 2 (and otherwise becomes 2): transitions matter."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(1, vocabulary, size=(batch, steps))
+    lengths = rng.integers(2, steps + 1, size=batch)
+    tokens[np.arange(steps)[None] >= lengths[:, None]] = 0
+    tags = tokens % 4
+    for t in range(steps):
+        previous = tags[:, t - 1] if t else np.zeros(batch, int)
+        tags[:, t] = np.where((tags[:, t] == 3) & ~np.isin(previous, (2, 3)), 2, tags[:, t])
+    tags[tokens == 0] = 0
+    return tokens.astype("int32"), tags.astype("int32")
+
+
+def _tagger(vocabulary=12, num_tags=4):
+    tokens = keras.Input((None,), dtype="int32")
+    x = keras.layers.Embedding(vocabulary, 16, mask_zero=True)(tokens)
+    x = keras.layers.Bidirectional(keras.layers.GRU(8, return_sequences=True))(x)
+    return keras.Model(tokens, CRF(num_tags, name="crf")(x))
+
+
+@pytest.mark.parametrize("mode", sorted(harness.FIT_MODES))
+def test_trains_with_plain_fit_and_evaluates(mode):
+    if mode == "xla" and harness.BACKEND == "torch":
+        pytest.skip("torch has no jit_compile=True fit in Keras")
+    keras.utils.set_random_seed(0)
+    tokens, tags = _tagging_data(0)
+    model = _tagger()
+    model.compile(keras.optimizers.Adam(0.03), loss={"potentials": CRFLoss()}, **harness.FIT_MODES[mode])
+    history = model.fit(tokens, tags, epochs=25, batch_size=32, verbose=0)
+    losses = history.history["loss"]
+    assert np.all(np.isfinite(losses)) and losses[-1] < 0.25 * losses[0]
+    decoded = model.predict(tokens, verbose=0)["tags"]
+    valid = tokens != 0
+    assert np.mean(decoded[valid] == tags[valid]) > 0.95
+    assert np.all(decoded[~valid] == 0)
+    evaluated = model.evaluate(tokens, tags, verbose=0)
+    assert np.isfinite(evaluated) and evaluated < losses[0]
+
+
+def test_tag_metric_with_both_outputs_given():
+    tokens, tags = _tagging_data(1, batch=32)
+    model = _tagger()
+    model.compile("adam", loss={"potentials": CRFLoss()}, metrics={"tags": ["accuracy"]})
+    history = model.fit(tokens, {"tags": tags, "potentials": tags}, epochs=1, verbose=0)
+    assert 0.0 <= history.history["tags_accuracy"][0] <= 1.0
+
+
+def test_save_load_in_safe_mode_and_deployed_model(tmp_path):
+    keras.utils.set_random_seed(1)
+    tokens, tags = _tagging_data(2, batch=32)
+    model = _tagger()
+    model.compile("adam", loss={"potentials": CRFLoss()})
+    model.fit(tokens, tags, epochs=1, verbose=0)
+    restored = harness.save_and_reload(model, tmp_path)  # safe mode
+    want, got = model.predict(tokens, verbose=0), restored.predict(tokens, verbose=0)
+    np.testing.assert_array_equal(got["tags"], want["tags"])
+    np.testing.assert_allclose(got["potentials"], want["potentials"], rtol=1e-6, atol=1e-6)
+    assert isinstance(restored.loss["potentials"] if isinstance(restored.loss, dict) else restored.loss, (CRFLoss, list, dict))
+    np.testing.assert_allclose(restored.evaluate(tokens, tags, verbose=0), model.evaluate(tokens, tags, verbose=0), rtol=1e-5)
+    deployed = keras.Model(model.input, model.output["tags"])
+    np.testing.assert_array_equal(deployed.predict(tokens, verbose=0), want["tags"])
+
+
+def test_config_round_trip():
+    layer = CRF(7, use_boundary=False, chain_initializer="zeros", chain_regularizer="l2", name="tagger")
+    clone = CRF.from_config(layer.get_config())
+    assert (clone.num_tags, clone.use_boundary, clone.use_kernel) == (7, False, True)
+    assert isinstance(clone.chain_regularizer, keras.regularizers.L2)
+    loss = CRFLoss.from_config(CRFLoss(reduction="sum").get_config())
+    assert loss.reduction == "sum"
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_computes_the_chain_in_float32(policy):
+    rng = np.random.default_rng(5)
+    features = (rng.normal(size=(3, 6, 8)) * 50).astype("float32")  # large scores
+    valid = np.arange(6)[None] < np.array([[6], [4], [1]])
+    tags = rng.integers(0, 4, size=(3, 6))
+    with harness.dtype_policy(policy):
+        layer = CRF(4, name="crf")
+        out = layer(features, mask=valid)
+    assert keras.backend.standardize_dtype(out["potentials"].dtype) == "float32"
+    loss = harness.to_numpy(CRFLoss(reduction=None)(tags, out["potentials"]))
+    harness.assert_finite(loss)
+    # The same layer in float32, its kernel rounded to the policy's dtype
+    # as the half-precision projection sees it.
+    reference = CRF(4, name="crf")
+    reference.build((None, None, 8))
+    for v, w in zip(reference.weights, layer.weights):
+        v.assign(w)
+    half = policy.split("_")[1]
+    rounded = harness.to_numpy(keras.ops.cast(keras.ops.cast(features, half), "float32"))
+    want = reference(rounded, mask=valid)
+    assert np.mean(harness.to_numpy(want["tags"]) == harness.to_numpy(out["tags"])) > 0.9
+    assert np.all(loss >= 0)
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="num_tags=0"):
+        CRF(0)
+    with pytest.raises(ValueError, match=r"inputs.shape=\(2, 3\)"):
+        CRF(3)(np.zeros((2, 3), "float32"))
+    with pytest.raises(ValueError, match="num_tags=3"):
+        CRF(3, use_kernel=False)(np.zeros((2, 3, 4), "float32"))
+    with pytest.raises(ValueError, match="y_pred.shape"):
+        CRFLoss()(np.zeros((2, 3)), np.zeros((2, 3, 4), "float32"))
+    with pytest.raises(ValueError, match="y_true.shape"):
+        CRFLoss()(np.zeros((2, 3, 1)), np.zeros((2, 3, 4, 3), "float32"))
