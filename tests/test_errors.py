@@ -96,6 +96,10 @@ CASES = {
     "qkv-cache": lambda: L.QKVAttention(2, 4)(
         X3, X3, cache=np.zeros((2, 2, 8, 1, 4), "float32"), cache_update_index=0
     ),
+    "crf-num_tags": lambda: L.CRF(0),
+    "crf-inputs": lambda: L.CRF(4)(np.zeros((2, 3), "float32")),
+    "crf-use_kernel": lambda: L.CRF(4, use_kernel=False)(X3),
+    "crf-loss": lambda: kaq.losses.CRFLoss()(np.zeros((2, 5)), X3),
     "wn-layer": lambda: L.WeightNormalization("dense"),
     "wn-kernel": lambda: L.WeightNormalization(keras.layers.MaxPooling1D(2))(X3),
 }
