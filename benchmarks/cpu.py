@@ -536,6 +536,10 @@ def main(argv=None):
 
     print("monotone decoding at size:", flush=True)
     markdown += "\n\n" + decode.run(tiny=args.tiny)
+    from benchmarks import crf
+
+    print("CRF functions against a Python loop over time:", flush=True)
+    markdown += "\n\n" + crf.run(tiny=args.tiny)
     from benchmarks import long_attention
 
     print("attention over long sequences:", flush=True)

@@ -11,7 +11,7 @@
 #
 # Weight normalization (Salimans and Kingma, 2016) writes each unit's
 # weight vector as a length `g` times a direction `v / ||v||`, and learns
-# both. With `data_init=True`, the first training batch sets `g` and the
+# both. With `data_init=True`, the first batch it sees sets `g` and the
 # bias so that every unit's pre-activation starts with zero mean and unit
 # variance. `tfa.layers.WeightNormalization` was the usual way to get it in
 # Keras; TensorFlow Addons is no longer maintained and its wrapper does not
@@ -156,7 +156,7 @@ print("figure:", path)
 # ## What to take away
 #
 # - `WeightNormalization(layer)` wraps a `Dense` or a convolution with
-#   TensorFlow Addons' arguments; the first training batch initializes it
+#   TensorFlow Addons' arguments; the first batch it sees initializes it
 #   (`data_init=True`), once, and a saved model keeps that.
 # - It is a reparameterization, not a guaranteed speedup: compare the two
 #   curves on your own network. On this small one, with this optimizer,

@@ -34,10 +34,14 @@ def test_cpu_suite_runs_at_tiny_sizes(tmp_path):
         assert ours_ms > 0 and theirs_ms > 0 and ratio > 0
     assert (tmp_path / "cpu_scaling.png").stat().st_size > 10_000
     decode, long = text.split("Monotone decoding")[1].split("Long sequences")
+    decode, crf = decode.split("CRF functions")
     decode = [l for l in decode.splitlines() if l.startswith("| ")]
     jax = importlib.util.find_spec("jax") is not None
     assert len(decode) == 2 + 2 + jax
     assert all(row.rstrip().endswith("| yes |") for row in decode[2:])  # exact paths
+    crf = [l for l in crf.splitlines() if l.startswith("| ")]
+    assert len(crf) == 2 + 4  # (log-likelihood + gradient, decode) x (graph, XLA)
+    assert all(row.rstrip().endswith("| yes |") for row in crf[2:])  # same results as the loop
     long = [l for l in long.splitlines() if l.startswith("| ")]
     assert len(long) == 2 + 5 + 2 * jax  # 2 lengths: ours (per backend), MHA; full at 128
     for row in long[2:]:

@@ -126,11 +126,23 @@ def _check_10(out):
         assert last < first
 
 
+def _check_11(out):
+    softmax = _number(r"softmax [\d.]+ vs CRF [\d.]+; invalid transitions (\d+)", out)
+    crf = _number(r"invalid transitions \d+ vs (\d+)", out)
+    assert crf < softmax
+    f1_softmax = _number(r"span F1 softmax ([\d.]+)", out)
+    f1_crf = _number(r"span F1 softmax [\d.]+ vs CRF ([\d.]+)", out)
+    assert f1_crf > f1_softmax - 0.01
+    forbidden = _number(r"forbidden ([-\d.]+)", out)
+    allowed = _number(r"allowed ([-\d.]+)", out)
+    assert forbidden < allowed
+
+
 CHECKS = {
     "01": _check_01, "02": _check_02, "03": _check_03,
     "04": _check_04, "05": _check_05, "06": _check_06,
     "07": _check_07, "08": _check_08, "09": _check_09,
-    "10": _check_10,
+    "10": _check_10, "11": _check_11,
 }
 
 

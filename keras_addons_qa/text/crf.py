@@ -143,23 +143,27 @@ def _forward(alpha, start, stop, edge_at, active_at, tag_at=None):
 
 
 def _viterbi(alpha, start, stop, edge_at, active_at):
-    """Viterbi decoding over steps `start <= t < stop` (as `_forward`,
-    with max for log-sum-exp); steps before `start` take the back-pointer
-    0. Returns `(path, alpha)`: the int32 `(batch, stop)` best tags (at a
-    skipped step, the tag of the next active one) and the final scores.
-    Ties go to the smaller tag.
+    """Viterbi decoding over steps `start <= t < stop`: `_forward` with max
+    for log-sum-exp, except that `edge_at(t)` gives the log-potentials in
+    `(batch or 1, next, previous)` order (a transpose made once, outside
+    the loop). Steps before `start` take the back-pointer 0. Returns
+    `(path, alpha)`: the int32 `(batch, stop)` best tags (at a skipped
+    step, the tag of the next active one) and the final scores. Ties go to
+    the smaller tag.
     """
     num_tags = alpha.shape[-1]
     tags_axis = ops.arange(num_tags, dtype="int32")
 
     def forward(t, carry):
-        # alpha[b, j] <- max_i(alpha[b, i] + edges[b, i, j]), and the i that
-        # gives it. A skipped step keeps alpha and points each tag to itself.
+        # alpha[b, j] <- max_i(alpha[b, i] + edges[b, j, i]), and the first i
+        # that gives it. A skipped step keeps alpha and points each tag to
+        # itself.
         alpha, pointers = carry
-        candidates = ops.transpose(ops.expand_dims(alpha, 2) + edge_at(t), (0, 2, 1))
-        came = _buffers.first_argmax(candidates, tags_axis, num_tags)
+        candidates = ops.expand_dims(alpha, 1) + edge_at(t)
+        top = ops.max(candidates, axis=-1)
+        came = ops.min(ops.where(candidates >= ops.expand_dims(top, -1), tags_axis, num_tags), axis=-1)
         active = ops.expand_dims(active_at(t), 1)
-        alpha = ops.where(active, ops.max(candidates, axis=-1), alpha)
+        alpha = ops.where(active, top, alpha)
         return alpha, _buffers.put(pointers, t, ops.where(active, came, tags_axis))
 
     # Time first, for the loops; the buffers keep the batch size dynamic.
@@ -242,9 +246,10 @@ def crf_decode(potentials, transition_params, sequence_length):
     scores, transitions, dtype = _prepare(potentials, transition_params)
     lengths = _lengths(sequence_length)
     by_time = ops.transpose(scores, (1, 0, 2))
+    into = ops.transpose(transitions)  # [next, previous]
     path, alpha = _viterbi(
         by_time[0], 1, ops.shape(by_time)[0],
-        edge_at=lambda t: transitions + ops.expand_dims(by_time[t], 1),
+        edge_at=lambda t: into + ops.expand_dims(by_time[t], 2),
         active_at=lambda t: t < lengths,
     )
     path = ops.where(_valid(scores, lengths), path, 0)
@@ -337,5 +342,6 @@ def _chain_log_likelihood(potentials, tags):
 def _chain_decode(potentials):
     """The int32 `(batch, time)` Viterbi tags, 0 at masked steps."""
     edges, valid, alpha = _chain(potentials)
+    edges = ops.transpose(edges, (0, 1, 3, 2))  # [next, previous]
     path, _ = _viterbi(alpha, 0, ops.shape(edges)[0], edge_at=lambda t: edges[t], active_at=lambda t: valid[t])
     return ops.where(ops.transpose(valid), path, 0)
