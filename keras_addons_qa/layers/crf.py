@@ -45,10 +45,18 @@ class CRF(keras.layers.Layer):
     gradient. The tags there are ignored in training and are 0 in the
     output. For a tag metric during `fit`, give the tags to both outputs,
     `fit(x, {"tags": tags, "potentials": tags})` with
-    `metrics={"tags": ["accuracy"]}` (it counts masked steps, where both
-    are 0 when the padding tag is 0). Both dynamic programs are `keras.ops.fori_loop`s over time with
-    fixed-shape buffers: one graph for every length, under XLA and on
-    every backend.
+    `metrics={"tags": [keras.metrics.Accuracy()]}` (it counts masked steps,
+    where both are 0 when the padding tag is 0; the string `"accuracy"`
+    would pick an arg-max accuracy, wrong for int tags).
+
+    Both dynamic programs are loops over time with fixed-shape buffers: one
+    graph for every length on TensorFlow and JAX, under XLA too (on torch
+    the loop is a Python loop, so an ONNX export from torch fixes the
+    length). Costs: `"potentials"` holds `time * (num_tags + 1) *
+    num_tags` floats per example, and the Viterbi decoding also runs in
+    each training step (a loop like the forward algorithm's, with no
+    gradient); the model a server runs, `keras.Model(inputs,
+    outputs["tags"])`, returns the tags alone.
 
     Args:
         num_tags: Number of tags, an int >= 1.
@@ -164,15 +172,16 @@ class CRF(keras.layers.Layer):
         return {"tags": crf_functions._chain_decode(potentials), "potentials": potentials}
 
     def compute_mask(self, inputs, mask=None):
-        # The mask stops here: Keras's tag metrics (`"accuracy"`) cannot
-        # take a `(batch, time)` mask on `(batch, time)` outputs.
+        # The mask stops here: Keras's metrics reduce `(batch, time)`
+        # outputs per example and cannot take a `(batch, time)` mask.
         return None
 
     def compute_output_spec(self, inputs, mask=None):
         batch, steps = inputs.shape[:2]
+        dtype = "float64" if self.compute_dtype == "float64" else "float32"
         return {
             "tags": keras.KerasTensor((batch, steps), dtype="int32"),
-            "potentials": keras.KerasTensor((batch, steps, self.num_tags + 1, self.num_tags), dtype="float32"),
+            "potentials": keras.KerasTensor((batch, steps, self.num_tags + 1, self.num_tags), dtype=dtype),
         }
 
     def get_config(self):

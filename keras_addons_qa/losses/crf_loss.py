@@ -26,7 +26,9 @@ class CRFLoss(keras.losses.Loss):
     Args:
         name: Name of the loss.
         reduction: Keras reduction over the batch.
-        dtype: Dtype of the loss's computations (float32 by default).
+        dtype: Dtype `y_pred` is cast to on the way in (float32 by
+            default); the forward algorithm runs in float32 (float64 for
+            float64).
     """
 
     def __init__(self, name="crf_loss", reduction="sum_over_batch_size", dtype=None):
@@ -40,10 +42,11 @@ class CRFLoss(keras.losses.Loss):
                 f"(batch, time, num_tags + 1, num_tags). Received: y_pred.shape={shape}"
             )
         tags_shape = _checks.static_shape(y_true.shape)
-        if len(tags_shape) != 2:
+        if len(tags_shape) != 2 or None not in (tags_shape[1], shape[1]) and tags_shape[1] != shape[1]:
             raise ValueError(
-                "CRFLoss expects (batch, time) int tags as y_true. "
-                f"Received: y_true.shape={tags_shape}"
+                "CRFLoss expects (batch, time) int tags as y_true, with the "
+                f"potentials' time steps. Received: y_true.shape={tags_shape}, "
+                f"y_pred.shape={shape}"
             )
         return -crf_functions._chain_log_likelihood(y_pred, ops.cast(y_true, "int32"))
 

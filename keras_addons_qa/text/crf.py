@@ -331,7 +331,8 @@ def _chain(potentials):
 def _chain_log_likelihood(potentials, tags):
     """`(batch,)` log-likelihood of the `(batch, time)` int tags."""
     edges, valid, alpha = _chain(potentials)
-    tags = ops.transpose(ops.cast(tags, "int32"))
+    # Masked steps' tags are never read, whatever they hold (-1, num_tags).
+    tags = ops.where(valid, ops.transpose(ops.cast(tags, "int32")), 0)
     alpha, score = _forward(
         alpha, 0, ops.shape(edges)[0],
         edge_at=lambda t: edges[t], active_at=lambda t: valid[t], tag_at=lambda t: tags[t],
