@@ -57,15 +57,13 @@ def test_cpu_suite_runs_at_tiny_sizes(tmp_path):
     "script",
     [
         ["benchmarks/gpu.py", "--tiny"],
-        ["benchmarks/gpu_variants.py", "--tiny"],
-        ["benchmarks/gpu_pallas_pooling.py", "--interpret"],
     ],
-    ids=["gpu", "gpu_variants", "gpu_pallas_pooling"],
+    ids=["gpu"],
 )
 def test_gpu_scripts_run_and_check_on_cpu(script, tmp_path):
-    """The GPU scripts do not rot between GPU sessions: each runs, and each
-    exits non-zero if a variant disagrees with the shipped layer (the Pallas
-    kernels run in interpret mode)."""
+    """The GPU benchmark does not rot between GPU runs: it runs on the CPU
+    at tiny sizes. (`gpu_attention_check.py` times GPU-sized steps, too slow
+    for a CPU; the attention tests check the same semantics here.)"""
     env = {**os.environ, "KERAS_BACKEND": "jax", "OUT": str(tmp_path)}
     done = subprocess.run(
         [sys.executable, *script], cwd=ROOT, env=env, capture_output=True, text=True,
@@ -73,5 +71,3 @@ def test_gpu_scripts_run_and_check_on_cpu(script, tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     if script[0].endswith("gpu.py"):
         assert "| QKVAttention vs MultiHeadAttention" in done.stdout
-    if script[0].endswith("gpu_pallas_pooling.py"):
-        assert done.stdout.count("padding grad zero True") == 2
