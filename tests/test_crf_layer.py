@@ -274,6 +274,12 @@ def test_compiled_with_one_trace_for_several_lengths_and_masks():
             np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-5)
 
 
+def test_no_steps_at_all():
+    out = CRF(3)(np.zeros((2, 0, 4), "float32"))
+    assert harness.to_numpy(out["tags"]).shape == (2, 0)
+    np.testing.assert_array_equal(harness.to_numpy(CRFLoss(reduction=None)(np.zeros((2, 0)), out["potentials"])), 0.0)
+
+
 def test_errors():
     with pytest.raises(ValueError, match="num_tags=0"):
         CRF(0)

@@ -324,7 +324,7 @@ def _chain(potentials):
     by_time = ops.transpose(potentials, (1, 0, 2, 3))
     valid = by_time[:, :, num_tags, 0] > 0.5
     before = ops.where(ops.arange(num_tags) == 0, 0.0, _numerics.FLOAT32_MIN)
-    alpha = ops.zeros_like(potentials[:, 0, 0]) + ops.cast(before, potentials.dtype)
+    alpha = ops.zeros((ops.shape(potentials)[0], num_tags), potentials.dtype) + ops.cast(before, potentials.dtype)
     return by_time[:, :, :num_tags], valid, alpha
 
 
@@ -342,6 +342,8 @@ def _chain_log_likelihood(potentials, tags):
 
 def _chain_decode(potentials):
     """The int32 `(batch, time)` Viterbi tags, 0 at masked steps."""
+    if potentials.shape[1] == 0:  # no step at all
+        return ops.zeros(ops.shape(potentials)[:2], "int32")
     edges, valid, alpha = _chain(potentials)
     edges = ops.transpose(edges, (0, 1, 3, 2))  # [next, previous]
     path, _ = _viterbi(alpha, 0, ops.shape(edges)[0], edge_at=lambda t: edges[t], active_at=lambda t: valid[t])
