@@ -330,6 +330,8 @@ def _chain(potentials):
 
 def _chain_log_likelihood(potentials, tags):
     """`(batch,)` log-likelihood of the `(batch, time)` int tags."""
+    if potentials.shape[1] == 0:  # no step at all: probability 1
+        return ops.zeros(ops.shape(potentials)[:1], _numerics.widen(potentials).dtype)
     edges, valid, alpha = _chain(potentials)
     # Masked steps' tags are never read, whatever they hold (-1, num_tags).
     tags = ops.where(valid, ops.transpose(ops.cast(tags, "int32")), 0)
