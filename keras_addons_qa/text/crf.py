@@ -12,12 +12,14 @@ num_tags)`; `tag_indices` `(batch, time)` ints; `sequence_lengths`
 `[i, j]` scores tag `i` followed by tag `j`. Steps at or beyond an
 example's length change nothing.
 
-The dynamic programs are `fori_loop`s over time (the traced
-graph does not grow with the length) and compute in float32 under every
-dtype (the results are cast back to the inputs' dtype). Decoding writes its
-back-pointers into a fixed-shape buffer with comparisons, selects and
-scatters only, so a model that decodes exports to SavedModel, LiteRT's
-builtin ops and ONNX.
+The two dynamic programs, the forward algorithm (`_forward`) and Viterbi
+(`_viterbi`), are written once and shared with the `CRF` layer. They are
+`fori_loop`s over time (on TensorFlow and JAX the traced graph does not
+grow with the length; on torch the loop runs in Python) and compute in
+float32 under every dtype (the results are cast back to the inputs'
+dtype). Decoding writes its back-pointers into a fixed-shape buffer with
+comparisons, selects and scatters only, so a model that decodes exports to
+SavedModel, LiteRT's builtin ops and ONNX.
 """
 
 import keras
