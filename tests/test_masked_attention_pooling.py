@@ -7,7 +7,6 @@ from hypothesis import strategies as st
 
 from keras_addons_qa import _xla
 from keras_addons_qa.layers import MaskedAttentionPooling
-from keras_addons_qa.layers import masked_attention_pooling as pooling_module
 from tests import harness
 
 
@@ -203,60 +202,6 @@ def test_xla_compiled_layer_matches_eager_with_nan_padding():
     assert np.all(xla_grads[0].numpy()[0, 3:] == 0.0)
 
 
-def _reference_pooled(layer, inputs, mask):
-    """The layer's pooled output through its automatic-gradient path (the
-    one that also returns the weights)."""
-    pooled, _ = layer(inputs, mask=mask, return_attention_scores=True)
-    return pooled
-
-
-@pytest.mark.parametrize("use_bias", [True, False], ids=["bias", "no_bias"])
-@pytest.mark.parametrize("masked", [True, False], ids=["mask", "no_mask"])
-@pytest.mark.parametrize("policy", ["float32", "mixed_float16", "mixed_bfloat16"])
-def test_hand_written_gradient_equals_automatic_gradient(policy, masked, use_bias, monkeypatch):
-    # On TensorFlow without XLA, and without the weights, the layer takes
-    # `_pool`, whose gradient is written by hand; the automatic gradient of
-    # the same forward pass is the reference. Patched to run on every
-    # backend. NaN padding, an empty row, unequal lengths.
-    monkeypatch.setattr(pooling_module, "_takes_hand_written_gradient", lambda: True)
-    keras.utils.set_random_seed(11)
-    rng = np.random.default_rng(11)
-    x = rng.normal(size=(3, 6, 5)).astype("float32")
-    mask = np.arange(6)[None, :] < np.array([6, 2, 0])[:, None] if masked else None
-    if masked:
-        x[~mask] = np.nan
-    with harness.dtype_policy(policy):
-        layer = MaskedAttentionPooling(4, use_bias=use_bias, bias_initializer="random_normal")
-        layer.build(x.shape)
-        got = _outputs_and_gradients(layer, x, lambda v: layer(v, mask=mask))
-        expected = _outputs_and_gradients(layer, x, lambda v: _reference_pooled(layer, v, mask))
-    _assert_same_outputs_and_gradients(got, expected, policy, mask)
-    assert len(got) == 1 + 3 + use_bias  # pooled; inputs, W, (b,) u
-
-
-@pytest.mark.parametrize("masked", [True, False], ids=["mask", "no_mask"])
-@pytest.mark.parametrize("policy", ["float32", "mixed_float16", "mixed_bfloat16"])
-def test_folded_bias_equals_separate_bias(policy, masked, monkeypatch):
-    # Under TensorFlow's XLA, with a mask, the bias is folded into the
-    # projection's kernel against a column of ones. Patched to run on
-    # every backend, against the separate add. NaN padding, an empty row.
-    monkeypatch.setattr(pooling_module, "_takes_hand_written_gradient", lambda: False)
-    keras.utils.set_random_seed(14)
-    rng = np.random.default_rng(14)
-    x = rng.normal(size=(3, 6, 5)).astype("float32")
-    mask = np.arange(6)[None, :] < np.array([6, 2, 0])[:, None] if masked else None
-    if masked:
-        x[~mask] = np.nan
-    results = []
-    with harness.dtype_policy(policy):
-        layer = MaskedAttentionPooling(4, bias_initializer="random_normal")
-        layer.build(x.shape)
-        for folds in (True, False):
-            monkeypatch.setattr(pooling_module, "_folds_bias", lambda: folds)
-            results.append(_outputs_and_gradients(layer, x, lambda v: layer(v, mask=mask)))
-    _assert_same_outputs_and_gradients(*results, policy, mask)
-
-
 def _outputs_and_gradients(layer, x, pool):
     """`pool(x)`, and the gradients of `sum(pool(x) * u)` for a fixed random
     `u` with respect to `x` and the layer's weights, as float64 arrays."""
@@ -290,6 +235,28 @@ def _assert_same_outputs_and_gradients(got, expected, policy, mask):
         d_inputs = got[1]
         assert np.all(d_inputs[~mask] == 0.0)
         assert np.all(d_inputs[2] == 0.0)  # the row with no real step
+
+
+@pytest.mark.parametrize("masked", [True, False], ids=["mask", "no_mask"])
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16", "mixed_bfloat16"])
+def test_weighted_sum_forms_agree_in_values_and_gradients(policy, masked, monkeypatch):
+    # The XLA form (elementwise) against the other (a batched product),
+    # forced on every backend. NaN padding, an empty row, unequal lengths.
+    keras.utils.set_random_seed(11)
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(3, 6, 5)).astype("float32")
+    mask = np.arange(6)[None, :] < np.array([6, 2, 0])[:, None] if masked else None
+    if masked:
+        x[~mask] = np.nan
+    results = []
+    with harness.dtype_policy(policy):
+        layer = MaskedAttentionPooling(4, bias_initializer="random_normal")
+        layer.build(x.shape)
+        for fused in (True, False):
+            monkeypatch.setattr(_xla, "compiling", lambda: fused)
+            results.append(_outputs_and_gradients(layer, x, lambda v: layer(v, mask=mask)))
+    _assert_same_outputs_and_gradients(*results, policy, mask)
+    assert len(results[0]) == 1 + 4  # pooled; inputs, W, b, u
 
 
 @pytest.mark.skipif(

@@ -113,16 +113,11 @@ class MaskedAttentionPooling(keras.layers.Layer):
         inputs, kernel, bias, context = _numerics.cast_to_compute_dtype(
             self, inputs, self.kernel, self.bias, self.context
         )
-        if not return_attention_scores and _takes_hand_written_gradient():
-            return _pool(inputs, mask, kernel, bias, context)
         if mask is not None:
             inputs = _numerics.sanitize(inputs, mask)
-        if bias is not None and mask is not None and _folds_bias():
-            hidden = _project_with_folded_bias(inputs, kernel, bias)
-        else:
-            hidden = ops.matmul(inputs, kernel)
-            if bias is not None:
-                hidden = hidden + bias
+        hidden = ops.matmul(inputs, kernel)
+        if bias is not None:
+            hidden = hidden + bias
         scores = ops.matmul(_numerics.tanh(hidden), context)  # (batch, time)
         weights = _numerics.masked_softmax(scores, mask)
         pooled = _weighted_sum(inputs, weights)
@@ -163,137 +158,20 @@ class MaskedAttentionPooling(keras.layers.Layer):
         }
 
 
-def _takes_hand_written_gradient():
-    """Whether `call` (without the weights) goes through `_pool`.
-
-    On TensorFlow without XLA. Measured fwd+bwd at B64 T256 F128, units 64,
-    2 CPU cores, against the automatic gradient of the same forward pass:
-    - TensorFlow graph: 0.83-0.91 of the stock composition's step (three
-      `make bench` runs and two one-process comparisons), against 0.99-1.02
-      for the automatic gradient;
-    - under XLA (TensorFlow's `jit_compile=True`, and all of JAX): 1.04-1.20
-      of the automatic gradient's step, over six hand-written formulations;
-      XLA fuses that gradient's elementwise passes itself, and copies the
-      zeroing of the padding into each matrix product the hand-written one
-      feeds;
-    - torch: 1.04-1.16 of the automatic gradient's step.
-    Both paths give the same values and gradients; the tests run both on
-    every backend.
-    """
-    return keras.backend.backend() == "tensorflow" and not _xla.compiling()
-
-
-def _folds_bias():
-    """Whether `call` folds the bias into the projection's kernel (with a
-    mask, under TensorFlow's XLA).
-
-    Measured fwd+bwd under `jit_compile=True`, B64 T256 F128, units 64, two
-    CPU cores: 0.93-0.97 of the step with a separate bias (three one-process
-    comparisons of 30 interleaved repeats). Measured on a CPU only, so JAX
-    (which the GPU benchmark runs) keeps the separate bias: a contracted
-    axis of `features + 1` may be misaligned for a GPU's matrix units.
-    TensorFlow's XLA on a GPU takes the fold, unmeasured.
-    """
-    return keras.backend.backend() == "tensorflow" and _xla.compiling()
-
-
-def _project_with_folded_bias(inputs, kernel, bias):
-    """`inputs @ kernel + bias` as one product: `[inputs, 1] @ [kernel; bias]`.
-
-    With a mask, XLA writes the zeroed copy of the input out anyway (its
-    CPU matrix products read no fused operand); writing it with a column of
-    ones costs one more float per step. In exchange the bias's add is part
-    of the product, and its gradient (a reduction over `batch * time` rows
-    that XLA runs as a separate pass) comes out of the kernel's gradient
-    product as its last row.
-    """
-    ones = ops.ones_like(inputs[..., :1])
-    augmented = ops.concatenate([inputs, ones], axis=-1)
-    return ops.matmul(augmented, ops.concatenate([kernel, ops.expand_dims(bias, 0)], axis=0))
-
-
-def _pool(inputs, mask, kernel, bias, context):
-    """The layer's pooled output, with its gradient written by hand.
-
-    The same forward pass as `call`'s (the projection flattened to one 2-D
-    product, the weighted sum a batched `(1, T) @ (T, F)` product), and the
-    gradient automatic differentiation gives, in fewer passes over the
-    `(batch, time, features)` input. `_takes_hand_written_gradient` says
-    when it is used.
-
-    - The padded input rows are zeroed once, and the gradient needs no
-      second `where`: at a padded step the weight is 0 and so is the score's
-      gradient (the softmax's gradient is `a * (...)`, and everything it
-      multiplies is finite), so every term of the input's gradient is an
-      exact 0 there.
-    - The input's gradient is `d_hidden @ W^T + a g^T`: one matrix product
-      and one fused add, where the automatic gradient adds a third pass (the
-      `where`) and writes the outer product with a batched matrix kernel.
-    - The kernel's gradient is computed as `(d_hidden^T @ x)^T`: the same
-      numbers as `x^T @ d_hidden`, which TensorFlow's CPU matrix kernel
-      computes about 1.4 times slower for this shape (`(F, B*T) @ (B*T,
-      U)`, a long contracted axis).
-    """
-    batch_time = ops.shape(inputs)[:2]
-    features = inputs.shape[-1]
-    args = (inputs, kernel, context) if bias is None else (inputs, kernel, context, bias)
-
-    @ops.custom_gradient
-    def pool(*args):
-        inputs, kernel, context = args[:3]
-        if mask is not None:
-            inputs = _numerics.sanitize(inputs, mask)
-        flat = ops.reshape(inputs, (-1, features))
-        hidden = ops.matmul(flat, kernel)
-        if bias is not None:
-            hidden = hidden + args[3]
-        activation = _numerics.tanh(hidden)  # (batch * time, units)
-        scores = ops.reshape(ops.matmul(activation, context), batch_time)
-        weights = _numerics.masked_softmax(scores, mask)  # float32
-        cast_weights = ops.cast(weights, inputs.dtype)
-        pooled = ops.squeeze(ops.matmul(ops.expand_dims(cast_weights, 1), inputs), 1)
-
-        def grad(*upstream_args, upstream=None):
-            if upstream is None:  # TensorFlow and JAX; torch passes it by name
-                (upstream,) = upstream_args
-            upstream = ops.cast(upstream, inputs.dtype)  # (batch, features)
-            # The weights' gradient, and the softmax's, in float32.
-            d_weights = _numerics.widen(
-                ops.squeeze(ops.matmul(inputs, ops.expand_dims(upstream, -1)), -1)
-            )
-            d_scores = weights * (
-                d_weights - ops.sum(weights * d_weights, axis=-1, keepdims=True)
-            )
-            d_scores = ops.cast(ops.reshape(d_scores, (-1,)), inputs.dtype)
-            d_context = ops.matmul(d_scores, activation)
-            d_hidden = (ops.expand_dims(d_scores, 1) * context) * (1.0 - ops.square(activation))
-            d_kernel = ops.transpose(ops.matmul(ops.transpose(d_hidden), flat))
-            d_inputs = ops.reshape(
-                ops.matmul(d_hidden, ops.transpose(kernel)), ops.shape(inputs)
-            ) + ops.expand_dims(cast_weights, -1) * ops.expand_dims(upstream, 1)
-            grads = (d_inputs, d_kernel, d_context)
-            if bias is not None:
-                grads += (ops.sum(d_hidden, axis=0),)
-            return grads
-
-        return pooled, grad
-
-    return pool(*args)
-
-
 def _weighted_sum(inputs, weights):
-    """`sum_t weights[b, t] * inputs[b, t, :]`, `(batch, features)`."""
+    """`sum_t weights[b, t] * inputs[b, t, :]`, `(batch, features)`.
+
+    Two forms, the same values (tested against each other): under XLA an
+    elementwise product and a sum, whose gradient's elementwise terms XLA
+    fuses into the passes that need them; otherwise a batched `(1, T) @
+    (T, F)` product, which writes no `(B, T, F)` temporary. Each earns
+    10-14% of the step in its own mode on `make bench`'s pooling case.
+    """
     if _xla.compiling():
-        # XLA fuses the gradient's elementwise terms into the passes that
-        # need them; a batched product's gradient is a (B, T, F) outer
-        # product written out by a matrix kernel. 5-9% of the step under XLA
-        # on a CPU (B64 T256 F128), no difference on an H100.
         summed = ops.sum(
             _numerics.widen(inputs) * ops.expand_dims(weights, -1), axis=1
         )
         return ops.cast(summed, inputs.dtype)
-    # Without XLA, the elementwise product is a (B, T, F) temporary; a
-    # batched (1, T) @ (T, F) product writes none.
     return ops.squeeze(
         ops.matmul(ops.expand_dims(ops.cast(weights, inputs.dtype), 1), inputs), 1
     )
