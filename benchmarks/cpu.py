@@ -1,8 +1,13 @@
 """CPU ratio suite: each component against what a user would write instead.
 
-Every case times forward+backward (gradients of a scalar with respect to the
-trainable weights and the inputs) in float32 on the TensorFlow backend, both
-as a `tf.function` graph and with `jit_compile=True`. Each case and mode runs
+Every case times forward+backward (gradients of a scalar) in float32 on the
+TensorFlow backend, both as a `tf.function` graph and with `jit_compile=True`,
+in two gradient scenarios: with respect to the trainable weights and the
+inputs ("weights + inputs", a layer inside a network), and with respect to
+the weights only ("weights", a layer on inputs that need no gradient: frozen
+or precomputed features); and at two sizes, the case's own and one with a 4x
+larger batch. A loss's input is the prediction being trained, so the loss
+cases have only the first scenario. Each case and mode runs
 in a fresh Python process, so that no case inherits another's allocator
 state, compiled kernels or warm caches; inside it, the two sides of the case
 run in the same process, interleaved (ours, theirs, ours, theirs, ...), and
@@ -22,6 +27,8 @@ and before the other side runs (ours first).
 import argparse
 import datetime
 import glob
+import inspect
+import itertools
 import json
 import os
 import platform
@@ -89,8 +96,12 @@ class StockPooling(keras.layers.Layer):
         self.hidden = keras.layers.Dense(units, activation="tanh")
         self.score = keras.layers.Dense(1, use_bias=False)
         self.softmax = keras.layers.Softmax(axis=1)
+        self.supports_masking = True
 
-    def call(self, x, mask):
+    def compute_mask(self, x, mask=None):
+        return None
+
+    def call(self, x, mask=None):
         scores = ops.squeeze(self.score(self.hidden(x)), -1)
         weights = self.softmax(scores, mask=mask)
         return ops.sum(x * weights[:, :, None], axis=1)
@@ -202,14 +213,14 @@ def case_almost_one_hot_embedding_loss(batch=64, vocab=4096, dim=128, power=4.0,
     }
 
 
-def case_almost_one_hot_embedding_loss_from_logits(**kwargs):
+def case_almost_one_hot_embedding_loss_from_logits(batch=64, **kwargs):
     """The same loss value, from the logits (`from_logits=True`)."""
-    return case_almost_one_hot_embedding_loss(from_logits=True, **kwargs)
+    return case_almost_one_hot_embedding_loss(batch, from_logits=True, **kwargs)
 
 
-def case_almost_one_hot_embedding_loss_through_softmax(**kwargs):
+def case_almost_one_hot_embedding_loss_through_softmax(batch=64, **kwargs):
     """Probabilities, with the model's softmax in both measured steps."""
-    return case_almost_one_hot_embedding_loss(through_softmax=True, **kwargs)
+    return case_almost_one_hot_embedding_loss(batch, through_softmax=True, **kwargs)
 
 
 CASES = {
@@ -239,6 +250,13 @@ CASES = {
     ),
 }
 
+# A loss's input is the prediction being trained: it always needs a gradient.
+LOSS_CASES = (
+    case_almost_one_hot_embedding_loss,
+    case_almost_one_hot_embedding_loss_from_logits,
+    case_almost_one_hot_embedding_loss_through_softmax,
+)
+
 TINY = {
     case_qkv_attention: dict(batch=2, length=16, dim=16, heads=2),
     case_masked_attention_pooling: dict(batch=2, length=16, dim=8, units=4),
@@ -253,13 +271,22 @@ TINY = {
 # --------------------------------------------------------------- the timing
 
 
-def make_step(loss_fn, variables, inputs, jit):
+SCENARIOS = {"weights + inputs": True, "weights": False}
+SIZES = ("base", "4x batch")
+
+
+def make_step(loss_fn, variables, inputs, jit, input_gradients=True):
+    sources = list(variables)
+
     @tf.function(jit_compile=jit, reduce_retracing=True)
     def step(*inputs):
         with tf.GradientTape() as tape:
-            tape.watch(list(inputs))
+            if input_gradients:
+                tape.watch(list(inputs))
             loss = loss_fn(*inputs)
-        return loss, tape.gradient(loss, list(variables) + list(inputs))
+        return loss, tape.gradient(
+            loss, sources + (list(inputs) if input_gradients else [])
+        )
 
     return step
 
@@ -344,11 +371,12 @@ def _requested_peak(step, inputs, steps):
     return statistics.median(peaks)
 
 
-def measure(case_fn, kwargs, jit, repeats, min_seconds):
+def measure(case_fn, kwargs, jit, repeats, min_seconds, input_gradients=True):
     sides = case_fn(**kwargs)
     steps, peak = {}, {}
     for name, (loss_fn, variables, inputs) in sides.items():  # ours first
-        steps[name] = (make_step(loss_fn, variables, inputs, jit), inputs)
+        step = make_step(loss_fn, variables, inputs, jit, input_gradients)
+        steps[name] = (step, inputs)
         _run(*steps[name], 2)  # trace, compile, warm up
         # Each side's peak is taken before the next side has run, so the
         # allocator's chunk figure of ours never starts from the free chunks
@@ -371,37 +399,54 @@ def measure(case_fn, kwargs, jit, repeats, min_seconds):
     return result
 
 
-def measure_in_fresh_process(name, mode, tiny, repeats, min_seconds):
-    """`measure` for one case and mode, in a new Python process.
+def measure_in_fresh_process(name, combos, tiny, repeats, min_seconds):
+    """`measure` for one case, in a new Python process: one result per
+    `(mode, scenario, size)` in `combos`.
 
     The BFC allocator keeps the chunks earlier cases freed, and hands a
     request a free chunk of up to twice its size, counting all of it as in
     use: in one process, the loss's peak moved from 2.3 to 3.1 MB depending
-    on which cases ran before it. A fresh process per case and mode gives
-    every case the same start.
+    on which cases ran before it. A fresh process per case, mode, scenario
+    and size gives every measurement the same start (smoke-test runs, which
+    measure nothing, put a case's combinations in one process).
     """
-    command = [sys.executable, "-m", "benchmarks.cpu", "--worker", name, mode,
-               "--repeats", str(repeats), "--min-seconds", str(min_seconds)]
+    command = [sys.executable, "-m", "benchmarks.cpu", "--worker", name,
+               json.dumps(combos), "--repeats", str(repeats),
+               "--min-seconds", str(min_seconds)]
     if tiny:
         command.append("--tiny")
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith(_RESULT)]
-    if done.returncode != 0 or not lines:
+    if done.returncode != 0 or len(lines) != len(combos):
         raise RuntimeError(
-            f"measuring {name!r} [{mode}] failed (exit {done.returncode}):\n"
+            f"measuring {name!r} {combos} failed (exit {done.returncode}):\n"
             f"{done.stdout[-2000:]}{done.stderr[-4000:]}"
         )
-    return json.loads(lines[-1][len(_RESULT):])
+    return [json.loads(line[len(_RESULT):]) for line in lines]
 
 
 _RESULT = "RESULT "
 
 
-def _worker(name, mode, tiny, repeats, min_seconds):
+def case_kwargs(case_fn, size, tiny):
+    """The case's keyword arguments at a size: its own, or a 4x batch."""
+    kwargs = dict(TINY[case_fn]) if tiny else {}
+    if size != "base":
+        batch = kwargs.get("batch", _default(case_fn, "batch"))
+        kwargs["batch"] = 4 * batch
+    return kwargs
+
+
+def _default(fn, name):
+    return inspect.signature(fn).parameters[name].default
+
+
+def _worker(name, combos, tiny, repeats, min_seconds):
     case_fn = CASES[name][0]
-    kwargs = TINY[case_fn] if tiny else {}
-    result = measure(case_fn, kwargs, mode == "XLA", repeats, min_seconds)
-    print(_RESULT + json.dumps(result), flush=True)
+    for mode, scenario, size in json.loads(combos):
+        result = measure(case_fn, case_kwargs(case_fn, size, tiny), mode == "XLA",
+                         repeats, min_seconds, SCENARIOS[scenario])
+        print(_RESULT + json.dumps(result), flush=True)
     return 0
 
 
@@ -442,14 +487,15 @@ def machine():
 
 def table(results):
     lines = [
-        "| case | theirs | mode | ours (ms) | theirs (ms) | ratio | goal | met |"
-        " peak MB ours / theirs (requested) |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | :---: | ---: |",
+        "| case | theirs | size | gradients | mode | ours (ms) | theirs (ms) |"
+        " ratio | goal | met | peak MB ours / theirs (requested) |",
+        "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | :---: | ---: |",
     ]
-    for (name, theirs, goal, mode), r in results.items():
+    for (name, theirs, goal, size, scenario, mode), r in results.items():
         ratio = r["ratio"]
         lines.append(
-            f"| {name} | {theirs} | {mode} | {r['ours'] * 1e3:.3f} | "
+            f"| {name} | {theirs} | {size} | {scenario} | {mode} | "
+            f"{r['ours'] * 1e3:.3f} | "
             f"{r['theirs'] * 1e3:.3f} | {ratio:.2f} | <= {goal:g} | "
             f"{'yes' if ratio <= goal else 'NO'} | {_memory(r['peak'])} |"
         )
@@ -504,7 +550,7 @@ def main(argv=None):
     parser.add_argument("--update-readme", action="store_true")
     parser.add_argument("--no-scaling", action="store_true")
     parser.add_argument("--only", default="", help="run cases whose name has this")
-    parser.add_argument("--worker", nargs=2, metavar=("CASE", "MODE"),
+    parser.add_argument("--worker", nargs=2, metavar=("CASE", "COMBOS"),
                         help=argparse.SUPPRESS)  # one case, in a fresh process
     args = parser.parse_args(argv)
     if args.tiny:
@@ -517,11 +563,19 @@ def main(argv=None):
     for name, (case_fn, theirs, goal) in CASES.items():
         if args.only not in name:
             continue
-        for mode in ("graph", "XLA"):
-            r = measure_in_fresh_process(name, mode, args.tiny, args.repeats,
-                                         args.min_seconds)
-            results[(name, theirs, goal, mode)] = r
-            print(f"{name} [{mode}]: ours {r['ours'] * 1e3:.3f} ms, theirs "
+        scenarios = SCENARIOS if case_fn not in LOSS_CASES else ["weights + inputs"]
+        combos = [(mode, scenario, size) for size, scenario, mode in
+                  itertools.product(SIZES, scenarios, ("graph", "XLA"))]
+        if args.tiny:
+            measured = measure_in_fresh_process(name, combos, True, args.repeats,
+                                                args.min_seconds)
+        else:
+            measured = [measure_in_fresh_process(name, [combo], False, args.repeats,
+                                                 args.min_seconds)[0]
+                        for combo in combos]
+        for (mode, scenario, size), r in zip(combos, measured):
+            results[(name, theirs, goal, size, scenario, mode)] = r
+            print(f"{name} [{size}, {scenario}, {mode}]: ours {r['ours'] * 1e3:.3f} ms, theirs "
                   f"{r['theirs'] * 1e3:.3f} ms, ratio {r['ratio']:.2f} "
                   f"(goal <= {goal:g}); peak MB requested {_memory(r['peak'])}, "
                   f"allocator chunks {_memory(r['peak'], 'chunks')}", flush=True)
@@ -532,6 +586,10 @@ def main(argv=None):
                 f"{args.repeats} interleaved repeats (ratio: median of the "
                 f"paired per-repeat ratios); peak memory: bytes requested by the "
                 f"step's live tensors{sizes}.\n\n{table(results)}")
+    from benchmarks import end_to_end
+
+    print("whole models in fit:", flush=True)
+    markdown += "\n\n" + end_to_end.run(tiny=args.tiny)
     from benchmarks import decode
 
     print("monotone decoding at size:", flush=True)

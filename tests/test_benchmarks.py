@@ -25,13 +25,24 @@ def test_cpu_suite_runs_at_tiny_sizes(tmp_path):
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     text = (tmp_path / "cpu.md").read_text()
-    table = text.split("\n\n")[1]  # the ratio table; the decode table follows
+    table = text.split("\n\n")[1]  # the ratio table; the whole models follow
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
-    assert len(rows) == 1 + 14  # header + 7 cases x (graph, XLA)
+    # 4 layers x (2 sizes x 2 gradient scenarios x 2 modes) + 3 loss cases x
+    # (2 sizes x 2 modes): a loss's input always needs its gradient.
+    assert len(rows) == 1 + 4 * 8 + 3 * 4
+    combos = set()
     for row in rows[1:]:
         cells = [c.strip() for c in row.strip("|").split("|")]
-        ours_ms, theirs_ms, ratio = (float(c) for c in cells[3:6])
+        combos.add(tuple(cells[2:5]))
+        ours_ms, theirs_ms, ratio = (float(c) for c in cells[5:8])
         assert ours_ms > 0 and theirs_ms > 0 and ratio > 0
+    assert len(combos) == 8  # size x gradients x mode
+    whole = text.split("Whole models")[1].split("Monotone decoding")[0]
+    whole = [l for l in whole.splitlines() if l.startswith("| ") and "---" not in l]
+    assert len(whole) == 1 + 4  # header + (HAN, Transformer) x (graph, XLA)
+    for row in whole[1:]:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert float(cells[3]) > 0 and float(cells[4]) > 0 and float(cells[5]) > 0
     assert (tmp_path / "cpu_scaling.png").stat().st_size > 10_000
     decode, long = text.split("Monotone decoding")[1].split("Long sequences")
     decode, crf = decode.split("CRF functions")

@@ -161,11 +161,13 @@ class MaskedAttentionPooling(keras.layers.Layer):
 def _weighted_sum(inputs, weights):
     """`sum_t weights[b, t] * inputs[b, t, :]`, `(batch, features)`.
 
-    Two forms, the same values (tested against each other): under XLA an
-    elementwise product and a sum, whose gradient's elementwise terms XLA
-    fuses into the passes that need them; otherwise a batched `(1, T) @
-    (T, F)` product, which writes no `(B, T, F)` temporary. Each earns
-    10-14% of the step in its own mode on `make bench`'s pooling case.
+    Under XLA an elementwise product and a sum, whose gradient's elementwise
+    terms XLA fuses into the passes that need them; otherwise (the plain
+    path) a batched `(1, T) @ (T, F)` product, which writes no `(B, T, F)`
+    temporary. The two give the same values and gradients (tested against
+    each other). The XLA form earns 12% (median of four runs, 0.85-1.00 of
+    the product's step) on `make bench`'s pooling case with the inputs'
+    gradient; in a graph the product takes 0.87-0.95 of its time.
     """
     if _xla.compiling():
         summed = ops.sum(
