@@ -550,6 +550,8 @@ def main(argv=None):
     parser.add_argument("--update-readme", action="store_true")
     parser.add_argument("--no-scaling", action="store_true")
     parser.add_argument("--only", default="", help="run cases whose name has this")
+    parser.add_argument("--ratios-only", action="store_true",
+                        help="the ratio table and the whole models only; print, write nothing")
     parser.add_argument("--worker", nargs=2, metavar=("CASE", "COMBOS"),
                         help=argparse.SUPPRESS)  # one case, in a fresh process
     args = parser.parse_args(argv)
@@ -590,6 +592,9 @@ def main(argv=None):
 
     print("whole models in fit:", flush=True)
     markdown += "\n\n" + end_to_end.run(tiny=args.tiny)
+    if args.ratios_only:
+        print("\n" + markdown)
+        return 0
     from benchmarks import decode
 
     print("monotone decoding at size:", flush=True)

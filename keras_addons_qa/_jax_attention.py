@@ -12,11 +12,9 @@ With causality, key positions matter and nothing is reordered: a right-
 padded mask (checked on the device) goes to the length-based kernel, any
 other to the boolean-mask kernel, through `lax.cond`.
 
-Measured on an H100 (B8 T2048 D512 H8, mixed_bfloat16, fwd+bwd, see the
-README): with the reorder, 1.21 ms; lengths alone (right-padded masks
-only), 1.24 ms in another run; a `lax.cond` between the two kernels, 1.49 ms
-with its fallback rematerialized and 2.53 ms without (JAX then carries the
-fallback's `(B, N, T, S)` residuals, as zeros, through the taken branch).
+On an H100 it earns 20% of the layer's step over the boolean-mask kernel
+(`benchmarks/gpu.py`'s attention case, mixed_bfloat16: 1.38 ms, against 1.72
+ms for MultiHeadAttention given the same mask as one `(B, T, T)` mask).
 
 `QKVAttention` calls `padded_attention` only on the JAX backend with a GPU,
 and uses `keras.ops.dot_product_attention` everywhere else.
@@ -52,24 +50,9 @@ def _attention(q, k, v, scale, is_causal, lengths=None, mask=None):
     return jax.nn.dot_product_attention(q, k, v, mask=mask, **kwargs)
 
 
-@jax.custom_vjp
 def _reorder_steps(x, order):
     """`x[b, order[b, j]]` along axis 1, for a permutation `order`."""
     return jnp.take_along_axis(x, order[:, :, None, None], axis=1)
-
-
-def _reorder_fwd(x, order):
-    return _reorder_steps(x, order), order
-
-
-def _reorder_bwd(order, grad):
-    # The transpose of a permutation is its inverse: a gather, not the
-    # scatter-add JAX would otherwise derive.
-    inverse = jnp.argsort(order, axis=1)
-    return jnp.take_along_axis(grad, inverse[:, :, None, None], axis=1), None
-
-
-_reorder_steps.defvjp(_reorder_fwd, _reorder_bwd)
 
 
 def padded_attention(q, k, v, key_valid, scale, is_causal):

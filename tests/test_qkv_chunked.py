@@ -133,6 +133,25 @@ def test_the_chunked_path_runs_when_scores_exceed_the_budget(monkeypatch):
     assert default._chunk_sizes(ops.zeros((1, 4096, 8, 1)), ops.zeros((1, 4096, 8, 1)), False, False) == (1024, 1024)
 
 
+@pytest.mark.skipif(harness.BACKEND != "jax", reason="cuDNN's path exists only on JAX")
+def test_on_a_jax_gpu_only_cudnns_attention_skips_the_chunks(monkeypatch):
+    """cuDNN's kernel is linear in memory; attention it does not take
+    (float32, a user's attention mask) still chunks on a JAX GPU."""
+    from keras_addons_qa import _jax_attention
+
+    monkeypatch.setattr(_jax_attention, "on_gpu", lambda: True)
+    spy = _Spy(monkeypatch)
+    budget = _budget(2, 6, 4)
+    x = np.random.default_rng(0).normal(size=(2, 6, 4)).astype("float32")
+    QKVAttention(2, 4, scores_budget_mb=budget)(x, x)  # float32: chunks
+    assert spy.calls == 1
+    layer = QKVAttention(2, 4, scores_budget_mb=budget, dtype="bfloat16")
+    layer(x, x)  # cuDNN's (XLA's kernel stands in on this CPU)
+    assert spy.calls == 1
+    layer(x, x, attention_mask=np.tril(np.ones((6, 6), bool)))  # a full mask: chunks
+    assert spy.calls == 2
+
+
 def test_the_full_path_runs_for_scores_and_dropout(monkeypatch):
     spy = _Spy(monkeypatch)
     x = np.random.default_rng(0).normal(size=(2, 6, 4)).astype("float32")

@@ -2,6 +2,7 @@ import keras
 from keras import ops
 
 from keras_addons_qa import _checks
+from keras_addons_qa import _compat
 from keras_addons_qa import _numerics
 
 
@@ -15,7 +16,8 @@ class ActivityPenalty(keras.layers.Layer):
         (l1 * sum(|x|) + l2 * sum(x ** 2)) / batch_size
 
     to the model's losses: the same value `keras.layers.ActivityRegularization`
-    adds. Unlike it, this layer
+    adds from Keras 3.14 on (before, it does not divide by the batch size).
+    Unlike it, this layer
 
     - respects masks: padded steps add nothing to the penalty (and so pass no
       gradient through it), whatever they hold;
@@ -55,7 +57,7 @@ class ActivityPenalty(keras.layers.Layer):
         self.l1 = _checks.non_negative_float("l1", l1)
         self.l2 = _checks.non_negative_float("l2", l2)
         self.supports_masking = True
-        self._build_at_init()
+        _compat.build_at_init(self)
 
     def call(self, inputs, mask=None):
         self.add_loss(self.penalty(inputs, mask))

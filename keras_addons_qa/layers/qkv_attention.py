@@ -453,7 +453,7 @@ class QKVAttention(keras.layers.MultiHeadAttention):
 
         query_valid = None if query_mask is None else ops.cast(query_mask, "bool")
         chunks = None if cache is not None else self._chunk_sizes(
-            q, k, return_attention_scores, training
+            q, k, return_attention_scores, training, attention_mask
         )
         if chunks is not None:
             context, scores = _chunked_attention.attention(
@@ -552,15 +552,16 @@ class QKVAttention(keras.layers.MultiHeadAttention):
                 "`return_attention_scores` is not supported with a `cache`."
             )
 
-    def _chunk_sizes(self, q, k, return_attention_scores, training):
+    def _chunk_sizes(self, q, k, return_attention_scores, training,
+                     attention_mask=None):
         """`(rows, cols)` of the chunked path, or None for the full one.
 
         Chunks when the full float32 scores of one example, `N * T * S * 4`
         bytes, exceed `scores_budget_mb`, for rank-3 inputs with static
         lengths, no returned scores and no dropout at training time (the
         backward pass would have to draw the same dropout mask again). On
-        JAX with a GPU, cuDNN's fused attention is already linear in
-        memory and stays.
+        JAX with a GPU, attention that cuDNN's fused kernel takes (float16
+        or bfloat16, key masks only) is already linear in memory and stays.
         """
         if self.scores_budget_mb is None or return_attention_scores:
             return None
@@ -570,7 +571,7 @@ class QKVAttention(keras.layers.MultiHeadAttention):
             return None
         if type(self)._compute_attention is not QKVAttention._compute_attention:
             return None  # a subclass's attention gets the full scores' mask
-        if _jax_padded_attention() is not None:
+        if _jax_padded_attention() is not None and self._cudnn_takes(q, attention_mask):
             return None
         q_len, k_len = q.shape[1], k.shape[1]
         if not isinstance(q_len, int) or not isinstance(k_len, int):
@@ -581,6 +582,17 @@ class QKVAttention(keras.layers.MultiHeadAttention):
         return (
             _chunked_attention.chunk_length(self._num_heads, k_len, budget),
             _chunked_attention.chunk_length(self._num_heads, q_len, budget),
+        )
+
+    def _cudnn_takes(self, q, attention_mask):
+        """Whether JAX on a GPU sends this attention to cuDNN's kernel."""
+        dtype = keras.backend.standardize_dtype(q.dtype)
+        return (
+            dtype in ("float16", "bfloat16")
+            and attention_mask is None
+            and not self._window
+            and not self.distance_penalty
+            and self._value_dim == self._key_dim
         )
 
     def _compute_attention(
