@@ -21,7 +21,7 @@ is the median over five steps, taken for each side right after its warm-up
 and before the other side runs (ours first).
 
     python -m benchmarks [--tiny] [--repeats N] [--output-dir DIR]
-                         [--update-readme]
+                         [--update-docs]
 """
 
 import argparse
@@ -527,13 +527,14 @@ def plot(rows, path):
     fig.savefig(path, dpi=100)
 
 
-def update_readme(markdown):
-    path = os.path.join(ROOT, "README.md")
+def update_docs(markdown):
+    """Writes the tables into `docs/benchmarks.md`, between its markers."""
+    path = os.path.join(ROOT, "docs", "benchmarks.md")
     start, end = "<!-- bench:cpu:start -->", "<!-- bench:cpu:end -->"
     with open(path) as f:
         text = f.read()
     if start not in text or end not in text:
-        raise SystemExit(f"README.md has no {start} ... {end} block")
+        raise SystemExit(f"docs/benchmarks.md has no {start} ... {end} block")
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
     with open(path, "w") as f:
@@ -547,7 +548,8 @@ def main(argv=None):
     parser.add_argument("--min-seconds", type=float, default=0.2,
                         help="length of one timed repeat of one side")
     parser.add_argument("--output-dir", default=os.path.join(ROOT, "benchmarks", "results"))
-    parser.add_argument("--update-readme", action="store_true")
+    parser.add_argument("--update-docs", action="store_true",
+                        help="rewrite the tables in docs/benchmarks.md")
     parser.add_argument("--no-scaling", action="store_true")
     parser.add_argument("--only", default="", help="run cases whose name has this")
     parser.add_argument("--ratios-only", action="store_true",
@@ -616,8 +618,8 @@ def main(argv=None):
     with open(os.path.join(args.output_dir, "cpu.md"), "w") as f:
         f.write(markdown + "\n")
     print("\n" + markdown)
-    if args.update_readme:
-        update_readme(markdown)
+    if args.update_docs:
+        update_docs(markdown)
     return 0
 
 

@@ -1,6 +1,6 @@
 """GPU goals (Keras 3 on JAX, mixed_bfloat16): attention and pooling, fwd+bwd.
 
-Run on a machine with an NVIDIA GPU (see README, "Benchmarks"):
+Run on a machine with an NVIDIA GPU (see docs/benchmarks.md, "GPU"):
 
     KERAS_BACKEND=jax python benchmarks/gpu.py [--output FILE]
 
