@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-test
 
-.PHONY: test test-backends test-oldest demo notebooks bench clean
+.PHONY: test test-backends demo notebooks bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,17 +31,6 @@ test-backends: $(BACKENDS_STAMP)
 	KERAS_BACKEND=jax $(PY) -m pytest -q
 	KERAS_BACKEND=torch $(PY) -m pytest -q
 
-# The suite on TensorFlow with the oldest supported Python, Keras and
-# TensorFlow (.ci/oldest.txt), in a virtual environment of its own.
-OLDEST_PYTHON ?= python3.10
-OLDEST_VENV ?= .venv-oldest
-
-test-oldest:
-	test -x $(OLDEST_VENV)/bin/python || $(OLDEST_PYTHON) -m venv $(OLDEST_VENV)
-	$(OLDEST_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(OLDEST_VENV)/bin/python -m pip install --quiet -c .ci/oldest.txt -e ".[test]"
-	KERAS_BACKEND=tensorflow $(OLDEST_VENV)/bin/python -m pytest -q
-
 # Every tutorial in full mode; figures go to examples/output/.
 demo: $(STAMP)
 	KERAS_BACKEND=$${KERAS_BACKEND:-tensorflow} $(PY) examples/run_all.py
@@ -55,4 +44,4 @@ bench: $(STAMP)
 	$(PY) -m benchmarks --update-docs
 
 clean:
-	rm -rf $(VENV) $(OLDEST_VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info
