@@ -23,7 +23,7 @@ and uses `keras.ops.dot_product_attention` everywhere else.
 import jax
 import jax.numpy as jnp
 
-_CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 
 
 def on_gpu():
@@ -35,7 +35,7 @@ def on_gpu():
 
 def _attention(q, k, v, scale, is_causal, lengths=None, mask=None):
     kwargs = dict(scale=scale, is_causal=is_causal)
-    if lengths is not None and on_gpu() and q.dtype in _CUDNN_DTYPES:
+    if lengths is not None and on_gpu() and q.dtype in CUDNN_DTYPES:
         try:
             return jax.nn.dot_product_attention(
                 q, k, v, key_value_seq_lengths=lengths,

@@ -586,9 +586,10 @@ class QKVAttention(keras.layers.MultiHeadAttention):
 
     def _cudnn_takes(self, q, attention_mask):
         """Whether JAX on a GPU sends this attention to cuDNN's kernel."""
-        dtype = keras.backend.standardize_dtype(q.dtype)
+        from keras_addons_qa import _jax_attention
+
         return (
-            dtype in ("float16", "bfloat16")
+            q.dtype in _jax_attention.CUDNN_DTYPES
             and attention_mask is None
             and not self._window
             and not self.distance_penalty
