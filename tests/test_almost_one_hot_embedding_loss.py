@@ -232,6 +232,7 @@ def test_a_model_saved_by_0_1_0_loads_with_its_matrix():
     from tests.fixtures import make_loss_0_1_0 as fixture
 
     path = pathlib.Path(fixture.__file__).parent
+    harness.skip_unless_keras_reads(path / "loss_0_1_0.keras")
     loaded = keras.saving.load_model(path / "loss_0_1_0.keras", safe_mode=True)
     np.testing.assert_array_equal(harness.to_numpy(loaded.loss.embedding), fixture.matrix())
     x, y = fixture.data()
@@ -282,24 +283,27 @@ def _reference_loss(embedding, power, iterations, from_logits):
     return loss
 
 
+@pytest.mark.parametrize("batch", [(32,), (4, 8)], ids=["rows", "sequences"])
 @pytest.mark.parametrize("from_logits", [False, True], ids=["probs", "logits"])
 @pytest.mark.parametrize("power, iterations", [(3.0, 1), (2.0, 3), (0.5, 2)])
 def test_hand_written_gradient_equals_automatic_differentiation(
-    power, iterations, from_logits
+    power, iterations, from_logits, batch
 ):
     """The loss's gradient (written by hand, see `_embed`) against the same
     loss differentiated by the backend, in float32 on every backend (the
-    float64 finite-difference check in test_gradients.py skips torch)."""
+    float64 finite-difference check in test_gradients.py skips torch).
+    32 rows: TensorFlow 2.19's einsum `...d,vd->...v` is wrong for 2-D
+    inputs of 17 rows or more."""
     rng = np.random.default_rng(11)
     embedding = rng.normal(size=(9, 4)).astype("float32")
-    logits = rng.normal(size=(5, 9)).astype("float32") * 2
+    logits = rng.normal(size=batch + (9,)).astype("float32") * 2
     if from_logits:
         start = logits
     else:
         start = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
-        start[0, :3] = 0.0  # exact zeros: the floor, and no gradient there
+        start.reshape(-1, 9)[0, :3] = 0.0  # exact zeros: the floor, no gradient
         start /= start.sum(-1, keepdims=True)
-    y_true = rng.normal(size=(5, 4)).astype("float32")
+    y_true = rng.normal(size=batch + (4,)).astype("float32")
     ours = AlmostOneHotEmbeddingLoss(
         embedding, power=power, iterations=iterations, from_logits=from_logits
     )
@@ -315,4 +319,4 @@ def test_hand_written_gradient_equals_automatic_differentiation(
     assert scale > 0
     np.testing.assert_allclose(grads[0], grads[1], rtol=1e-4, atol=1e-5 * scale)
     if not from_logits:
-        assert np.all(grads[0][0, :3] == 0.0)
+        assert np.all(grads[0].reshape(-1, 9)[0, :3] == 0.0)

@@ -197,9 +197,15 @@ def test_litert_with_builtin_ops_only(name, tmp_path):
         converter = tf.lite.TFLiteConverter.from_keras_model(model)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         files["converter"] = converter.convert()
-    path = tmp_path / "model.tflite"
-    model.export(str(path), format="litert", verbose=False)
-    files["export"] = path.read_bytes()
+    if harness.KERAS_VERSION >= (3, 13):  # Keras's LiteRT export
+        path = tmp_path / "model.tflite"
+        model.export(str(path), format="litert", verbose=False)
+        files["export"] = path.read_bytes()
+    if not files:
+        pytest.skip(
+            f"Keras {keras.__version__} has no LiteRT export (3.13 added it) "
+            "and TensorFlow's converter cannot trace dict inputs"
+        )
     for blob in files.values():
         for batch, want in zip(batches, expected):
             runner = Interpreter(model_content=blob).get_signature_runner()

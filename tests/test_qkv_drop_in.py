@@ -8,6 +8,7 @@ truncated) on the shapes and options MultiHeadAttention adds: rank-4 and
 rank-5 inputs with `attention_axes`, `use_gate`, `sliding_window`.
 """
 
+import inspect
 import pathlib
 
 import keras
@@ -18,11 +19,26 @@ from keras_addons_qa.layers import QKVAttention
 from tests import harness
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
+MHA_ARGUMENTS = set(inspect.signature(keras.layers.MultiHeadAttention.__init__).parameters)
+
+
+def _skip_unless_multi_head_attention_has(kwargs):
+    """Skips a comparison with MultiHeadAttention that this Keras's
+    MultiHeadAttention cannot make (`use_gate` is Keras 3.14's,
+    `sliding_window` 3.15's). QKVAttention has both on every Keras: on an
+    older one, test_gate_and_window_saved_with_keras_3_15_predict_the_same
+    checks them against MultiHeadAttention's results, saved by Keras 3.15."""
+    missing = sorted(set(kwargs) - MHA_ARGUMENTS)
+    if missing:
+        pytest.skip(
+            f"MultiHeadAttention in Keras {keras.__version__} has no {missing}"
+        )
 
 
 def _twins(mha_kwargs, query_shape, value_shape, key_shape=None):
     """A built MultiHeadAttention and `QKVAttention.from_config` of its
     config, with the same weights (random biases, so they matter)."""
+    _skip_unless_multi_head_attention_has(mha_kwargs)
     mha = keras.layers.MultiHeadAttention(
         **{"bias_initializer": "random_normal", **mha_kwargs}
     )
@@ -89,6 +105,7 @@ def test_from_config_of_multi_head_attention_computes_the_same(name):
 @pytest.mark.parametrize("name", ["use_gate", "rank4_two_axes", "output_shape_tuple"])
 def test_from_multi_head_attention_copies_config_and_weights(name):
     kwargs, q_shape, v_shape, _ = CONFIGS[name]
+    _skip_unless_multi_head_attention_has(kwargs)
     mha = keras.layers.MultiHeadAttention(2, 3, bias_initializer="random_normal", **kwargs)
     rng = np.random.default_rng(13)
     q = rng.normal(size=q_shape).astype("float32")
@@ -324,12 +341,46 @@ def test_output_dim_is_an_alias_of_output_shape():
 def test_model_saved_by_0_1_0_loads_and_predicts_the_same():
     from tests.fixtures.make_qkv_0_1_0 import inputs
 
+    harness.skip_unless_keras_reads(FIXTURES / "qkv_attention_0_1_0.keras")
     model = keras.saving.load_model(FIXTURES / "qkv_attention_0_1_0.keras", safe_mode=True)
     expected = np.load(FIXTURES / "qkv_attention_0_1_0_expected.npy")
     np.testing.assert_allclose(model.predict(inputs(), verbose=0), expected, rtol=1e-5, atol=1e-6)
     qkv = model.get_layer("qkv")
     assert qkv.get_config()["output_shape"] == (6,) and qkv.value_dim == 5
     assert model.get_layer("qkv_penalty").distance_penalty == 0.5
+
+
+def test_gate_and_window_saved_with_keras_3_15_predict_the_same():
+    """QKVAttention's `use_gate` and `sliding_window` are MultiHeadAttention's
+    on every supported Keras: a model saved with Keras 3.15 (whose
+    MultiHeadAttention computed the expected outputs) loads and predicts
+    the same, also on a Keras whose MultiHeadAttention has neither."""
+    from tests.fixtures.make_qkv_gate_window import SETTINGS, inputs
+
+    path = FIXTURES / "qkv_gate_window_keras_3_15.keras"
+    model = keras.saving.load_model(path, safe_mode=True)
+    expected = np.load(FIXTURES / "qkv_gate_window_keras_3_15_expected.npy")
+    np.testing.assert_allclose(model.predict(inputs(), verbose=0), expected, rtol=1e-5, atol=1e-6)
+    for name, kwargs in SETTINGS:
+        config = model.get_layer(name).get_config()
+        assert config["use_gate"] == kwargs.get("use_gate", False)
+        assert config["sliding_window"] == kwargs.get("sliding_window")
+
+
+def test_the_gate_gets_the_projections_regularizers_and_constraints():
+    layer = QKVAttention(
+        num_heads=2, key_dim=3, use_gate=True, kernel_regularizer="l2",
+        bias_regularizer="l1", kernel_constraint="non_neg",
+    )
+    layer(np.ones((2, 4, 5), "float32"), np.ones((2, 6, 5), "float32"))
+    names = [
+        dense.name for dense in layer._layers
+        if isinstance(dense, keras.layers.EinsumDense)
+    ]
+    assert names == ["query", "key", "gate", "value", "attention_output"]
+    assert len(layer.losses) == 10  # a kernel and a bias penalty each
+    assert isinstance(layer._gate_dense.kernel.constraint, keras.constraints.NonNeg)
+    assert layer._gate_dense.activation is keras.activations.sigmoid
 
 
 # -- the package's guarantees on MultiHeadAttention's newer shapes ----------

@@ -47,7 +47,10 @@ class CRF(keras.layers.Layer):
     `fit(x, {"tags": tags, "potentials": tags})` with
     `metrics={"tags": [keras.metrics.Accuracy()]}` (it counts masked steps,
     where both are 0 when the padding tag is 0; the string `"accuracy"`
-    would pick an arg-max accuracy, wrong for int tags).
+    would pick an arg-max accuracy, wrong for int tags). Keras before 3.12
+    matches a metrics dict against output layer names, not dict keys: there,
+    name the outputs, `{k: keras.layers.Identity(name=k)(v) for k, v in
+    crf(x).items()}`.
 
     Both dynamic programs are loops over time with fixed-shape buffers: one
     graph for every length on TensorFlow and JAX, under XLA too (on torch

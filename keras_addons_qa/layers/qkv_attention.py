@@ -11,6 +11,15 @@ from keras_addons_qa import _compat
 from keras_addons_qa import _numerics
 
 _MultiHeadAttention = keras.layers.MultiHeadAttention
+# MultiHeadAttention's arguments newer than the oldest supported Keras
+# (`use_gate`: Keras 3.14, `sliding_window`: 3.15), with their defaults.
+# Where the installed MultiHeadAttention lacks one, this layer provides it,
+# with the same meaning, config entry and weights.
+_PROVIDED = {
+    name: default
+    for name, default in (("use_gate", False), ("sliding_window", None))
+    if name not in inspect.signature(_MultiHeadAttention.__init__).parameters
+}
 # TensorFlow's fused attention without two full-size passes (`_lean_attention`).
 _LEAN_ON_TENSORFLOW = keras.backend.backend() == "tensorflow"
 
@@ -204,6 +213,9 @@ class QKVAttention(keras.layers.MultiHeadAttention):
     ):
         # MultiHeadAttention's own signature, positional arguments included,
         # so every argument it has (and any it gains) means the same here.
+        provided = {
+            name: kwargs.pop(name, default) for name, default in _PROVIDED.items()
+        }
         arguments = inspect.signature(_MultiHeadAttention.__init__).bind(
             None, *args, **kwargs
         ).arguments
@@ -235,6 +247,16 @@ class QKVAttention(keras.layers.MultiHeadAttention):
             "scores_budget_mb", scores_budget_mb
         )
         super().__init__(**arguments)  # checks num_heads
+        if "use_gate" in provided:
+            self._use_gate = provided["use_gate"]
+        if "sliding_window" in provided:
+            window = provided["sliding_window"]
+            if window is not None and (not isinstance(window, int) or window <= 0):
+                raise ValueError(
+                    "`sliding_window` must be `None` or a positive integer. "
+                    f"Received: sliding_window={window}"
+                )
+            self._sliding_window = window
         heads = self._num_heads
         if num_key_value_heads is None:
             num_key_value_heads = heads
@@ -252,6 +274,7 @@ class QKVAttention(keras.layers.MultiHeadAttention):
     def get_config(self):
         return {
             **super().get_config(),
+            **{name: getattr(self, "_" + name) for name in _PROVIDED},
             "distance_penalty": self.distance_penalty,
             "num_key_value_heads": self.num_key_value_heads,
             "scores_budget_mb": self.scores_budget_mb,
@@ -280,10 +303,31 @@ class QKVAttention(keras.layers.MultiHeadAttention):
                 f"{self._attention_axes} for query.shape={tuple(query_shape)}"
             )
         super().build(query_shape, value_shape, key_shape)
+        if "use_gate" in _PROVIDED and self._use_gate:
+            self._build_gate(query_shape)
         if self.num_key_value_heads != self._num_heads:
             # Grouped-query attention: keys and values get fewer heads.
             self._group_heads("_key_dense", key_shape or value_shape)
             self._group_heads("_value_dense", value_shape)
+
+    def _build_gate(self, query_shape):
+        """The gate's projection where MultiHeadAttention has none (Keras
+        before 3.14), as Keras builds it: the query's equation with
+        `value_dim` heads' features and a sigmoid, between the key's and the
+        value's projections among the sublayers."""
+        query_dense = self._query_dense
+        self._gate_dense = keras.layers.EinsumDense(  # tracked: appended
+            query_dense.equation,
+            output_shape=tuple(query_dense.partial_output_shape[:-1])
+            + (self._value_dim,),
+            bias_axes=query_dense.bias_axes,
+            activation="sigmoid",
+            name="gate",
+            **self._get_common_kwargs_for_sublayer(),
+        )
+        self._gate_dense.build(query_shape)
+        self._layers.remove(self._gate_dense)
+        self._layers.insert(self._layers.index(self._value_dense), self._gate_dense)
 
     def _group_heads(self, attribute, input_shape):
         """Rebuilds the projection `attribute` (built by MultiHeadAttention)
@@ -392,7 +436,7 @@ class QKVAttention(keras.layers.MultiHeadAttention):
                 _check_shape(name, mask.shape, shape)
         axes = self._attention_axes  # resolved by build
         single_axis = len(axes) == 1
-        if (use_causal_mask or self._window) and not single_axis:
+        if (use_causal_mask or self._sliding_window) and not single_axis:
             raise ValueError(
                 "`use_causal_mask` and `sliding_window` need attention over a "
                 f"single axis. Received: attention_axes={axes} for "
@@ -464,7 +508,7 @@ class QKVAttention(keras.layers.MultiHeadAttention):
                     ops.cast(attention_mask, "bool"), 4
                 ),
                 causal=bool(use_causal_mask),
-                window=self._window,
+                window=self._sliding_window,
                 distance_penalty=self.distance_penalty,
                 rows=chunks[0],
                 cols=chunks[1],
@@ -485,12 +529,12 @@ class QKVAttention(keras.layers.MultiHeadAttention):
                 # Decoding: positions count from `offset` on the query side.
                 rows = ops.expand_dims(offset + ops.arange(ops.shape(q)[1]), 1)
                 cols = ops.expand_dims(ops.arange(ops.shape(k)[1]), 0)
-                if self._window:
-                    parts.append(self._expand_mask(ops.abs(rows - cols) < self._window, rank))
+                if self._sliding_window:
+                    parts.append(self._expand_mask(ops.abs(rows - cols) < self._sliding_window, rank))
                 if causal_flag:
                     parts.append(self._expand_mask(rows >= cols, rank))
                 causal_flag = False
-            elif self._window:
+            elif self._sliding_window:
                 parts.append(self._expand_mask(self._compute_sliding_window_mask(q, v), rank))
             if type(self)._compute_attention is not QKVAttention._compute_attention:
                 # A subclass's `_compute_attention` gets the mask as
@@ -591,7 +635,7 @@ class QKVAttention(keras.layers.MultiHeadAttention):
         return (
             q.dtype in _jax_attention.CUDNN_DTYPES
             and attention_mask is None
-            and not self._window
+            and not self._sliding_window
             and not self.distance_penalty
             and self._value_dim == self._key_dim
         )
@@ -735,11 +779,6 @@ class QKVAttention(keras.layers.MultiHeadAttention):
 
     # -- masks -------------------------------------------------------------
 
-    @property
-    def _window(self):
-        # `sliding_window` is Keras 3.15's; older Keras has none.
-        return getattr(self, "_sliding_window", None)
-
     def _compute_causal_mask(self, query, value=None):
         """The `(1, T, S)` lower-triangular mask, `T`, `S` from the
         attention axis (MultiHeadAttention's reads axis 1: the same for
@@ -760,7 +799,7 @@ class QKVAttention(keras.layers.MultiHeadAttention):
         distance = ops.abs(
             ops.expand_dims(ops.arange(q_len), 1) - ops.expand_dims(ops.arange(v_len), 0)
         )
-        return ops.expand_dims(distance < self._window, 0)
+        return ops.expand_dims(distance < self._sliding_window, 0)
 
     def _expand_mask(self, mask, rank):
         """`mask` with MultiHeadAttention's broadcasting to the scores' rank:
@@ -858,16 +897,20 @@ def _attention_axes(axes, input_rank):
 
 
 def _as_int(name, value):
-    """`value` as a Python int where it is an integer (NumPy ones included),
-    for MultiHeadAttention's checks; bools are refused in its words."""
-    if isinstance(value, bool):
-        raise ValueError(
-            f"Received an invalid value for argument `{name}`, expected a "
-            f"positive integer. Received: {name}={value}"
-        )
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    return value
+    """`value` as a Python int (NumPy integers included), checked in
+    MultiHeadAttention's words: a positive integer (`value_dim` may be
+    None). Older MultiHeadAttention (Keras 3.10) checks none of them."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = int(value)
+        if value > 0:
+            return value
+    elif value is None and name == "value_dim":
+        return value
+    expected = "a positive integer or `None`" if name == "value_dim" else "a positive integer"
+    raise ValueError(
+        f"Received an invalid value for argument `{name}`, expected "
+        f"{expected}. Received: {name}={value}"
+    )
 
 
 def _check_output_shape(output_shape):

@@ -196,8 +196,14 @@ class AlmostOneHotEmbeddingLoss(keras.losses.Loss):
                 # (a third (..., vocab) buffer in about one step in four).
                 upstream = ops.cast(upstream, q.dtype) * scale
                 # `g E^T` as an einsum: a product with the transposed
-                # operand, no `(dim, vocab)` copy of the matrix.
-                d_q = ops.einsum("...d,vd->...v", upstream, matrix)
+                # operand, no `(dim, vocab)` copy of the matrix. Its rows
+                # are flattened first: TensorFlow 2.19 computes the
+                # ellipsis form `...d,vd->...v` wrongly for 17 rows or more
+                # outside XLA.
+                rows = ops.reshape(upstream, (-1, ops.shape(upstream)[-1]))
+                d_q = ops.reshape(
+                    ops.einsum("bd,vd->bv", rows, matrix), ops.shape(q)
+                )
                 inner = ops.sum(upstream * predicted, axis=-1, keepdims=True)
                 d_log = (d_q - inner) * q  # the softmax's gradient
                 if from_logits:
