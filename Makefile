@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-test
 
-.PHONY: test test-backends demo notebooks bench clean
+.PHONY: test test-backends test-oldest dist demo notebooks bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,8 +14,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@
 
+# PYTEST_ARGS adds pytest options, e.g. PYTEST_ARGS="-n 2" (pytest-xdist,
+# in the test extra) to run the tests in two processes.
 test: $(STAMP)
-	KERAS_BACKEND=$${KERAS_BACKEND:-tensorflow} $(PY) -m pytest -q
+	KERAS_BACKEND=$${KERAS_BACKEND:-tensorflow} $(PY) -m pytest -q $(PYTEST_ARGS)
 
 # The same suite on Keras's JAX and PyTorch backends (CPU builds). TORCH is
 # the PyTorch requirement: the CPU-only wheel, so no CUDA libraries come
@@ -28,8 +30,8 @@ $(BACKENDS_STAMP): $(STAMP)
 	touch $@
 
 test-backends: $(BACKENDS_STAMP)
-	KERAS_BACKEND=jax $(PY) -m pytest -q
-	KERAS_BACKEND=torch $(PY) -m pytest -q
+	KERAS_BACKEND=jax $(PY) -m pytest -q $(PYTEST_ARGS)
+	KERAS_BACKEND=torch $(PY) -m pytest -q $(PYTEST_ARGS)
 
 # Every tutorial in full mode; figures go to examples/output/.
 demo: $(STAMP)
@@ -43,5 +45,54 @@ notebooks: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks --update-docs
 
+# The suite on the oldest supported combination: Python 3.10 (the newest
+# Keras it gets is 3.12), Keras 3.10 and TensorFlow 2.19, in .venv-oldest.
+PYTHON_OLDEST ?= $(shell python3.10 -c 'import sys; print(sys.executable)' 2>/dev/null \
+	|| PYENV_VERSION=$$(pyenv versions --bare 2>/dev/null | grep '^3\.10\.' | tail -1) \
+	pyenv which python3.10 2>/dev/null)
+OLDEST := .venv-oldest
+OLDEST_STAMP := $(OLDEST)/.installed-test
+
+$(OLDEST_STAMP): pyproject.toml .ci/oldest-constraints.txt
+	test -n "$(PYTHON_OLDEST)" || { echo "make test-oldest needs Python 3.10 (PYTHON_OLDEST=...)"; exit 1; }
+	test -x $(OLDEST)/bin/python || $(PYTHON_OLDEST) -m venv $(OLDEST)
+	$(OLDEST)/bin/python -m pip install --quiet --upgrade pip
+	$(OLDEST)/bin/python -m pip install --quiet -e ".[test]" -c .ci/oldest-constraints.txt
+	touch $@
+
+test-oldest: $(OLDEST_STAMP)
+	KERAS_BACKEND=tensorflow $(OLDEST)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+# The sdist and wheel in dist/, checked as a package index would.
+dist: $(STAMP)
+	rm -rf dist
+	$(PY) -m pip install --quiet build twine
+	$(PY) -m build --outdir dist .
+	$(PY) -m twine check --strict dist/*
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(OLDEST) build dist site *.egg-info
+
+# The documentation site in site/ (open site/index.html): built offline,
+# every warning an error. Its tools are the [docs] extra.
+DOCS_STAMP := $(VENV)/.installed-docs
+.PHONY: docs docs-tutorials docs-screenshots
+
+$(DOCS_STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[docs]"
+	touch $@
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+# The tutorial pages (docs/tutorials/) from the scripts and the printouts
+# that `make demo` leaves in examples/output/.
+docs-tutorials: $(STAMP)
+	$(PY) docs/gen_tutorials.py
+
+# Screenshots of three pages of the built site in headless Chromium
+# (Debian: apt-get install chromium), to build/screenshots/.
+docs-screenshots: docs
+	$(PY) docs/screenshots.py

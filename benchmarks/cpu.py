@@ -125,7 +125,7 @@ def case_monotone_grouped_softmax(batch=256, features=512, groups=32, size=16):
     x = tf.constant(np.random.default_rng(2).normal(size=(batch, features)), "float32")
     ours = kaq.layers.MonotoneGroupedSoftmax(groups, size)
     ours(x)
-    # The seed's loop: one Dense + softmax per group (its argmax penalty has
+    # The hand-written loop: one Dense + softmax per group (its argmax penalty has
     # no gradient, so it is left out; ours includes its penalty).
     loop = [keras.layers.Dense(size, activation="softmax") for _ in range(groups)]
     for layer in loop:
@@ -167,9 +167,9 @@ def case_activity_penalty(batch=256, features=512, units=512):
 
 def case_almost_one_hot_embedding_loss(batch=64, vocab=4096, dim=128, power=4.0,
                                        from_logits=False, through_softmax=False):
-    """The loss against seed 000's recipe.
+    """The loss against the hand-written recipe it replaces.
 
-    Seed 000's recipe is a loss of `(target, softmax)`: it starts from the
+    That recipe is a loss of `(target, softmax)`: it starts from the
     probabilities the model outputs. So the default case differentiates
     both losses with respect to those probabilities, and nothing else is in
     the measured step. `through_softmax=True` puts the model's softmax in
@@ -198,7 +198,7 @@ def case_almost_one_hot_embedding_loss(batch=64, vocab=4096, dim=128, power=4.0,
         return loss(target, ops.softmax(inputs) if through_softmax else inputs)
 
     def theirs_fn(inputs):
-        # Seed 000: p ** power, normalize, reshape to (B, 1, V), tile the
+        # The recipe: p ** power, normalize, reshape to (B, 1, V), tile the
         # matrix per example, batched matmul, then the MSE.
         probs = ops.softmax(inputs) if softmax_in_step else inputs
         lifted = probs ** power
@@ -232,21 +232,21 @@ CASES = {
         "Dense(tanh) -> Dense(1) -> Softmax(mask) -> weighted sum", 1.0,
     ),
     "MonotoneGroupedSoftmax 32 groups of 16 (B256, 512 features)": (
-        case_monotone_grouped_softmax, "seed loop: a Dense + softmax per group", 0.5
+        case_monotone_grouped_softmax, "hand-written loop: a Dense + softmax per group", 0.5
     ),
     "Dense(512) + ActivityPenalty (B256)": (
         case_activity_penalty, "the same Dense alone", 1.10
     ),
     "AlmostOneHotEmbeddingLoss B64 V4096 D128": (
-        case_almost_one_hot_embedding_loss, "seed recipe: p**4, tile, matmul", 0.25
+        case_almost_one_hot_embedding_loss, "hand-written recipe: p**4, tile, matmul", 0.25
     ),
     "AlmostOneHotEmbeddingLoss B64 V4096 D128, from_logits=True": (
         case_almost_one_hot_embedding_loss_from_logits,
-        "seed recipe: softmax, p**4, tile, matmul", 0.25,
+        "hand-written recipe: softmax, p**4, tile, matmul", 0.25,
     ),
     "AlmostOneHotEmbeddingLoss B64 V4096 D128, through the model's softmax": (
         case_almost_one_hot_embedding_loss_through_softmax,
-        "softmax, then the seed recipe", 0.25,
+        "softmax, then the hand-written recipe", 0.25,
     ),
 }
 

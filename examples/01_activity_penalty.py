@@ -7,7 +7,7 @@
 # **Description:** Make a hidden code sparse by penalizing the layer's output,
 # not its weights, and see the penalty in the `fit` logs.
 #
-# Seed question (003): *"I would like to add another term to the loss function
+# The question, from a Q&A site: *"I would like to add another term to the loss function
 # that minimizes the squared sum of the output at a given layer."* The usual
 # answer is to make that layer a second model output and give it a loss
 # against dummy zero targets. `ActivityPenalty` does it in place: put it
@@ -139,7 +139,7 @@ print(
 )
 
 # %% [markdown]
-# ## The seed's way: a second output with dummy zero targets
+# ## The question's way: a second output with dummy zero targets
 #
 # The answer usually given makes the hidden layer a model output and puts an
 # L1 loss on it against a target array of zeros. It reaches the same kind of
@@ -193,28 +193,34 @@ print(
 # up at exactly zero.
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-for l1 in (0.0, 1e-2):
-    axes[0].hist(codes[l1].ravel(), bins=60, alpha=0.6, label=f"l1={l1:g}", log=True)
-axes[0].set_xlabel("hidden activation")
-axes[0].set_ylabel("count (log)")
-axes[0].legend()
-axes[0].set_title("Hidden code on the test set")
-axes[1].plot(
-    [max(v, 1e-5) for v in l1_values], [results[v]["zeros"] for v in l1_values], "o-",
-    label="zero activations",
-)
-axes[1].plot(
-    [max(v, 1e-5) for v in l1_values], [results[v]["accuracy"] for v in l1_values], "s-",
-    label="test accuracy",
-)
+plt.rcParams.update({"font.size": 11, "axes.titlesize": 11, "legend.fontsize": 10,
+                     "figure.facecolor": "white", "savefig.facecolor": "white"})
+fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), layout="constrained")
+bins = np.linspace(0, max(float(codes[l1].max()) for l1 in (0.0, 1e-2)), 61)
+for l1, color in ((0.0, "tab:blue"), (1e-2, "tab:orange")):
+    # Outlined histograms, so neither hides the other.
+    axes[0].hist(codes[l1].ravel(), bins=bins, histtype="step", lw=1.8, color=color,
+                 log=True, label=f"l1={l1:g}: {results[l1]['zeros']:.0%} exactly zero")
+axes[0].set_xlabel("hidden activation (ReLU output)")
+axes[0].set_ylabel("count over test set x 64 units (log scale)")
+axes[0].legend(loc="upper right")
+axes[0].set_title(f"Hidden code on the {len(x_test)} test examples")
+shown_l1 = [max(v, 1e-5) for v in l1_values]
+axes[1].plot(shown_l1, [results[v]["zeros"] for v in l1_values], "o-",
+             label="fraction of zero activations")
+axes[1].plot(shown_l1, [results[v]["accuracy"] for v in l1_values], "s-",
+             label="test accuracy")
 axes[1].set_xscale("log")
-axes[1].set_xlabel("l1 (0 drawn at 1e-5)")
-axes[1].legend()
+axes[1].set_ylim(0, 1.05)
+axes[1].set_xlabel("ActivityPenalty l1 (log scale; l1=0 drawn at 1e-5)")
+axes[1].set_ylabel("fraction")
+axes[1].legend(loc="lower right")
+axes[1].grid(alpha=0.3)
 axes[1].set_title("Sparsity and accuracy vs l1")
-fig.tight_layout()
+fig.suptitle("ActivityPenalty(l1) after a Dense(64, relu) layer: "
+             "how sparse the code gets, and what it costs", fontsize=12)
 path = os.path.join(args.output_dir, "01_activity_penalty.png")
-fig.savefig(path, dpi=100)
+fig.savefig(path, dpi=120)
 print("figure:", path)
 
 # %% [markdown]

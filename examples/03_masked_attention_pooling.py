@@ -7,7 +7,7 @@
 # **Description:** Classify variable-length sequences with attention pooling,
 # and measure what happens when the softmax also covers the padding.
 #
-# Seed question (001): *"Should RNN attention weights over variable length
+# The question, from a Q&A site: *"Should RNN attention weights over variable length
 # sequences be re-normalized to mask the effects of zero-padding?"* Yes, and
 # this tutorial measures why. Attention pooling scores every step,
 # `s_t = u . tanh(W h_t + b)`, takes a softmax over time and returns the
@@ -42,7 +42,7 @@ keras.utils.set_random_seed(0)
 #
 # Each sequence is 3 to 40 word vectors (8 numbers each, like frozen
 # pretrained embeddings) followed by zero vectors up to length 40: the
-# zero-padding of the seed. A word's score is its projection on a fixed
+# zero-padding of the question. A word's score is its projection on a fixed
 # direction; a sequence is positive when the mean score of its real words
 # is above the median of all sequences. Masking is done the standard Keras
 # way, with a `Masking(mask_value=0.0)` layer.
@@ -141,19 +141,55 @@ for name, (model, attention) in models.items():
 # exactly zero weight to the right of it.
 
 # %%
+from matplotlib.colors import LogNorm
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+plt.rcParams.update({"font.size": 11, "axes.titlesize": 11, "legend.fontsize": 10,
+                     "figure.facecolor": "white", "savefig.facecolor": "white"})
 order = np.argsort(len_test[:24])
-fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-for ax, (name, (_, attention)) in zip(axes, models.items()):
-    weights = attention.predict(x_test[:24][order], verbose=0)
-    image = ax.imshow(weights, aspect="auto", cmap="magma")
-    ax.plot(len_test[:24][order] - 0.5, np.arange(24), "w-", lw=1)
-    ax.set_title(f"{name}: attention mass on padding {summary[name][2]:.1%}")
+ends = len_test[:24][order]
+shown = {name: attention.predict(x_test[:24][order], verbose=0)
+         for name, (_, attention) in models.items()}
+# A log color scale, so the small weights the unmasked layer spreads over
+# many padding steps show; weights that are exactly 0 get their own color.
+norm = LogNorm(vmin=1e-4, vmax=max(float(w.max()) for w in shown.values()))
+cmap = plt.get_cmap("magma").copy()
+cmap.set_bad("#8fd3ff")  # exactly zero
+fig, axes = plt.subplots(1, 3, figsize=(12, 5.2), layout="constrained",
+                         gridspec_kw={"width_ratios": [1, 1, 0.5]})
+for ax, (name, weights) in zip(axes, shown.items()):
+    image = ax.imshow(np.ma.masked_equal(weights, 0.0), aspect="auto", cmap=cmap,
+                      norm=norm, interpolation="nearest")
+    rows = np.arange(24)
+    ax.plot(np.repeat(ends - 0.5, 2), np.ravel([rows - 0.5, rows + 0.5], order="F"),
+            color="lime", lw=1.5)
+    ax.set_title(f"{name}: {summary[name][2]:.1%} of the attention on\n"
+                 f"padding (mean over all {len(x_test)} test sequences)")
     ax.set_xlabel("time step")
-    ax.set_ylabel("sequence (by length)")
-    fig.colorbar(image, ax=ax)
-fig.tight_layout()
+axes[0].set_ylabel("test sequence (sorted by length)")
+axes[1].set_yticklabels([])
+fig.colorbar(image, ax=axes[:2], fraction=0.04, pad=0.01,
+             label="attention weight (log scale)")
+for (name, weights), style in zip(shown.items(), ("o", "x")):
+    mass = [weights[k, ends[k]:].sum() * 100 for k in range(24)]
+    axes[2].plot(mass, np.arange(24), style, ms=6, label=name)
+axes[2].set_ylim(23.5, -0.5)
+axes[2].set_yticklabels([])
+axes[2].set_xlabel("attention on padding (%)")
+axes[2].set_title("same rows: attention\non padding per sequence")
+axes[2].grid(alpha=0.3)
+axes[2].legend(loc="lower right")
+fig.legend(
+    [Line2D([], [], color="lime", lw=1.5), Patch(color="#8fd3ff")],
+    ["end of the real steps (padding to the right)", "weight exactly 0"],
+    loc="outside lower center", ncol=2, frameon=False,
+)
+fig.get_layout_engine().set(wspace=0.06)
+fig.suptitle("Attention weights of MaskedAttentionPooling on 24 test sequences "
+             "zero-padded to 40 steps", fontsize=12)
 path = os.path.join(args.output_dir, "03_masked_attention_pooling.png")
-fig.savefig(path, dpi=100)
+fig.savefig(path, dpi=120)
 print("figure:", path)
 
 # %% [markdown]

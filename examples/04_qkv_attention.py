@@ -7,7 +7,7 @@
 # **Description:** Teach an attention layer to look up a value by its key in
 # padded sequences, and compare it with attention that has no projections.
 #
-# Seed question (003), about Trax's `AttentionQKV`: *"What is the purpose of
+# The question, from a Q&A site, about Trax's `AttentionQKV`: *"What is the purpose of
 # the three parallel dense layers? Why are q, k, v put through a dense
 # layer?"* The projections let each head decide separately *what to match on*
 # (query and key) and *what to bring back* (value). This tutorial measures
@@ -80,7 +80,7 @@ epochs = 12 if QUICK else 30
 #   query is position 0, the padding is hidden with `value_mask`.
 # - **QKVAttention, unmasked**: the same, with the padding left visible.
 # - **no projections**: `keras.layers.Attention`, the plain scaled
-#   dot-product on the embeddings themselves (what the seed asks about
+#   dot-product on the embeddings themselves (what the question asks about
 #   removing), masked. Its score is `x_i . x_j`, so the query position
 #   matches itself at least as well as the pair it is looking for: it holds
 #   the same key vector, plus its own value slot.
@@ -197,24 +197,37 @@ target = [1 + list(test_keys[i, 1:]).index(test_keys[i, 0]) for i in range(16)]
 on_target = np.mean(weights[np.arange(16), target])
 print(f"mean attention on the matching pair: {on_target:.1%}")
 
-fig, axes = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [3, 2]})
-axes[0].imshow(weights, cmap="magma", aspect="auto")
-axes[0].plot(target, np.arange(16), "o", color="lime", ms=5)
+plt.rcParams.update({"font.size": 11, "axes.titlesize": 11, "legend.fontsize": 10,
+                     "figure.facecolor": "white", "savefig.facecolor": "white"})
+fig, axes = plt.subplots(1, 2, figsize=(12, 5.4), layout="constrained",
+                         gridspec_kw={"width_ratios": [3, 2]})
+cmap = plt.get_cmap("magma").copy()
+cmap.set_bad("#8fd3ff")  # weight exactly 0
+image = axes[0].imshow(np.ma.masked_equal(weights, 0.0), cmap=cmap, aspect="auto",
+                       vmin=0, interpolation="nearest")
+fig.colorbar(image, ax=axes[0], pad=0.01, label="attention weight (mean of 4 heads)")
+axes[0].plot(target, np.arange(16), "o", color="lime", mec="black", ms=7,
+             label="the pair whose key is asked (the right answer)")
 lengths = np.sum(test_keys[:16] != 0, axis=-1)
-axes[0].plot(lengths - 0.5, np.arange(16), "w|", ms=11, mew=2)
-axes[0].set_xlabel("position (0 = query)")
+axes[0].plot(lengths - 0.5, np.arange(16), "|", color="black", ms=14, mew=2.5,
+             label="end of the real pairs (padding to the right)")
+axes[0].plot([], [], "s", color="#8fd3ff", ms=9, label="weight exactly 0")
+axes[0].set_xticks(range(1 + max_pairs))
+axes[0].set_xlabel("position (0 = the query itself, 1-12 = key-value pairs)")
 axes[0].set_ylabel("test sequence")
-axes[0].set_title("Attention of the query, mean over heads")
-for kind in kinds:
-    axes[1].plot(np.arange(1, epochs + 1), curves[kind], "o-", ms=3, label=kind)
-axes[1].axhline(1 / num_ids, color="gray", ls=":", label="chance")
+axes[0].set_title("QKVAttention, masked: where the query attends (16 test sequences)")
+axes[0].legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2,
+               frameon=False, handletextpad=0.3, columnspacing=1.0)
+for kind, marker in zip(kinds, ("o", "s", "^")):
+    axes[1].plot(np.arange(1, epochs + 1), curves[kind], marker=marker, ms=4, label=kind)
+axes[1].axhline(1 / num_ids, color="gray", ls=":", label="chance (1/16)")
+axes[1].set_ylim(0, 1.02)
 axes[1].set_xlabel("epoch")
-axes[1].set_ylabel("test accuracy")
-axes[1].legend(fontsize=8)
+axes[1].set_ylabel("test accuracy (answer recalled)")
+axes[1].legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
 axes[1].set_title("Key-value recall while training")
-fig.tight_layout()
 path = os.path.join(args.output_dir, "04_qkv_attention.png")
-fig.savefig(path, dpi=100)
+fig.savefig(path, dpi=120)
 print("figure:", path)
 
 # %% [markdown]

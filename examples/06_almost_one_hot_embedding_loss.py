@@ -7,7 +7,7 @@
 # **Description:** Predict a word through its embedding vector with a
 # differentiable "argmax then look up", without NaNs or a tiled matrix.
 #
-# Seed questions (000, 003): *"Softmax to one-hot, multiply by my embedding
+# The questions, from Q&A sites: *"Softmax to one-hot, multiply by my embedding
 # matrix, compare with the target vector"*: the argmax has no gradient, so
 # the accepted answer sharpens the softmax with `p ** power / sum(p ** power)`
 # and notes two problems: *"Setting my_power too high will result in NaNs"*
@@ -122,7 +122,7 @@ print(f"max |sharpen(softmax(z), 4) - softmax(4 z)| = {gap:.1e}")
 # ## The NaN of the textbook recipe
 #
 # Take the trained model's softmax on the test set and sharpen it with
-# rising powers: the seed's `p ** power / sum(p ** power)` in float32, and
+# rising powers: the question's `p ** power / sum(p ** power)` in float32, and
 # the loss's own `sharpen` (log space). We count rows that contain a NaN.
 
 # %%
@@ -146,7 +146,7 @@ for power in check_powers:
 # %% [markdown]
 # ## Memory: tiling the matrix per example vs one product
 #
-# The seed's batched version reshapes the sharpened softmax to
+# The question's batched version reshapes the sharpened softmax to
 # `(batch, 1, vocab)`, tiles the matrix to `(batch, vocab, dim)` and uses
 # `matmul`. The loss instead computes `(batch, vocab) @ (vocab, dim)`. Both
 # give the same vectors; the largest tensor each one builds:
@@ -156,9 +156,9 @@ batch = 64
 q = ops.convert_to_tensor(probs[:batch])
 matrix = ops.convert_to_tensor(embedding)
 tiled = ops.tile(matrix[None], (batch, 1, 1))
-seed_vectors = ops.matmul(q[:, None, :], tiled)[:, 0, :]
+asked_vectors = ops.matmul(q[:, None, :], tiled)[:, 0, :]
 our_vectors = ops.matmul(q, matrix)
-gap = float(np.max(np.abs(ops.convert_to_numpy(seed_vectors - our_vectors))))
+gap = float(np.max(np.abs(ops.convert_to_numpy(asked_vectors - our_vectors))))
 tiled_bytes = int(np.prod(tiled.shape)) * 4
 ours_bytes = max(batch * vocab, vocab * dim) * 4
 print(
@@ -171,22 +171,33 @@ print(
 # ## Figure
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+plt.rcParams.update({"font.size": 11, "axes.titlesize": 11, "legend.fontsize": 10,
+                     "figure.facecolor": "white", "savefig.facecolor": "white"})
+fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), layout="constrained")
 axes[0].plot(powers, [accuracy[p] for p in powers], "o-")
 axes[0].set_xscale("log", base=2)
-axes[0].set_xlabel("power")
-axes[0].set_ylabel("test word accuracy")
-axes[0].set_title(f"Word accuracy after {epochs} epochs")
-axes[1].plot(check_powers, np.array(nan_rows["naive"]) * 100, "rs-", label="p**power / sum")
-axes[1].plot(check_powers, np.array(nan_rows["ours"]) * 100, "go-", label="log space (ours)")
+axes[0].set_xticks(powers, [f"{p:g}" for p in powers])
+axes[0].set_ylim(0, 1)
+axes[0].set_xlabel("power (the loss's sharpening exponent, log scale)")
+axes[0].set_ylabel("test word accuracy (argmax = true word)")
+axes[0].set_title(f"Word accuracy after {epochs} epochs of training\n"
+                  f"with AlmostOneHotEmbeddingLoss(power)")
+# At low powers both recipes give 0% and their points coincide: the question's
+# are drawn as large open squares around ours.
+axes[1].plot(check_powers, np.array(nan_rows["naive"]) * 100, "s-", color="tab:red",
+             mfc="none", ms=12, mew=1.5, label="p**power / sum(p**power) (the question's)")
+axes[1].plot(check_powers, np.array(nan_rows["ours"]) * 100, "o-", color="tab:green",
+             ms=5, label="log space (the loss's sharpen)")
 axes[1].set_xscale("log")
-axes[1].set_xlabel("power")
-axes[1].set_ylabel("% rows with NaN")
-axes[1].legend()
-axes[1].set_title("Sharpening the trained softmax (float32)")
-fig.tight_layout()
+axes[1].set_xticks(check_powers, [str(p) for p in check_powers])
+axes[1].set_ylim(-5, 105)
+axes[1].set_xlabel("power (log scale)")
+axes[1].set_ylabel("test rows with a NaN (%)")
+axes[1].legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
+axes[1].set_title(f"Sharpening the trained softmax (power {powers[-1]:g} model)\n"
+                  "in float32: rows that turn into NaN")
 path = os.path.join(args.output_dir, "06_almost_one_hot_embedding_loss.png")
-fig.savefig(path, dpi=100)
+fig.savefig(path, dpi=120)
 print("figure:", path)
 
 # %% [markdown]
@@ -207,7 +218,7 @@ print("figure:", path)
 
 # %%
 print(
-    f"RESULT word acc by power "
+    "RESULT word acc by power "
     + ", ".join(f"{p:g}: {a:.2f}" for p, a in accuracy.items())
     + f"; NaN rows at power 1000: naive "
     f"{nan_rows['naive'][-1]:.0%}, ours {nan_rows['ours'][-1]:.0%}; "

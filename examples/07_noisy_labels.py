@@ -7,7 +7,7 @@
 # **Description:** Train a classifier on labels that are 45% wrong, with a
 # learned noise-transition matrix on top, and get the clean classifier back.
 #
-# Seed question (003): *"How to constrain a layer to be a probability
+# The question, from a Q&A site: *"How to constrain a layer to be a probability
 # matrix?"* The asker reads Sukhbaatar et al. (2015): label noise is a
 # transition matrix `Q` (`Q[i, j]` = probability that true class `j` is
 # labelled `i`), put as a linear layer after the softmax, and *"after taking
@@ -45,7 +45,7 @@ keras.utils.set_random_seed(0)
 # ## The projection
 #
 # Each column is moved to the closest point (in L2) with non-negative
-# entries summing to 1. The seed's alternative, `softmax(W, axis=0)`, also
+# entries summing to 1. The question's alternative, `softmax(W, axis=0)`, also
 # gives columns that sum to 1, but never an exact 0, and it is a
 # re-parameterization rather than a projection: a column already on the
 # simplex changes.
@@ -143,31 +143,40 @@ best = results["NoiseAdaptation, trace_penalty=0.05"]
 columns = best["q"].sum(axis=0)
 print(f"learned Q: columns sum to {columns.min():.6f}..{columns.max():.6f}, "
       f"min entry {best['q'].min():.3g}")
-fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
+plt.rcParams.update({"font.size": 11, "axes.titlesize": 11, "legend.fontsize": 10,
+                     "figure.facecolor": "white", "savefig.facecolor": "white"})
+fig, axes = plt.subplots(1, 3, figsize=(12, 4.9), layout="constrained")
 for ax, matrix, title in (
-    (axes[0], true_q, "true noise Q"),
-    (axes[1], results["NoiseAdaptation, trace_penalty=0"]["q"], "learned Q, trace_penalty=0"),
-    (axes[2], best["q"], "learned Q, trace_penalty=0.05"),
+    (axes[0], true_q, "true noise Q (a label of class c\nbecomes c + 1 mod 5 with p = 0.45)"),
+    (axes[1], results["NoiseAdaptation, trace_penalty=0"]["q"],
+     "learned Q, trace_penalty=0\n(clean test acc {:.3f})".format(
+         results["NoiseAdaptation, trace_penalty=0"]["accuracy"])),
+    (axes[2], best["q"], "learned Q, trace_penalty=0.05\n(clean test acc {:.3f})".format(
+        best["accuracy"])),
 ):
-    ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
+    image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
     for (i, j), value in np.ndenumerate(matrix):
-        ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+        ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=10,
                 color="w" if value < 0.5 else "k")
+    ax.set_xticks(range(classes))
+    ax.set_yticks(range(classes))
     ax.set_xlabel("true class j")
     ax.set_ylabel("noisy label i")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title)
+fig.colorbar(image, ax=axes, shrink=0.85, pad=0.01,
+             label="Q[i, j] = P(noisy label i | true class j)")
 fig.suptitle(
-    "Clean test accuracy: plain {:.3f}, trace_penalty=0 {:.3f}, "
-    "trace_penalty=0.05 {:.3f} (clean labels: {:.3f})".format(
+    "Label-noise matrices (each column sums to 1). Clean test accuracy: plain {:.3f}, "
+    "trace_penalty=0 {:.3f},\ntrace_penalty=0.05 {:.3f}; a model trained on the clean "
+    "labels: {:.3f}".format(
         results["plain"]["accuracy"],
         results["NoiseAdaptation, trace_penalty=0"]["accuracy"],
         best["accuracy"], oracle_accuracy,
     ),
-    fontsize=10,
+    fontsize=12,
 )
-fig.tight_layout()
 path = os.path.join(args.output_dir, "07_noisy_labels.png")
-fig.savefig(path, dpi=100)
+fig.savefig(path, dpi=120)
 print("figure:", path)
 
 # %% [markdown]

@@ -8,17 +8,17 @@
 # `DecomposedConv2D` and `PretrainedEmbedding`, each on a small task that
 # shows what it is for.
 #
-# Each section answers a seed question:
+# Each section answers a question asked on a Q&A site:
 #
-# 1. Seed 003, *"What is attention penalty in speech transformer paper?"*:
+# 1. *"What is attention penalty in speech transformer paper?"*:
 #    "we encouraged the model attending to closer positions by adding bigger
 #    penalty on the attention weights of more distant position-pairs".
-# 2. Seed 003, *"Explaining Variational Autoencoder gaussian
+# 2. *"Explaining Variational Autoencoder gaussian
 #    parameterization"*: the reparameterization trick and its KL term.
-# 3. Seed 004, *"How to implement the DecomposeMe architecture?"*: a 2D
+# 3. *"How to implement the DecomposeMe architecture?"*: a 2D
 #    convolution as a `(k, 1)` and a `(1, k)` convolution with a
 #    non-linearity between.
-# 4. Seed 004, *"Weights update in Tensorflow embedding layer with
+# 4. *"Weights update in Tensorflow embedding layer with
 #    pretrained fasttext weights"*: fine-tuning moves the vectors of the
 #    words the task sees and leaves the others, so words never seen in
 #    training stop matching. The accepted answer's option (b): a frozen
@@ -48,7 +48,6 @@ args, _ = parser.parse_known_args()  # tolerate Jupyter's own arguments
 QUICK = args.quick or os.environ.get("KAQ_TUTORIAL_QUICK") == "1"
 os.makedirs(args.output_dir, exist_ok=True)
 rng = np.random.default_rng(0)
-fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
 
 # %% [markdown]
 # ## 1. `distance_penalty`: locality without positional encodings
@@ -66,7 +65,7 @@ x_seq = rng.normal(size=(1200 if QUICK else 4000, length, 1)).astype("float32")
 padded = np.pad(x_seq[..., 0], ((0, 0), (1, 1)))
 y_seq = ((padded[:, :-2] + padded[:, 1:-1] + padded[:, 2:]) / 3)[..., None]
 split = int(0.8 * len(x_seq))
-penalty_mse = {}
+penalty_mse, near_share = {}, {}
 for penalty in (0.0, 2.0):
     keras.utils.set_random_seed(0)
     inputs = keras.Input((length, 1))
@@ -81,13 +80,9 @@ for penalty in (0.0, 2.0):
     _, scores = attention(projected, projected, return_attention_scores=True)
     near = np.abs(np.arange(length)[:, None] - np.arange(length)[None, :]) <= 1
     share = float(ops.convert_to_numpy(scores)[0][:, near].sum() / (2 * length))
+    near_share[penalty] = share
     print(f"distance_penalty={penalty}: test MSE {penalty_mse[penalty]:.4f} "
           f"(target variance {y_seq.var():.4f}); attention mass within 1 step {share:.0%}")
-axes[0].bar(["penalty 0", "penalty 2"], [penalty_mse[0.0], penalty_mse[2.0]], color=["C7", "C0"])
-axes[0].axhline(y_seq.var(), color="k", ls="--", lw=1, label="predict the mean")
-axes[0].set_ylabel("test MSE")
-axes[0].legend(fontsize=8)
-axes[0].set_title("1. 3-step moving average, no positions", fontsize=10)
 
 # %% [markdown]
 # ## 2. `GaussianSampling`: a VAE whose prior samples land on the data
@@ -117,7 +112,7 @@ def reconstruction(y_true, y_pred):  # Gaussian decoder, sigma = 0.5
     return 2.0 * ops.sum(ops.square(y_true - y_pred), axis=-1)
 
 
-vae_results = {}
+vae_results, prior_samples = {}, {}
 for kl_weight in (0.0, 1.0):
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8,))
@@ -136,12 +131,7 @@ for kl_weight in (0.0, 1.0):
     print(f"kl_weight={kl_weight}: codes mean {codes.mean(0).round(2)}, std "
           f"{codes.std(0).round(2)}; decoded prior samples: median distance to "
           f"the data circle {vae_results[kl_weight]:.3f}")
-    axes[1].scatter(*(generated[:400] @ basis).T, s=4, alpha=0.6,
-                    label=f"kl_weight={kl_weight:g} ({vae_results[kl_weight]:.2f})")
-axes[1].plot(np.cos(np.linspace(0, 2 * np.pi)), np.sin(np.linspace(0, 2 * np.pi)), "k", lw=1)
-axes[1].set_aspect("equal")
-axes[1].legend(fontsize=8, title="decode z ~ N(0, 1)", title_fontsize=8)
-axes[1].set_title("2. VAE: samples from the prior", fontsize=10)
+    prior_samples[kl_weight] = generated[:400]
 
 # %% [markdown]
 # ## 3. `DecomposedConv2D`: a 3x3 convolution from 3x1 and 1x3 parts
@@ -207,15 +197,6 @@ for name, network in (
     accuracy = model.evaluate(x_img_test, y_img_test, verbose=0)[1]
     conv_results[name] = (model.count_params(), accuracy)
     print(f"{name:17s} parameters {model.count_params():6d}   test accuracy {accuracy:.3f}")
-names = list(conv_results)
-axes[2].bar(names, [conv_results[n][0] for n in names], color="C0")
-axes[2].set_ylabel("parameters", color="C0")
-twin = axes[2].twinx()
-twin.plot(names, [conv_results[n][1] for n in names], "rs", ms=8)
-twin.set_ylim(0, 1)
-twin.set_ylabel("test accuracy", color="r")
-axes[2].set_title("3. oriented gratings", fontsize=10)
-axes[2].tick_params(axis="x", labelsize=8, labelrotation=12)
 
 # %% [markdown]
 # ## 4. `PretrainedEmbedding`: learn the frequent words, keep the rest
@@ -274,20 +255,76 @@ for name in ("frozen", "fine-tuned", "PretrainedEmbedding"):
     embedding_results[name] = (seen, unseen)
     print(f"{name:20s} accuracy: seen words {seen:.3f}, never-seen words {unseen:.3f}; "
           f"max change of the pretrained vectors {drift:.3f}")
-positions = np.arange(3)
-for offset, index, label in ((-0.2, 0, "seen words"), (0.2, 1, "never-seen words")):
-    axes[3].bar(positions + offset, [embedding_results[n][index] for n in embedding_results],
-                width=0.4, label=label)
-axes[3].set_xticks(positions, list(embedding_results), fontsize=8)
-axes[3].set_ylim(0.5, 1.0)
-axes[3].set_ylabel("test accuracy")
-axes[3].legend(fontsize=8)
-axes[3].set_title("4. pretrained vectors + frequent words", fontsize=10)
+
+# %% [markdown]
+# ## The four results in one figure
 
 # %%
-fig.tight_layout()
+plt.rcParams.update({"font.size": 11, "axes.titlesize": 11, "legend.fontsize": 10,
+                     "figure.facecolor": "white", "savefig.facecolor": "white"})
+fig, axes = plt.subplots(2, 2, figsize=(11, 9.5), layout="constrained")
+axes = axes.ravel()
+
+# 1. distance_penalty
+drawn = axes[0].bar([0, 1], [penalty_mse[0.0], penalty_mse[2.0]], color=["C7", "C0"],
+                    width=0.6)
+axes[0].bar_label(drawn, [f"MSE {penalty_mse[p]:.3f}\n{near_share[p]:.0%} of attention"
+                          f"\nwithin 1 step" for p in (0.0, 2.0)], padding=3)
+axes[0].axhline(y_seq.var(), color="k", ls="--", lw=1,
+                label=f"predicting the mean (target variance {y_seq.var():.3f})")
+axes[0].set_xticks([0, 1], ["distance_penalty=0\n(plain attention)", "distance_penalty=2"])
+axes[0].set_ylim(0, y_seq.var() * 1.45)
+axes[0].set_ylabel("test MSE")
+axes[0].legend(loc="upper right")
+axes[0].set_title("1. QKVAttention, no positional encoding:\n"
+                  "learn a 3-step moving average")
+
+# 2. GaussianSampling
+angle = np.linspace(0, 2 * np.pi, 200)
+axes[1].plot(np.cos(angle), np.sin(angle), "k", lw=1.5, label="the data\n(a unit circle)")
+for (kl_weight, points), marker in zip(prior_samples.items(), ("o", "^")):
+    kind = "autoencoder" if kl_weight == 0 else "VAE"
+    axes[1].scatter(*(points @ basis).T, s=9, alpha=0.6, marker=marker,
+                    label=f"kl_weight={kl_weight:g}\n({kind}):\nmedian distance\n"
+                          f"to the data {vae_results[kl_weight]:.2f}")
+axes[1].set_aspect("equal")
+axes[1].set_xlabel("coordinate 1 in the data's plane")
+axes[1].set_ylabel("coordinate 2 in the data's plane")
+axes[1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False,
+               title="decoded\nz ~ N(0, I),\n400 of each", title_fontsize=10,
+               labelspacing=1.0)
+axes[1].set_title("2. GaussianSampling: decoding samples of the prior\n"
+                  "(8-D outputs, projected on the data's plane)")
+
+# 3. DecomposedConv2D
+names = list(conv_results)
+drawn = axes[2].bar(range(3), [conv_results[n][0] for n in names], color=["C7", "C0", "C1"],
+                    width=0.6)
+axes[2].bar_label(drawn, [f"{conv_results[n][0]:,} params\ntest acc {conv_results[n][1]:.3f}"
+                          for n in names], padding=3)
+axes[2].set_xticks(range(3), ["Conv2D", "Decomposed-\nConv2D", "narrow Conv2D\n(same size)"])
+axes[2].set_ylim(0, max(v[0] for v in conv_results.values()) * 1.3)
+axes[2].set_ylabel("trainable parameters")
+axes[2].set_title("3. DecomposedConv2D: 4 classes of noisy gratings\n"
+                  "(bars: size; labels: size and test accuracy)")
+
+# 4. PretrainedEmbedding
+positions = np.arange(3)
+for offset, index, label in ((-0.2, 0, "sentences of seen words"),
+                             (0.2, 1, "sentences of never-seen words")):
+    drawn = axes[3].bar(positions + offset,
+                        [embedding_results[n][index] for n in embedding_results],
+                        width=0.4, label=label)
+    axes[3].bar_label(drawn, fmt="%.2f", padding=2)
+axes[3].set_xticks(positions, ["frozen\nEmbedding", "fine-tuned\nEmbedding",
+                               "Pretrained-\nEmbedding"])
+axes[3].set_ylim(0.5, 1.06)
+axes[3].set_ylabel("test accuracy (0.5 = chance)")
+axes[3].legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
+axes[3].set_title("4. PretrainedEmbedding: frozen vectors + trainable dims\n"
+                  "for the 100 frequent words; 8-word sentences")
 path = os.path.join(args.output_dir, "08_more_answers.png")
-fig.savefig(path, dpi=100)
+fig.savefig(path, dpi=120)
 print("figure:", path)
 
 # %% [markdown]

@@ -10,6 +10,6 @@ from keras_addons_qa import layers
 from keras_addons_qa import losses
 from keras_addons_qa import text
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["constraints", "layers", "losses", "text", "__version__"]

@@ -127,8 +127,8 @@ def tf_worker(index, ports, out):
         model = build_model()
         model.optimizer.build(model.trainable_variables)
 
-    # `fit` fails under MultiWorkerMirroredStrategy in Keras 3 (see the
-    # README's scaling section); the model's own `train_step`, run by the
+    # `fit` fails under MultiWorkerMirroredStrategy in Keras 3 (see
+    # docs/backends.md); the model's own `train_step`, run by the
     # strategy, is the working loop.
     @tf.function
     def step(x, y):

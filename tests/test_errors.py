@@ -1,6 +1,6 @@
-"""Every argument and input error in the README's table, raised as documented.
+"""Every argument and input error in the documented table, raised as documented.
 
-The table in README.md (between the `errors:start` / `errors:end` markers)
+The table in docs/errors.md (between the `errors:start` / `errors:end` markers)
 is the contract: each row names a case below, and the test checks that the
 case raises `ValueError` with the message the row quotes. A row without a
 case, or a case without a row, fails the test, so the two cannot drift.
@@ -15,7 +15,7 @@ import pytest
 
 import keras_addons_qa as kaq
 
-README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+ERRORS_PAGE = pathlib.Path(__file__).resolve().parent.parent / "docs" / "errors.md"
 L = kaq.layers
 X3 = np.zeros((2, 5, 3), "float32")
 X4 = np.zeros((2, 3, 4, 5), "float32")
@@ -106,8 +106,8 @@ CASES = {
 
 
 def readme_rows():
-    """(id, message) from each row of the README's error table."""
-    text = README.read_text()
+    """(id, message) from each row of the error table in docs/errors.md."""
+    text = ERRORS_PAGE.read_text()
     table = text.split("<!-- errors:start -->")[1].split("<!-- errors:end -->")[0]
     rows = []
     for line in table.splitlines():

@@ -50,7 +50,7 @@ def _check_01(out):
 
 
 def _check_02(out):
-    assert _number(r"max \|w_plain - w_seed\| after training: ([\d.e+-]+)", out) == 0
+    assert _number(r"max \|w_plain - w_asked\| after training: ([\d.e+-]+)", out) == 0
     plain = _number(r"plain \(no penalty\), argmax\s.*?steps\s+([\d.]+)%", out)
     ours = _number(r"ours \(expected-index penalty\), argmax\s.*?steps\s+([\d.]+)%", out)
     assert ours < plain
