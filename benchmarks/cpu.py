@@ -614,7 +614,7 @@ def main(argv=None):
         print("scaling with sequence length (graph mode):", flush=True)
         rows = scaling(lengths, max(1, args.repeats // 2), args.min_seconds)
         plot(rows, os.path.join(args.output_dir, "cpu_scaling.png"))
-        markdown += "\n\n![CPU scaling](benchmarks/results/cpu_scaling.png)"
+        markdown += "\n\n![CPU scaling](../benchmarks/results/cpu_scaling.png)"
     with open(os.path.join(args.output_dir, "cpu.md"), "w") as f:
         f.write(markdown + "\n")
     print("\n" + markdown)

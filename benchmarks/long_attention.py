@@ -182,7 +182,7 @@ def run(tiny=False, output_dir=None):
                      f"{r['step']:.2f} | {r['peak'] / 2**30:.2f} | {ratio} |")
     if not tiny and output_dir:
         plot(rows, os.path.join(output_dir, "long_attention.png"))
-        lines += ["", "![Long sequences](benchmarks/results/long_attention.png)"]
+        lines += ["", "![Long sequences](../benchmarks/results/long_attention.png)"]
     return "\n".join(lines)
 
 
