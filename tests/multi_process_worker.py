@@ -148,8 +148,11 @@ def jax_worker(index, count, port, out):
     )
     import keras
 
-    distribution = keras.distribution.DataParallel(devices=jax.devices())
-    distribution.auto_shard_dataset = False  # each process feeds its own half
+    # Each process feeds its own half (the constructor argument: Keras
+    # 3.10 has no setter for it).
+    distribution = keras.distribution.DataParallel(
+        devices=jax.devices(), auto_shard_dataset=False
+    )
     keras.distribution.set_distribution(distribution)
     model = build_model()
     for x, y in global_batches():
