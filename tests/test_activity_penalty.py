@@ -38,16 +38,12 @@ def test_equals_keras_activity_regularization_on_random_data():
     stock(x)
     # Keras divides the penalty by the batch size from 3.14 on; before, it
     # adds the sum.
-    divisor = 1 if _keras_version() >= (3, 14) else len(x)
+    divisor = 1 if harness.KERAS_VERSION >= (3, 14) else len(x)
     np.testing.assert_allclose(
         harness.to_numpy(ours.losses[0]),
         harness.to_numpy(stock.losses[0]) / divisor,
         rtol=1e-6,
     )
-
-
-def _keras_version():
-    return tuple(int(part) for part in keras.__version__.split(".")[:2])
 
 
 def test_output_is_input_and_mask_passes_through():
