@@ -8,8 +8,9 @@ without `custom_objects`.
 from keras_addons_qa import constraints
 from keras_addons_qa import layers
 from keras_addons_qa import losses
+from keras_addons_qa import ops
 from keras_addons_qa import text
 
 __version__ = "0.2.0"
 
-__all__ = ["constraints", "layers", "losses", "text", "__version__"]
+__all__ = ["constraints", "layers", "losses", "ops", "text", "__version__"]

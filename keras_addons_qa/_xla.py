@@ -19,7 +19,8 @@ every layer supports XLA); the check reads TensorFlow's private
 `control_flow_util`, and answers False if that ever moves, which costs speed
 under XLA, never correctness. On torch it is False.
 
-`serial_fori_loop` is `keras.ops.fori_loop` with one iteration in flight at
+`serial_fori_loop` is `keras.ops.fori_loop`, and `serial_scan` a scan over
+`range(count)` that stacks its outputs, each with one iteration in flight at
 a time. TensorFlow's `while_loop` starts up to ten iterations at once when
 their inputs are ready, which multiplies the memory of a loop over chunks
 that depend only on the loop index (chunked attention: 10.0 GiB instead of
@@ -42,6 +43,36 @@ def compiling():
 def serial_fori_loop(lower, upper, body_fun, init_val):
     """`keras.ops.fori_loop`, one iteration at a time on TensorFlow."""
     return fori_loop(lower, upper, body_fun, init_val, parallel_iterations=1)
+
+
+def serial_scan(step, init, count, dtypes):
+    """`(carry, ys)` of `carry, ys = step(carry, i)` for `i` in
+    `range(count)`, each of the tuple `ys` stacked along a new first axis;
+    one iteration at a time.
+
+    On TensorFlow the outputs go into `TensorArray`s, written in place (a
+    buffer updated with `slice_update` or a scatter inside a TensorFlow
+    graph's loop is copied whole at each iteration); elsewhere this is
+    `keras.ops.scan`. `count` is a Python int, `init` a tuple of tensors,
+    `dtypes` the dtypes of `ys`.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return keras.ops.scan(step, init, keras.ops.arange(count, dtype="int32"))
+    import tensorflow as tf
+
+    def body(i, carry, arrays):
+        carry, ys = step(carry, i)
+        return i + 1, carry, tuple(a.write(i, y) for a, y in zip(arrays, ys))
+
+    arrays = tuple(tf.TensorArray(dtype, size=count) for dtype in dtypes)
+    _, carry, arrays = tf.while_loop(
+        lambda i, *_: i < count,
+        body,
+        (tf.constant(0), init, arrays),
+        parallel_iterations=1,
+        maximum_iterations=count,
+    )
+    return carry, tuple(a.stack() for a in arrays)
 
 
 def fori_loop(lower, upper, body_fun, init_val, parallel_iterations=10):

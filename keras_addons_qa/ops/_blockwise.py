@@ -1,0 +1,374 @@
+"""Blockwise attention: `ops.attention`'s path for scores that do not fit.
+
+Queries are cut into blocks of `rows`, keys into blocks of `cols`; no
+tensor larger than one block pair's scores, `(B, K, G, rows, cols)`, is
+alive at once, and the gradient recomputes the scores instead of storing
+them (Rabe and Staats, 2021; FlashAttention-2, Dao 2023).
+
+Which block pairs are computed: for each query block, the key blocks from
+the first to the last that causal order, the sliding window and the end of
+the valid keys leave visible (`_key_range`), and symmetrically for each key
+block (`_query_range`). Blocks outside are never computed. The ranges are
+computed from the lengths, block sizes and the query offset, so the inner
+loops have a traced trip count; every block has the same static shape.
+
+- Forward: a scan over query blocks; for each, a loop over its key range
+  with an online softmax (running maximum, normalizer and context, all
+  float32). With every key in one block the loop is one step, so a plain
+  softmax.
+- Backward without causal order or a window (`one_pass`): a scan over key
+  blocks, each against every query at once, giving the key block's dK and
+  dV and adding its share of dQ to a full-size float32 carry
+  (FlashAttention-2's backward: five matrix products).
+- Backward with causal order or a window: two scans, one over key blocks
+  for dK and dV, one over query blocks for dQ, each over its visible range
+  only. (Adding each block's dQ into a full-size carry costs a copy of the
+  carry per block in a TensorFlow graph, which would make a long banded
+  sequence quadratic; the second scan recomputes the scores instead.)
+
+The masks of a block come from `visible`: the key mask and a user mask are
+sliced, causal order, the window and the distance penalty are computed from
+the block's positions. Rows with no visible key get zero probabilities:
+a zero context and zero gradients.
+"""
+
+from keras import ops
+
+from keras_addons_qa import _numerics
+from keras_addons_qa import _xla
+
+
+class Problem:
+    """The static facts of one attention call, and its block arithmetic.
+
+    Tensors are head-major: `q` `(B, K, G, T, H)` (`K` key/value heads,
+    `G` query heads per key head), `k` `(B, K, S, H)`, `v` `(B, K, S, Hv)`,
+    the mask `(B|1, K|1, G|1, T|1, S|1)`, `key_valid` `(B, S)`.
+    """
+
+    def __init__(self, q_len, k_len, *, scale, causal, window, distance_penalty,
+                 offset, key_valid, mask, rows, cols):
+        self.q_len, self.k_len = q_len, k_len
+        self.scale = scale
+        self.causal, self.window = causal, window
+        self.distance_penalty = distance_penalty
+        self.offset = offset  # None, or an int32 scalar (int or tensor)
+        self.rows, self.cols = rows, cols
+        self.q_blocks = 1 if rows is q_len else -(-q_len // rows)
+        self.k_blocks = 1 if cols is k_len else -(-k_len // cols)
+        self._given = (key_valid, mask)
+        # Padded to whole blocks (with False), so every block slices alike.
+        if key_valid is not None:
+            key_valid = _pad(key_valid, 1, self.k_blocks * cols)
+        if mask is not None:
+            if mask.shape[3] != 1:
+                mask = _pad(mask, 3, self.q_blocks * rows)
+            if mask.shape[4] != 1:
+                mask = _pad(mask, 4, self.k_blocks * cols)
+        self.key_valid, self.mask = key_valid, mask
+        # Keys past the last valid one (right padding) are skipped.
+        self.key_end = k_len
+        if key_valid is not None:
+            steps = ops.arange(key_valid.shape[1], dtype="int32") + 1
+            self.key_end = ops.max(ops.where(key_valid, steps, 0))
+
+    def with_blocks(self, rows, cols):
+        """The same problem cut into other blocks."""
+        return Problem(
+            self.q_len, self.k_len, scale=self.scale, causal=self.causal,
+            window=self.window, distance_penalty=self.distance_penalty,
+            offset=self.offset, key_valid=self._given[0], mask=self._given[1],
+            rows=rows, cols=cols,
+        )
+
+    @property
+    def banded(self):
+        return bool(self.causal or self.window)
+
+    def _position(self, rows):
+        return rows if self.offset is None else rows + self.offset
+
+    def key_range(self, i):
+        """`(first, count)` of the key blocks query block `i` sees."""
+        first_row = i * self.rows
+        last_row = ops.minimum(first_row + self.rows, self.q_len) - 1
+        low, high = 0, ops.minimum(self.key_end, self.k_len) - 1
+        if self.causal:
+            high = ops.minimum(high, self._position(last_row))
+        if self.window:
+            low = ops.maximum(low, self._position(first_row) - self.window + 1)
+            if not self.causal:
+                high = ops.minimum(high, self._position(last_row) + self.window - 1)
+        return _block_span(low, high, self.cols, self.k_blocks)
+
+    def query_range(self, j):
+        """`(first, count)` of the query blocks that see key block `j`."""
+        first_key = j * self.cols
+        last_key = ops.minimum(first_key + self.cols, self.k_len) - 1
+        low, high = 0, self.q_len - 1
+        shift = 0 if self.offset is None else self.offset
+        if self.causal:
+            low = ops.maximum(low, first_key - shift)
+        if self.window:
+            high = ops.minimum(high, last_key + self.window - 1 - shift)
+            if not self.causal:
+                low = ops.maximum(low, first_key - self.window + 1 - shift)
+        first, count = _block_span(low, high, self.rows, self.q_blocks)
+        # A key block wholly past the valid keys is seen by nobody.
+        return first, ops.where(first_key < self.key_end, count, 0)
+
+    def logits(self, q, k, i, j):
+        """float32 logits `(B, K, G, rows, cols)` of query block `i`
+        (scaled) against key block `j`, and which entries are visible (bool,
+        broadcastable, or None for all)."""
+        logits = _numerics.widen(ops.einsum("bkgrh,bkch->bkgrc", q, k))
+        r = i * self.rows + ops.arange(self.rows, dtype="int32")
+        c = j * self.cols + ops.arange(self.cols, dtype="int32")
+        rows, cols = ops.expand_dims(r, 1), ops.expand_dims(c, 0)
+        if self.distance_penalty:
+            logits = logits - self._penalty(rows, cols)
+        parts = []
+        if self.key_valid is not None:
+            part = ops.slice(self.key_valid, [0, j * self.cols], [ops.shape(q)[0], self.cols])
+            parts.append(ops.reshape(part, (-1, 1, 1, 1, self.cols)))
+        if self.mask is not None:
+            parts.append(self._mask_block(i, j))
+        position = self._position(rows)
+        if self.causal:
+            parts.append(cols <= position)
+        if self.window:
+            parts.append(ops.abs(position - cols) < self.window)
+        if self.k_blocks * self.cols != self.k_len and self.key_valid is None and (
+            self.mask is None or self.mask.shape[4] == 1
+        ):
+            parts.append(cols < self.k_len)  # zero keys padding the last block
+        visible = None
+        for part in parts:
+            visible = part if visible is None else ops.logical_and(visible, part)
+        return logits, visible
+
+    def _penalty(self, rows, cols):
+        if self.offset is None:  # query positions mapped onto the key axis
+            ratio = ops.cast(self.k_len, "float32") / ops.cast(self.q_len, "float32")
+            aligned = (ops.cast(rows, "float32") + 0.5) * ratio - 0.5
+        else:
+            aligned = ops.cast(rows + self.offset, "float32")
+        distance = ops.abs(aligned - ops.cast(cols, "float32"))
+        return ops.minimum(self.distance_penalty * distance, 1e30)
+
+    def _mask_block(self, i, j):
+        mask = self.mask
+        start = [0] * 5
+        size = list(mask.shape)
+        if size[3] != 1:
+            start[3], size[3] = i * self.rows, self.rows
+        if size[4] != 1:
+            start[4], size[4] = j * self.cols, self.cols
+        if size[3] == mask.shape[3] and size[4] == mask.shape[4]:
+            return mask
+        size[0] = ops.shape(mask)[0]
+        return ops.slice(mask, start, size)
+
+
+def _block_span(low, high, size, blocks):
+    """`(first, count)` of the blocks of `size` covering `[low, high]`."""
+    low = ops.maximum(low, 0)
+    first = ops.minimum(low // size, blocks)
+    end = ops.minimum((ops.maximum(high, -1) + size) // size, blocks)
+    return first, ops.maximum(end - first, 0)
+
+
+def _pad(x, axis, length):
+    if x.shape[axis] == length:
+        return x
+    pad = [[0, 0]] * len(x.shape)
+    pad[axis] = [0, length - x.shape[axis]]
+    return ops.pad(x, pad)
+
+
+def _blocks(x, axis, size):
+    """`(count, ...)`: `x` padded along `axis` and cut into blocks of `size`
+    there, the block index first."""
+    count = -(-x.shape[axis] // size)
+    x = _pad(x, axis, count * size)
+    shape = list(ops.shape(x))
+    x = ops.reshape(x, shape[:axis] + [count, size] + shape[axis + 1:])
+    return ops.moveaxis(x, axis, 0)
+
+
+def _unblock(x, axis, length):
+    """Inverse of `_blocks`, the padding cut off."""
+    x = ops.moveaxis(x, 0, axis)
+    shape = list(ops.shape(x))
+    x = ops.reshape(x, shape[:axis] + [-1] + shape[axis + 2:])
+    index = [slice(None)] * len(x.shape)
+    index[axis] = slice(0, length)
+    return x[tuple(index)]
+
+
+def _fold(problem, qi, i, k_blocks, v_blocks, first, count, value_dtype):
+    """Online softmax of query block `i` over key blocks `first ..
+    first + count - 1`: `(context, lse)` in float32."""
+    shape = ops.shape(qi)
+    stats = (
+        ops.full(tuple(shape[:4]) + (1,), _numerics.FLOAT32_MIN, "float32"),
+        ops.zeros(tuple(shape[:4]) + (1,), "float32"),
+        ops.zeros(tuple(shape[:4]) + (v_blocks.shape[-1],), "float32"),
+    )
+
+    def step(j, stats):
+        top, total, context = stats
+        logits, visible = problem.logits(qi, k_blocks[j], i, j)
+        if visible is not None:
+            logits = ops.where(visible, logits, _numerics.FLOAT32_MIN)
+        new_top = ops.maximum(top, ops.max(logits, axis=-1, keepdims=True))
+        p = ops.exp(logits - new_top)
+        if visible is not None:
+            p = ops.where(visible, p, 0.0)
+        decay = ops.exp(top - new_top)
+        part = ops.einsum("bkgrc,bkch->bkgrh", ops.cast(p, value_dtype), v_blocks[j])
+        return (
+            new_top,
+            total * decay + ops.sum(p, axis=-1, keepdims=True),
+            context * decay + _numerics.widen(part),
+        )
+
+    if problem.k_blocks == 1:
+        top, total, context = step(0, stats)
+    else:
+        top, total, context = _xla.serial_fori_loop(first, first + count, step, stats)
+    seen = total > 0
+    safe = ops.where(seen, total, 1.0)
+    context = ops.where(seen, context / safe, 0.0)
+    lse = ops.where(seen, top + ops.log(safe), 0.0)[..., 0]
+    return context, lse
+
+
+def _forward(problem, q_blocks, k_blocks, v_blocks):
+    value_dtype = v_blocks.dtype
+
+    def step(carry, i):
+        first, count = problem.key_range(i)
+        context, lse = _fold(problem, q_blocks[i], i, k_blocks, v_blocks, first, count, value_dtype)
+        return carry, (ops.cast(context, value_dtype), lse)
+
+    _, (contexts, lses) = _xla.serial_scan(
+        step, (ops.zeros((), "int32"),), problem.q_blocks, (value_dtype, "float32")
+    )
+    return contexts, lses  # (nq, B, K, G, rows, Hv), (nq, B, K, G, rows)
+
+
+def _probs_and_dlogits(problem, qi, kj, vj, up, lse, term, i, j):
+    logits, visible = problem.logits(qi, kj, i, j)
+    p = ops.exp(logits - ops.expand_dims(lse, -1))
+    if visible is not None:
+        p = ops.where(visible, p, 0.0)
+    d_p = ops.einsum("bkgrh,bkch->bkgrc", up, vj)
+    return p, p * (d_p - ops.expand_dims(term, -1))
+
+
+def _backward(problem, q_blocks, k_blocks, v_blocks, up_blocks, lse_blocks, term_blocks):
+    """float32 `(dq, dk, dv)` blocks: `(nq, ...)`, `(nk, ...)`, `(nk, ...)`."""
+    k_shape = ops.shape(k_blocks[0])
+    v_shape = ops.shape(v_blocks[0])
+    q_shape = ops.shape(q_blocks[0])
+
+    def key_step(d_q, j):
+        kj, vj = k_blocks[j], v_blocks[j]
+
+        def query_step(i, grads):
+            d_k, d_v, d_q = grads
+            p, d_logits = _probs_and_dlogits(
+                problem, q_blocks[i], kj, vj, up_blocks[i], lse_blocks[i], term_blocks[i], i, j
+            )
+            d_v = d_v + ops.einsum("bkgrc,bkgrh->bkch", p, up_blocks[i])
+            d_k = d_k + ops.einsum("bkgrc,bkgrh->bkch", d_logits, q_blocks[i])
+            if problem.banded:
+                return d_k, d_v, d_q
+            # One query block (`rows` is every query): dQ's share is added.
+            return d_k, d_v, d_q + ops.expand_dims(
+                ops.einsum("bkgrc,bkch->bkgrh", d_logits, kj), 0
+            )
+
+        grads = (ops.zeros(k_shape, "float32"), ops.zeros(v_shape, "float32"), d_q)
+        first, count = problem.query_range(j)
+        grads = _xla.serial_fori_loop(first, first + count, query_step, grads)
+        d_k, d_v, d_q = grads
+        return d_q, (d_k, d_v)
+
+    if problem.banded:
+        d_q = ops.zeros((), "float32")  # unused: `_query_gradients` below
+    else:  # every query in one block
+        d_q = ops.zeros((1,) + tuple(q_shape), "float32")
+    d_q, (d_k, d_v) = _xla.serial_scan(
+        key_step, d_q, problem.k_blocks, ("float32", "float32")
+    )
+    if problem.banded:
+        d_q = _query_gradients(problem, q_blocks, k_blocks, v_blocks, up_blocks, lse_blocks, term_blocks)
+    return d_q * problem.scale, d_k, d_v
+
+
+def _query_gradients(problem, q_blocks, k_blocks, v_blocks, up_blocks, lse_blocks, term_blocks):
+    q_shape = ops.shape(q_blocks[0])
+
+    def step(carry, i):
+        qi, up, lse, term = q_blocks[i], up_blocks[i], lse_blocks[i], term_blocks[i]
+
+        def key_step(j, d_q):
+            _, d_logits = _probs_and_dlogits(problem, qi, k_blocks[j], v_blocks[j], up, lse, term, i, j)
+            return d_q + ops.einsum("bkgrc,bkch->bkgrh", d_logits, k_blocks[j])
+
+        first, count = problem.key_range(i)
+        d_q = _xla.serial_fori_loop(first, first + count, key_step, ops.zeros(q_shape, "float32"))
+        return carry, (d_q,)
+
+    _, (d_q,) = _xla.serial_scan(step, (ops.zeros((), "int32"),), problem.q_blocks, ("float32",))
+    return d_q
+
+
+def attention(problem, q, k, v, backward_cols):
+    """Blockwise attention of head-major `q`, `k`, `v` (see `Problem`);
+    returns the `(B, K, G, T, Hv)` context in `v`'s dtype.
+
+    Without causal order or a window, the backward pass takes every query
+    at once against `backward_cols` keys per block (the one-pass backward);
+    otherwise it uses the forward's blocks.
+    """
+    q_len, k_len = problem.q_len, problem.k_len
+    back = problem if problem.banded else problem.with_blocks(q_len, backward_cols)
+
+    @ops.custom_gradient
+    def attend(q, k, v):
+        scaled = q * ops.cast(problem.scale, q.dtype)
+        contexts, lses = _forward(
+            problem, _blocks(scaled, 3, problem.rows),
+            _blocks(k, 2, problem.cols), _blocks(v, 2, problem.cols),
+        )
+        context = _unblock(contexts, 3, q_len)
+        lse = _unblock(lses, 3, q_len)
+
+        def grad(*args, upstream=None):
+            if upstream is None:  # TensorFlow and JAX; torch passes it by name
+                (upstream,) = args
+            up = _numerics.widen(upstream)
+            # D_i = sum_j P_ij dP_ij = dO_i . O_i, the softmax gradient's row term.
+            term = ops.sum(up * _numerics.widen(context), axis=-1)
+            rows, cols = back.rows, back.cols
+            d_q, d_k, d_v = _backward(
+                back,
+                _blocks(_numerics.widen(scaled), 3, rows),
+                _blocks(_numerics.widen(k), 2, cols),
+                _blocks(_numerics.widen(v), 2, cols),
+                _blocks(up, 3, rows),
+                _blocks(lse, 3, rows),
+                _blocks(term, 3, rows),
+            )
+            return (
+                ops.cast(_unblock(d_q, 3, q_len), q.dtype),
+                ops.cast(_unblock(d_k, 2, k_len), k.dtype),
+                ops.cast(_unblock(d_v, 2, k_len), v.dtype),
+            )
+
+        return context, grad
+
+    return attend(q, k, v)

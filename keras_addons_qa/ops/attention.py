@@ -1,0 +1,224 @@
+"""`attention`: scaled dot-product attention, exact under masks, in bounded
+memory for long sequences."""
+
+import keras
+from keras import ops
+
+from keras_addons_qa import _checks
+from keras_addons_qa import _numerics
+from keras_addons_qa.ops import _blockwise
+
+# Queries and keys per block of the blockwise path under causal order or a
+# sliding window (a block pair's float32 scores: heads * 256 KiB).
+BLOCK_SIZE = 256
+
+
+def attention(
+    query,
+    key,
+    value,
+    *,
+    key_mask=None,
+    mask=None,
+    is_causal=False,
+    sliding_window=None,
+    distance_penalty=0.0,
+    query_offset=None,
+    scale=None,
+    dropout=0.0,
+    seed=None,
+    return_weights=False,
+    scores_budget_mb=128.0,
+    block_size=None,
+):
+    """Scaled dot-product attention, exact under masks, in bounded memory.
+
+    `softmax(query @ key^T * scale) @ value` per head, in the layout of
+    `keras.ops.dot_product_attention`: `(batch, steps, heads, head_dim)`.
+    Every mask is a bool, True = attend, and they combine by AND. A query
+    that sees no key gets a zero output and zero gradients (never NaN,
+    never a mean over masked keys); whatever masked keys hold (inf, NaN)
+    reaches no output and no gradient. Logits, softmax and the gradient's
+    statistics are float32 under every input dtype; the output has
+    `value`'s dtype.
+
+    When the float32 scores of one example, `heads * T * S * 4` bytes,
+    exceed `scores_budget_mb`, attention runs block by block (Rabe and
+    Staats, 2021; FlashAttention-2's backward), and blocks that causal
+    order, the sliding window or trailing key padding hide entirely are
+    never computed: causal attention does about half the work, a window
+    `W` about `T * (W + block_size)`. Results equal the full path's to
+    float32 rounding. Returned weights and dropout need the full scores,
+    so they keep the full path.
+
+    Args:
+        query: `(B, T, N, H)`.
+        key: `(B, S, K, H)`; `K` divides `N` (grouped-query attention: each
+            key/value head serves `N // K` consecutive query heads).
+        value: `(B, S, K, Hv)`.
+        key_mask: Optional bool `(B, S)`: False keys (padding) get no
+            weight.
+        mask: Optional bool broadcastable to `(B, N, T, S)` (NumPy rules).
+        is_causal: Whether query `i` sees only keys `j <= i + offset`
+            (`offset` 0 without `query_offset`: the top-left aligned mask
+            of Keras).
+        sliding_window: Optional int >= 1: query `i` sees keys with
+            `|i + offset - j| < sliding_window`.
+        distance_penalty: A float >= 0: `distance_penalty * |i' - j|` is
+            subtracted from each logit, `i'` the query's position on the
+            key axis (`i + offset` with `query_offset`, otherwise
+            `(i + 1/2) S / T - 1/2`).
+        query_offset: Optional int or int scalar tensor: the position of
+            the first query among the keys (decoding with a cache).
+        scale: The logits' scale; defaults to `1 / sqrt(H)`.
+        dropout: Dropout rate on the attention weights (full path).
+        seed: Optional int or `keras.random.SeedGenerator` for dropout.
+        return_weights: Also return the `(B, N, T, S)` attention weights
+            (before dropout), in `value`'s dtype.
+        scores_budget_mb: Memory, in MiB per example, above which attention
+            runs block by block; `None` always computes the full scores.
+        block_size: Queries and keys per block under causal order or a
+            window (blockwise path); default 256.
+
+    Returns:
+        The `(B, T, N, Hv)` output, and the weights if asked.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_addons_qa import ops as kaq_ops
+    >>> q = np.random.rand(2, 6, 4, 8).astype("float32")
+    >>> kv = np.random.rand(2, 6, 2, 8).astype("float32")
+    >>> out = kaq_ops.attention(q, kv, kv, is_causal=True)
+    >>> tuple(out.shape)
+    (2, 6, 4, 8)
+    """
+    query, key, value = (ops.convert_to_tensor(x) for x in (query, key, value))
+    k_len, kv_heads = _check_inputs(query, key, value)
+    batch, q_len, heads, depth = _checks.static_shape(query.shape)
+    if sliding_window is not None:
+        sliding_window = _checks.integer_at_least("sliding_window", sliding_window, 1)
+    distance_penalty = _checks.non_negative_float("distance_penalty", distance_penalty)
+    if scale is None:
+        scale = 1.0 / float(depth) ** 0.5
+    groups = heads // kv_heads
+
+    # Head-major layout: q (B, K, G, T, H), k and v (B, K, S, H).
+    steps = ops.shape(query)[:2]
+    q = ops.reshape(query, (steps[0], steps[1], kv_heads, groups, depth))
+    q = ops.transpose(q, (0, 2, 3, 1, 4))
+    k = ops.transpose(key, (0, 2, 1, 3))
+    v = ops.transpose(value, (0, 2, 1, 3))
+    key_valid = None
+    if key_mask is not None:
+        _check_mask_shape("key_mask", key_mask.shape, (batch, k_len))
+        key_valid = ops.cast(key_mask, "bool")
+        # Masked keys may hold anything: zeroed, for values and gradients.
+        k = _numerics.sanitize(k, ops.expand_dims(key_valid, 1))
+        v = _numerics.sanitize(v, ops.expand_dims(key_valid, 1))
+    mask5 = None
+    if mask is not None:
+        mask5 = _grouped_mask(ops.cast(mask, "bool"), (batch, heads, q_len, k_len), kv_heads)
+    if query_offset is not None and not isinstance(query_offset, int):
+        query_offset = ops.cast(query_offset, "int32")
+
+    problem = dict(
+        scale=float(scale), causal=bool(is_causal), window=sliding_window,
+        distance_penalty=distance_penalty, offset=query_offset,
+        key_valid=key_valid, mask=mask5,
+    )
+    full = (
+        scores_budget_mb is None
+        or return_weights
+        or dropout
+        or not isinstance(q_len, int)
+        or not isinstance(k_len, int)
+        or heads * q_len * k_len * 4 <= scores_budget_mb * 2**20
+    )
+    weights = None
+    if full:
+        lengths = [n if isinstance(n, int) else ops.shape(x)[1] for n, x in ((q_len, query), (k_len, key))]
+        spec = _blockwise.Problem(*lengths, rows=lengths[0], cols=lengths[1], **problem)
+        context, weights = _full(spec, q, k, v, dropout, seed)
+    else:
+        budget = scores_budget_mb * 2**20
+        if is_causal or sliding_window:
+            rows = cols = min(block_size or BLOCK_SIZE, q_len, k_len)
+        else:  # one key block: a plain softmax per query block
+            rows, cols = _fit(budget, heads, k_len), k_len
+        spec = _blockwise.Problem(q_len, k_len, rows=rows, cols=cols, **problem)
+        context = _blockwise.attention(spec, q, k, v, _fit(budget, heads, q_len))
+    # (B, K, G, T, Hv) -> (B, T, N, Hv)
+    context = ops.transpose(context, (0, 3, 1, 2, 4))
+    context = ops.reshape(context, (steps[0], steps[1], heads, value.shape[-1]))
+    if return_weights:
+        shape = ops.shape(weights)
+        return context, ops.reshape(weights, (shape[0], heads, shape[3], shape[4]))
+    return context
+
+
+def _fit(budget, heads, length):
+    """Rows whose float32 scores against `length` columns fit the budget."""
+    return max(1, min(length, int(budget // (heads * length * 4))))
+
+
+def _full(spec, q, k, v, dropout, seed):
+    """Attention with the whole `(B, K, G, T, S)` scores, by autodiff."""
+    logits, visible = spec.logits(q * ops.cast(spec.scale, q.dtype), k, 0, 0)
+    weights = _numerics.masked_softmax(logits, visible)
+    weights = ops.cast(weights, v.dtype)
+    dropped = weights
+    if dropout:
+        dropped = keras.random.dropout(weights, dropout, seed=seed)
+    context = ops.einsum("bkgrc,bkch->bkgrh", dropped, v)
+    return context, weights
+
+
+def _check_inputs(query, key, value):
+    shapes = [_checks.static_shape(x.shape) for x in (query, key, value)]
+    if any(len(s) != 4 for s in shapes):
+        raise ValueError(
+            "`query`, `key` and `value` must have shape (batch, steps, heads, "
+            f"head_dim). Received: query.shape={shapes[0]}, "
+            f"key.shape={shapes[1]}, value.shape={shapes[2]}"
+        )
+    (_, _, heads, depth), (_, k_len, kv_heads, k_depth), (_, v_len, v_heads, _) = shapes
+    if k_depth != depth or (k_len, kv_heads) != (v_len, v_heads) or heads % kv_heads:
+        raise ValueError(
+            "`key` must have `query`'s head_dim, `value` `key`'s steps and "
+            "heads, and the key heads must divide the query heads. Received: "
+            f"query.shape={shapes[0]}, key.shape={shapes[1]}, "
+            f"value.shape={shapes[2]}"
+        )
+    return k_len, kv_heads
+
+
+def _check_mask_shape(name, shape, expected):
+    shape = _checks.static_shape(shape)
+    if len(shape) != len(expected) or any(
+        s is not None and e is not None and s != e for s, e in zip(shape, expected)
+    ):
+        raise ValueError(
+            f"`{name}` must have shape {expected} (None = any). "
+            f"Received: {name}.shape={shape}"
+        )
+
+
+def _grouped_mask(mask, scores_shape, kv_heads):
+    """A mask broadcastable to `(B, N, T, S)` as `(B|1, K|1, G|1, T|1, S|1)`."""
+    shape = _checks.static_shape(mask.shape)
+    ok = len(shape) <= 4 and all(
+        s is None or e is None or s in (1, e)
+        for s, e in zip(shape[::-1], scores_shape[::-1])
+    )
+    if not ok:
+        raise ValueError(
+            "`mask` must broadcast to the scores' shape (batch, heads, "
+            f"queries, keys) = {scores_shape}. Received: mask.shape={shape}"
+        )
+    while len(mask.shape) < 4:
+        mask = ops.expand_dims(mask, 0)
+    if mask.shape[1] == 1:
+        return ops.expand_dims(mask, 1)
+    size = list(ops.shape(mask))
+    return ops.reshape(mask, [size[0], kv_heads, -1] + size[2:])
