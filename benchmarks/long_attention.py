@@ -12,6 +12,8 @@ the first includes tracing and compiling):
   (`jax.jit`);
 - `QKVAttention(scores_budget_mb=None)` (always the full scores) at 2048
   and 4096 steps, the cost of the chunked path where the full one fits;
+- `QKVAttention` with `use_causal_mask=True`, and with a causal sliding
+  window of 512 steps, on TensorFlow (the blocks these hide are skipped);
 - `keras.layers.MultiHeadAttention` with the same padding as an
   `attention_mask`, on TensorFlow, up to 8192 steps (at 16384 its step
   needs more than the 24 GiB of the machine this was written on).
@@ -32,6 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _RESULT = "RESULT "
 LENGTHS = (1024, 2048, 4096, 8192, 16384, 32768)
 MHA_MAX = 8192
+WINDOW = 512
 
 
 def _worker(length, which, features=512, heads=8, head_size=64):
@@ -48,6 +51,8 @@ def _worker(length, which, features=512, heads=8, head_size=64):
         layer = kaq.layers.QKVAttention(heads, head_size)
     elif which == "ours-full":
         layer = kaq.layers.QKVAttention(heads, head_size, scores_budget_mb=None)
+    elif which == "ours-window":
+        layer = kaq.layers.QKVAttention(heads, head_size, sliding_window=WINDOW)
     else:
         layer = keras.layers.MultiHeadAttention(heads, head_size)
     layer(x[:, :8], x[:, :8])
@@ -56,7 +61,8 @@ def _worker(length, which, features=512, heads=8, head_size=64):
         if which == "mha":
             pair = keras.ops.logical_and(keras.ops.expand_dims(m, 1), keras.ops.expand_dims(m, 2))
             return layer(x, x, attention_mask=pair)
-        return layer(x, x, query_mask=m, value_mask=m)
+        causal = which in ("ours-causal", "ours-window")
+        return layer(x, x, query_mask=m, value_mask=m, use_causal_mask=causal)
 
     backend = keras.backend.backend()
     if backend == "tensorflow":
@@ -116,6 +122,8 @@ def _cases(lengths):
             yield length, "ours", backend
         if length in lengths[1:3]:
             yield length, "ours-full", "tensorflow"
+        yield length, "ours-causal", "tensorflow"
+        yield length, "ours-window", "tensorflow"
         if length <= MHA_MAX:
             yield length, "mha", "tensorflow"
 
@@ -130,6 +138,8 @@ def plot(rows, path):
     figure, (memory, seconds) = plt.subplots(1, 2, figsize=(11, 4))
     labels = {("ours", "tensorflow"): "QKVAttention, TF graph",
               ("ours", "jax"): "QKVAttention, JAX jit",
+              ("ours-causal", "tensorflow"): "QKVAttention causal, TF graph",
+              ("ours-window", "tensorflow"): f"QKVAttention causal window {WINDOW}, TF graph",
               ("mha", "tensorflow"): "MultiHeadAttention, TF graph"}
     for (which, backend), label in labels.items():
         points = [r for r in rows if r["which"] == which and r["backend"] == backend]
@@ -145,7 +155,7 @@ def plot(rows, path):
         axis.set_title(title)
         axis.grid(True, which="both", alpha=0.3)
         axis.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-        axis.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        axis.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     memory.axhline(3, color="gray", linestyle="--", linewidth=1)
     memory.legend()
     figure.suptitle("Self-attention, batch 1, 8 heads of 64, 2 CPU cores")
@@ -154,9 +164,9 @@ def plot(rows, path):
     plt.close(figure)
 
 
-def run(tiny=False, output_dir=None):
+def run(tiny=False, output_dir=None, lengths=None):
     """The markdown table (and the plot, unless tiny)."""
-    lengths = (64, 128) if tiny else LENGTHS
+    lengths = (64, 128) if tiny else (lengths or LENGTHS)
     rows = []
     for length, which, backend in _cases(lengths):
         row = _measure(length, which, backend)
@@ -164,6 +174,8 @@ def run(tiny=False, output_dir=None):
         print(f"  {which} {backend} T={length}: step {row['step']:.2f} s, "
               f"peak {row['peak'] / 2**30:.2f} GiB", flush=True)
     names = {"ours": "QKVAttention", "ours-full": "QKVAttention, full scores",
+             "ours-causal": "QKVAttention, causal",
+             "ours-window": f"QKVAttention, causal window {WINDOW}",
              "mha": "MultiHeadAttention"}
     lines = [
         "Long sequences: self-attention training step, batch 1, 8 heads of 64, "
@@ -190,13 +202,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--output-dir", default=os.path.join(ROOT, "benchmarks", "results"))
+    parser.add_argument("--lengths", type=int, nargs="*", help="sequence lengths to run")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         length, which = args.worker
         print(_RESULT + json.dumps(_worker(int(length), which)), flush=True)
         return 0
-    print(run(args.tiny, args.output_dir))
+    print(run(args.tiny, args.output_dir, tuple(args.lengths or ()) or None))
     return 0
 
 

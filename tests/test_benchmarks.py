@@ -54,7 +54,8 @@ def test_cpu_suite_runs_at_tiny_sizes(tmp_path):
     assert len(crf) == 2 + 4  # (log-likelihood + gradient, decode) x (graph, XLA)
     assert all(row.rstrip().endswith("| yes |") for row in crf[2:])  # same results as the loop
     long = [l for l in long.splitlines() if l.startswith("| ")]
-    assert len(long) == 2 + 5 + 2 * jax  # 2 lengths: ours (per backend), MHA; full at 128
+    # 2 lengths: ours (per backend), causal, causal window, MHA; full at 128
+    assert len(long) == 2 + 5 + 4 + 2 * jax
     for row in long[2:]:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert float(cells[3]) > 0 and float(cells[4]) > 0  # seconds, GiB

@@ -145,7 +145,7 @@ def test_every_public_name_has_an_api_entry():
     for page in (ROOT / "docs" / "api").glob("*.md"):
         targets |= set(re.findall(r"^::: ([\w.]+)$", page.read_text(), re.M))
     missing = []
-    for module_name in ("layers", "losses", "constraints", "text"):
+    for module_name in ("layers", "losses", "constraints", "ops", "text"):
         module = getattr(kaq, module_name)
         for name in module.__all__:
             full = f"keras_addons_qa.{module_name}.{name}"

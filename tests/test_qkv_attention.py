@@ -241,41 +241,6 @@ def test_fused_and_explicit_paths_agree():
     np.testing.assert_allclose(harness.to_numpy(fused), harness.to_numpy(explicit), atol=1e-6)
 
 
-@pytest.mark.skipif(
-    harness.BACKEND != "tensorflow", reason="the lean path exists only on TensorFlow"
-)
-@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-def test_lean_tensorflow_path_equals_dot_product_attention(causal, monkeypatch):
-    """TensorFlow's lean fused path against `ops.dot_product_attention`, the
-    plain path of the other backends: values and gradients."""
-    from keras_addons_qa.layers import qkv_attention
-
-    rng = np.random.default_rng(11)
-    x = keras.Variable(rng.normal(size=(3, 6, 8)).astype("float32"))
-    mask = np.arange(6)[None] < np.array([[6], [2], [0]])
-    layer = QKVAttention(2, 4, bias_initializer="random_normal")
-    layer(x, x)
-
-    def run():
-        return harness.gradients(
-            lambda: keras.ops.sum(keras.ops.square(
-                layer(x, x, query_mask=mask, value_mask=mask, use_causal_mask=causal)
-            )),
-            [x] + layer.trainable_variables,
-        )
-
-    lean_value, lean_grads = run()
-    monkeypatch.setattr(qkv_attention, "_LEAN_ON_TENSORFLOW", False)
-    plain_value, plain_grads = run()
-    np.testing.assert_allclose(
-        harness.to_numpy(lean_value), harness.to_numpy(plain_value), rtol=1e-5
-    )
-    for a, b in zip(lean_grads, plain_grads):
-        harness.assert_finite(a)
-        np.testing.assert_allclose(harness.to_numpy(a), harness.to_numpy(b),
-                                   rtol=1e-4, atol=1e-5)
-
-
 _STEP_MASKS = {
     # Right-padded rows (one empty): the JAX backend sends these to the
     # length-based kernel (cuDNN on a GPU, XLA elsewhere).

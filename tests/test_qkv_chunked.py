@@ -10,7 +10,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from keras import ops
 
-from keras_addons_qa import _chunked_attention
+from keras_addons_qa.ops import _blockwise
 from keras_addons_qa.layers import QKVAttention
 from tests import harness
 
@@ -25,13 +25,13 @@ class _Spy:
 
     def __init__(self, monkeypatch):
         self.calls = 0
-        real = _chunked_attention.attention
+        real = _blockwise.attention
 
         def spy(*args, **kwargs):
             self.calls += 1
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(_chunked_attention, "attention", spy)
+        monkeypatch.setattr(_blockwise, "attention", spy)
 
 
 def _pair(rows, heads, keys, **kwargs):
@@ -128,9 +128,10 @@ def test_the_chunked_path_runs_when_scores_exceed_the_budget(monkeypatch):
     # The default, 128 MiB per example: 8 heads over 2048 x 2048 fit, 4096 do not.
     default = QKVAttention(8, 64)
     assert default.scores_budget_mb == 128.0
-    default.build((None, None, 16), (None, None, 16))
-    assert default._chunk_sizes(ops.zeros((1, 2048, 8, 1)), ops.zeros((1, 2048, 8, 1)), False, False) is None
-    assert default._chunk_sizes(ops.zeros((1, 4096, 8, 1)), ops.zeros((1, 4096, 8, 1)), False, False) == (1024, 1024)
+    default(ops.zeros((1, 2048, 16)), ops.zeros((1, 2048, 16)))
+    assert spy.calls == 1
+    default(ops.zeros((1, 4096, 16)), ops.zeros((1, 4096, 16)))
+    assert spy.calls == 2
 
 
 @pytest.mark.skipif(harness.BACKEND != "jax", reason="cuDNN's path exists only on JAX")

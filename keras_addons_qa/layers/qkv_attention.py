@@ -3,12 +3,13 @@ import math
 import numbers
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_addons_qa import _checks
-from keras_addons_qa import _chunked_attention
 from keras_addons_qa import _compat
 from keras_addons_qa import _numerics
+from keras_addons_qa import ops as kaq_ops
 
 _MultiHeadAttention = keras.layers.MultiHeadAttention
 # MultiHeadAttention's arguments newer than the oldest supported Keras
@@ -20,8 +21,6 @@ _PROVIDED = {
     for name, default in (("use_gate", False), ("sliding_window", None))
     if name not in inspect.signature(_MultiHeadAttention.__init__).parameters
 }
-# TensorFlow's fused attention without two full-size passes (`_lean_attention`).
-_LEAN_ON_TENSORFLOW = keras.backend.backend() == "tensorflow"
 
 
 @keras.saving.register_keras_serializable(package="keras_addons_qa")
@@ -73,32 +72,13 @@ class QKVAttention(keras.layers.MultiHeadAttention):
     (a band `|i - j| < sliding_window`) add to them; both need a single
     attention axis. The output carries the query mask as its Keras mask.
 
-    **Long sequences run in bounded memory.** When the float32 scores of one
-    example, `num_heads * T * S * 4` bytes, would exceed `scores_budget_mb`,
-    attention runs over chunks of queries whose scores fit the budget, and
-    the gradient recomputes each chunk's scores instead of storing them
-    (Rabe and Staats, 2021): self-attention over 16384 steps with 8 heads
-    trains in under 2 GiB where the full scores alone take 8 GiB. Results
-    equal the full path's (outputs and gradients, to float32 rounding)
-    under every mask, causality, `sliding_window` and `distance_penalty`.
-    The choice is made from static shapes when the layer is traced: it
-    needs rank-3 inputs with known lengths (a TensorFlow graph traced with
-    an unknown length takes the full path), no returned scores, and no
-    dropout at training time (the backward pass would have to draw the
-    same dropout mask again); on JAX with a GPU, cuDNN's fused attention,
-    already linear in memory, is kept.
-
-    Attention takes a fused kernel when nothing needs the weights (no
-    returned scores, no dropout at training time, `value_dim == key_dim`,
-    rank-3 inputs, no `distance_penalty`): `keras.ops.dot_product_attention`;
-    on JAX with a GPU, cuDNN flash attention with the key mask as sequence
-    lengths; on TensorFlow, the einsum-softmax-einsum of TensorFlow's op
-    with the key mask broadcast instead of expanded. Otherwise an explicit
-    einsum path runs. They agree up to rounding (tested). Each projection
-    is one 2-D matrix product over the flattened leading axes (on
-    TensorFlow, `EinsumDense` takes its kernel gradient as one product per
-    example and a sum); a quantized projection, or one with an activity
-    regularizer, goes through its own sublayer call.
+    All attention arithmetic is `keras_addons_qa.ops.attention`: the full
+    scores when they fit `scores_budget_mb`, otherwise blocks that never
+    hold them, skipping the blocks causal order and the window hide (long
+    sequences train in bounded memory, a long prompt prefills a cache).
+    Each projection is one 2-D matrix product over the flattened leading
+    axes; a quantized projection, or one with an activity regularizer,
+    goes through its own sublayer call.
 
     Args:
         num_heads: Number of attention heads, an int >= 1.
@@ -140,10 +120,9 @@ class QKVAttention(keras.layers.MultiHeadAttention):
             `GroupQueryAttention` and Llama-style models: each key and value
             head serves `num_heads // num_key_value_heads` query heads);
             defaults to `num_heads`.
-        scores_budget_mb: Memory, in MiB per example, above which the
-            attention scores are computed in chunks (see above), and which
-            each chunk's scores stay within; a positive float, default 128
-            (8 heads over 2048 x 2048 steps fit). `None` always computes
+        scores_budget_mb: Memory, in MiB per example, above which attention
+            runs block by block (`ops.attention`); a positive float, default
+            128 (8 heads over 2048 x 2048 steps fit). `None` always computes
             the full scores.
         output_dim: The name 0.1.0 gave an int `output_shape`; still
             accepted (and models saved with it still load).
@@ -489,69 +468,45 @@ class QKVAttention(keras.layers.MultiHeadAttention):
                         everywhere, [0, cache_update_index], ops.cast(key_valid, "int32")
                     ), "bool")
                 offset = cache_update_index
-        if self.num_key_value_heads != self._num_heads:
-            # Each key and value head serves a group of query heads.
-            groups = self._num_heads // self.num_key_value_heads
-            k, v = ops.repeat(k, groups, axis=-2), ops.repeat(v, groups, axis=-2)
-        rank = len(q.shape) - 1 + len(self._attention_axes)  # the scores'
-
         query_valid = None if query_mask is None else ops.cast(query_mask, "bool")
-        chunks = None if cache is not None else self._chunk_sizes(
-            q, k, return_attention_scores, training, attention_mask
-        )
-        if chunks is not None:
-            context, scores = _chunked_attention.attention(
-                q, k, v,
-                scale=float(self._inverse_sqrt_key_dim),
-                key_valid=None if key_valid is None else ops.cast(key_valid, "bool"),
-                mask=None if attention_mask is None else self._expand_mask(
-                    ops.cast(attention_mask, "bool"), 4
-                ),
-                causal=bool(use_causal_mask),
-                window=self._sliding_window,
-                distance_penalty=self.distance_penalty,
-                rows=chunks[0],
-                cols=chunks[1],
-            ), None
+        rank = len(q.shape) - 1 + len(self._attention_axes)  # the scores'
+        mask = None
+        if attention_mask is not None:
+            mask = self._expand_mask(ops.cast(attention_mask, "bool"), rank)
+        if type(self)._compute_attention is QKVAttention._compute_attention:
+            context, scores = self._attend(
+                q, k, v, key_valid=key_valid, mask=mask, causal=bool(use_causal_mask),
+                window=self._sliding_window, offset=offset, training=training,
+                return_scores=return_attention_scores,
+            )
         else:
-            # Every mask but the query's, broadcastable to the scores: a key
-            # mask stays `(B, 1, 1, S)`, so the fused kernels never see a
-            # `(B, T, S)` tensor unless the user gave one. Padded queries are
-            # zeroed after attention (the same thing as masking their rows).
-            parts = [
-                self._steps_to_scores(key_valid, keys=True),
-                None if attention_mask is None else self._expand_mask(
-                    ops.cast(attention_mask, "bool"), rank
-                ),
-            ]
-            causal_flag = bool(use_causal_mask)
-            if offset is not None:
-                # Decoding: positions count from `offset` on the query side.
-                rows = ops.expand_dims(offset + ops.arange(ops.shape(q)[1]), 1)
-                cols = ops.expand_dims(ops.arange(ops.shape(k)[1]), 0)
-                if self._sliding_window:
-                    parts.append(self._expand_mask(ops.abs(rows - cols) < self._sliding_window, rank))
-                if causal_flag:
-                    parts.append(self._expand_mask(rows >= cols, rank))
-                causal_flag = False
-            elif self._sliding_window:
-                parts.append(self._expand_mask(self._compute_sliding_window_mask(q, v), rank))
-            if type(self)._compute_attention is not QKVAttention._compute_attention:
-                # A subclass's `_compute_attention` gets the mask as
-                # MultiHeadAttention would give it: every part, causality too.
-                parts.append(self._steps_to_scores(query_valid, keys=False))
-                if causal_flag:
-                    parts.append(self._expand_mask(self._compute_causal_mask(q, v), rank))
-                causal_flag = False
-            mask = _and_masks(*parts)
-            extra = {"use_causal_mask": True} if causal_flag else {}
-            self._query_offset = offset
-            try:
-                context, scores = self._compute_attention(
-                    q, k, v, mask, training, return_attention_scores, **extra
+            # A subclass's `_compute_attention` gets MultiHeadAttention's
+            # arguments: as many key heads as query heads, and one mask with
+            # every part, causality and the query padding included.
+            if self.distance_penalty and offset is not None:
+                raise ValueError(
+                    "A subclass overriding `_compute_attention` cannot take a "
+                    "`cache` with `distance_penalty` (its signature has no query "
+                    f"position). Received: distance_penalty={self.distance_penalty}"
                 )
-            finally:
-                self._query_offset = None
+            groups = self._num_heads // self.num_key_value_heads
+            if groups > 1:
+                k, v = ops.repeat(k, groups, axis=-2), ops.repeat(v, groups, axis=-2)
+            parts = [
+                mask,
+                self._steps_to_scores(key_valid, keys=True),
+                self._steps_to_scores(query_valid, keys=False),
+            ]
+            if use_causal_mask or self._sliding_window:
+                axis = self._attention_axes[0]
+                positions = kaq_ops.position_mask(
+                    ops.shape(q)[axis], ops.shape(k)[axis], is_causal=bool(use_causal_mask),
+                    sliding_window=self._sliding_window, query_offset=offset,
+                )
+                parts.append(self._expand_mask(positions, rank))
+            context, scores = self._compute_attention(
+                q, k, v, _and_masks(*parts), training, return_attention_scores
+            )
         if query_valid is not None:
             context = _numerics.sanitize(context, query_valid)
             if scores is not None:
@@ -596,50 +551,6 @@ class QKVAttention(keras.layers.MultiHeadAttention):
                 "`return_attention_scores` is not supported with a `cache`."
             )
 
-    def _chunk_sizes(self, q, k, return_attention_scores, training,
-                     attention_mask=None):
-        """`(rows, cols)` of the chunked path, or None for the full one.
-
-        Chunks when the full float32 scores of one example, `N * T * S * 4`
-        bytes, exceed `scores_budget_mb`, for rank-3 inputs with static
-        lengths, no returned scores and no dropout at training time (the
-        backward pass would have to draw the same dropout mask again). On
-        JAX with a GPU, attention that cuDNN's fused kernel takes (float16
-        or bfloat16, key masks only) is already linear in memory and stays.
-        """
-        if self.scores_budget_mb is None or return_attention_scores:
-            return None
-        if self._dropout > 0 and bool(training):
-            return None
-        if len(q.shape) != 4 or tuple(self._attention_axes) != (1,):
-            return None
-        if type(self)._compute_attention is not QKVAttention._compute_attention:
-            return None  # a subclass's attention gets the full scores' mask
-        if _jax_padded_attention() is not None and self._cudnn_takes(q, attention_mask):
-            return None
-        q_len, k_len = q.shape[1], k.shape[1]
-        if not isinstance(q_len, int) or not isinstance(k_len, int):
-            return None  # unknown, or symbolic (jax2tf's shape polymorphism)
-        budget = self.scores_budget_mb * 2**20
-        if self._num_heads * q_len * k_len * 4 <= budget:
-            return None
-        return (
-            _chunked_attention.chunk_length(self._num_heads, k_len, budget),
-            _chunked_attention.chunk_length(self._num_heads, q_len, budget),
-        )
-
-    def _cudnn_takes(self, q, attention_mask):
-        """Whether JAX on a GPU sends this attention to cuDNN's kernel."""
-        from keras_addons_qa import _jax_attention
-
-        return (
-            q.dtype in _jax_attention.CUDNN_DTYPES
-            and attention_mask is None
-            and not self._sliding_window
-            and not self.distance_penalty
-            and self._value_dim == self._key_dim
-        )
-
     def _compute_attention(
         self,
         query,
@@ -658,148 +569,78 @@ class QKVAttention(keras.layers.MultiHeadAttention):
         `attention_mask` broadcastable to the scores after
         MultiHeadAttention's expansion (`(T, S)`, `(B, T, S)` or
         `(B, N, T, S)`). Queries with no visible key get a zero context and
-        zero scores. Returns the context and the scores (None on the fused
-        path).
+        zero scores. Returns the context and the scores (None unless asked).
         """
-        if self._flash_attention and return_attention_scores:
+        mask = None
+        if attention_mask is not None:
+            rank = len(query.shape) - 1 + len(self._attention_axes)
+            mask = self._expand_mask(ops.cast(attention_mask, "bool"), rank)
+        return self._attend(
+            query, key, value, key_valid=None, mask=mask, causal=bool(use_causal_mask),
+            window=None, offset=None, training=training,
+            return_scores=return_attention_scores,
+        )
+
+    def _attend(self, q, k, v, *, key_valid, mask, causal, window, offset,
+                training, return_scores):
+        """`ops.attention` over the attention axes of projected heads.
+
+        `q`, `k`, `v` are `(B, *steps, heads, dim)`, `key_valid` has the
+        key's steps, `mask` is in the scores' layout (`_expand_mask`). With
+        several attention axes or other axes between the batch and the
+        heads, those are folded: the other axes into the batch, the
+        attention axes into one.
+        """
+        if self._flash_attention and return_scores:
             raise ValueError(
                 "Returning attention scores is not supported when flash "
                 "attention is enabled. Please disable flash attention to access"
                 " attention scores."
             )
-        # The scores: batch and other non-attention axes, heads, query
-        # attention axes, key attention axes.
-        rank = len(query.shape) - 1 + len(self._attention_axes)
-        mask = None
-        if attention_mask is not None:
-            mask = self._expand_mask(ops.cast(attention_mask, "bool"), rank)
-        dropout_active = self._dropout > 0 and bool(training)
-        # jax.nn.dot_product_attention (the JAX backend's fused op) needs
-        # value heads as wide as key heads and computes its logits in
-        # float32, so float64 layers take the explicit path. XLA on a CPU
-        # has no float16 dot with float32 accumulation, which JAX's fused op
-        # asks for: float16 there takes the explicit path too.
-        dtype = keras.backend.standardize_dtype(query.dtype)
-        fusable = (
-            len(query.shape) == 4
-            and self._value_dim == self._key_dim
-            and not self.distance_penalty
-            and dtype != "float64"
-            and not (dtype == "float16" and _jax_off_gpu())
+        dropout = self._dropout if (self._dropout > 0 and bool(training)) else 0.0
+        options = dict(
+            is_causal=causal, sliding_window=window, distance_penalty=self.distance_penalty,
+            query_offset=offset, scale=float(self._inverse_sqrt_key_dim), dropout=dropout,
+            seed=self._dropout_layer.seed_generator if dropout else None,
+            return_weights=return_scores, scores_budget_mb=self.scores_budget_mb,
         )
-        if return_attention_scores or dropout_active or not fusable:
-            if use_causal_mask:
-                mask = _and_masks(mask, self._compute_causal_mask(query, key))
-            return self._explicit_attention(query, key, value, mask, training)
-        return self._fused_attention(query, key, value, mask, use_causal_mask), None
+        if len(q.shape) == 4:
+            outputs = kaq_ops.attention(q, k, v, key_mask=key_valid, mask=mask, **options)
+            return outputs if return_scores else (outputs, None)
+        rank = len(q.shape)
+        axes = list(self._attention_axes)
+        free = [i for i in range(1, rank - 2) if i not in axes]
+        order = [0] + free + axes + [rank - 2, rank - 1]
+        q_steps, k_steps = ops.shape(q), ops.shape(k)
+        lead = [q_steps[i] for i in [0] + free]
 
-    def _explicit_attention(self, q, k, v, mask, training):
-        q = ops.multiply(q, ops.cast(self._inverse_sqrt_key_dim, q.dtype))
-        logits = _numerics.widen(ops.einsum(self._dot_product_equation, k, q))
-        if self.distance_penalty:
-            axis = self._attention_axes[0]
-            logits = logits - self._distance_bias(
-                ops.shape(q)[axis], ops.shape(k)[axis], logits.dtype,
-                getattr(self, "_query_offset", None),
-            )
-        weights = _masked_softmax(logits, mask, len(self._attention_axes))
-        scores = ops.cast(weights, self.compute_dtype)
-        if self._dropout > 0:
-            dropped = self._dropout_layer(scores, training=training)
-        else:
-            dropped = scores
-        context = ops.einsum(self._combine_equation, dropped, v)
-        return context, scores
+        def fold(x, steps):
+            x = ops.transpose(x, order)
+            return ops.reshape(x, [-1, math.prod(steps[i] for i in axes)] + list(steps[-2:]))
 
-    def _distance_bias(self, q_len, k_len, dtype, offset=None):
-        """`distance_penalty * |i' - j|`, `(T, S)`, with `i'` on the key
-        scale, or `offset + i` when decoding with a cache."""
-        rows = ops.cast(ops.arange(q_len), dtype)
-        cols = ops.cast(ops.arange(k_len), dtype)
-        if offset is not None:
-            aligned = rows + ops.cast(offset, dtype)
-        else:
-            scale = ops.cast(k_len, dtype) / ops.cast(q_len, dtype)
-            aligned = (rows + 0.5) * scale - 0.5  # == rows when q_len == k_len
-        distance = ops.abs(ops.expand_dims(aligned, 1) - ops.expand_dims(cols, 0))
-        # Capped far below the float32 maximum: a huge penalty is a hard
-        # locality mask, never an inf logit (inf - inf is NaN in the softmax).
-        return ops.minimum(self.distance_penalty * distance, 1e30)
-
-    def _fused_attention(self, q, k, v, mask, is_causal):
-        """Fused attention on `(B, T, N, H)` heads; empty rows give zeros."""
-        key_valid = None  # `(B, S)` if the mask is a key mask only
-        if mask is not None and _checks.static_shape(mask.shape)[1:3] == (1, 1):
-            # One axis at a time: torch's ONNX export takes no tuple here.
-            key_valid = ops.squeeze(ops.squeeze(mask, 2), 1)
-        full = mask  # with causality, for the paths that take one mask
-        if is_causal and mask is not None:
-            full = _and_masks(mask, ops.expand_dims(self._compute_causal_mask(q, k), 0))
-        lengths_path = _jax_padded_attention()
-        if lengths_path is not None and (mask is None or key_valid is not None):
-            # JAX on a GPU: the key mask goes to cuDNN as lengths (exact).
-            context = lengths_path(
-                q, k, v, key_valid, self._inverse_sqrt_key_dim, is_causal
-            )
-        elif _LEAN_ON_TENSORFLOW and not self._flash_attention:
-            if is_causal and mask is None:
-                full = ops.expand_dims(self._compute_causal_mask(q, k), 0)
-            context = self._lean_attention(q, k, v, full)
-        else:
-            context = ops.dot_product_attention(
-                q, k, v, mask=mask, scale=self._inverse_sqrt_key_dim,
-                is_causal=is_causal, flash_attention=self._flash_attention,
-            )
         if key_valid is not None:
-            sees = _sees_a_key(key_valid, is_causal, ops.shape(q)[1])
-        elif mask is not None:
-            # (B|1, N|1, T|1, S) -> which queries see a key, (B|1, T|1, N|1, 1)
-            sees = ops.any(ops.transpose(full, (0, 2, 1, 3)), axis=-1, keepdims=True)
-        else:
-            return context
-        # The fused kernels spread a query with no visible key over all
-        # keys; our policy is a zero context for it.
-        return ops.where(sees, context, ops.zeros((), context.dtype))
-
-    def _lean_attention(self, q, k, v, mask):
-        """`ops.dot_product_attention` as TensorFlow's backend computes it,
-        minus two full-size passes: the scale multiplies `q`, not the
-        `(B, N, T, S)` logits, and a `(B, 1, 1, S)` key mask broadcasts in
-        the `where` instead of being expanded to a `(B, N, T, S)` tensor
-        first. Same result, up to rounding (tested against the plain path).
-
-        Earns 10-15% of the layer's step as a TensorFlow graph on `make
-        bench`'s attention case at both sizes (XLA: the same time)."""
-        q = ops.multiply(q, ops.cast(self._inverse_sqrt_key_dim, q.dtype))
-        logits = _numerics.widen(ops.einsum("btnh,bsnh->bnts", q, k))
+            valid = ops.transpose(key_valid, order[:-2])
+            key_valid = ops.reshape(valid, (-1, math.prod(k_steps[i] for i in axes)))
         if mask is not None:
-            logits = ops.where(mask, logits, _numerics.FLOAT32_MIN)
-        probs = ops.cast(ops.softmax(logits, axis=-1), v.dtype)
-        return ops.einsum("bnts,bsnh->btnh", probs, v)
-
-    # -- masks -------------------------------------------------------------
-
-    def _compute_causal_mask(self, query, value=None):
-        """The `(1, T, S)` lower-triangular mask, `T`, `S` from the
-        attention axis (MultiHeadAttention's reads axis 1: the same for
-        rank-3 inputs, projected or not)."""
-        axis = self._attention_axes[0] if self._attention_axes else 1
-        q_len = ops.shape(query)[axis]
-        v_len = q_len if value is None else ops.shape(value)[axis]
-        rows = ops.expand_dims(ops.arange(q_len), 1)
-        cols = ops.expand_dims(ops.arange(v_len), 0)
-        return ops.expand_dims(rows >= cols, 0)
-
-    def _compute_sliding_window_mask(self, query, value=None):
-        """The `(1, T, S)` band `|i - j| < sliding_window` (on the attention
-        axis)."""
-        axis = self._attention_axes[0] if self._attention_axes else 1
-        q_len = ops.shape(query)[axis]
-        v_len = q_len if value is None else ops.shape(value)[axis]
-        distance = ops.abs(
-            ops.expand_dims(ops.arange(q_len), 1) - ops.expand_dims(ops.arange(v_len), 0)
+            full = lead + [self._num_heads] + [q_steps[i] for i in axes] + [k_steps[i] for i in axes]
+            mask = ops.reshape(
+                ops.broadcast_to(mask, full),
+                (-1, self._num_heads, math.prod(full[-2 * len(axes):-len(axes)]),
+                 math.prod(full[-len(axes):])),
+            )
+        outputs = kaq_ops.attention(
+            fold(q, q_steps), fold(k, k_steps), fold(v, ops.shape(v)),
+            key_mask=key_valid, mask=mask, **options,
         )
-        return ops.expand_dims(distance < self._sliding_window, 0)
+        context, scores = outputs if return_scores else (outputs, None)
+        unfolded = lead + [q_steps[i] for i in axes] + [self._num_heads, ops.shape(v)[-1]]
+        context = ops.transpose(ops.reshape(context, unfolded), list(np.argsort(order)))
+        if scores is not None:
+            scores = ops.reshape(
+                scores, lead + [self._num_heads] + [q_steps[i] for i in axes]
+                + [k_steps[i] for i in axes]
+            )
+        return context, scores
 
     def _expand_mask(self, mask, rank):
         """`mask` with MultiHeadAttention's broadcasting to the scores' rank:
@@ -942,65 +783,6 @@ def _and_masks(*masks):
     for m in present[1:]:
         out = ops.logical_and(out, m)
     return out
-
-
-def _masked_softmax(logits, mask, key_axes):
-    """`_numerics.masked_softmax` over the trailing `key_axes` axes.
-
-    Scores of rank > 4 (more attention or batch-like axes) are normalized
-    as a 2-D `(rows, keys)` array: TensorFlow's softmax kernel takes at most
-    five axes.
-    """
-    if key_axes == 1 and len(logits.shape) <= 4:
-        return _numerics.masked_softmax(logits, mask)
-    shape = ops.shape(logits)
-    keys = math.prod(shape[-key_axes:])
-    flat = ops.reshape(logits, (-1, keys))
-    if mask is not None:
-        mask = ops.reshape(ops.broadcast_to(mask, shape), (-1, keys))
-    return ops.reshape(_numerics.masked_softmax(flat, mask), shape)
-
-
-def _sees_a_key(key_valid, is_causal, q_len):
-    """`(B, T, 1, 1)` or `(B, 1, 1, 1)` bool: which queries see a valid key."""
-    if is_causal:
-        # Query i sees a key iff the first valid key is at most i (written
-        # without a gather, which torch's ONNX export cannot take).
-        steps = ops.shape(key_valid)[1]
-        first = ops.min(
-            ops.where(key_valid, ops.arange(steps), steps), axis=1, keepdims=True
-        )
-        sees = ops.logical_and(
-            ops.expand_dims(ops.arange(q_len), 0) >= first,
-            ops.any(key_valid, axis=1, keepdims=True),
-        )
-    else:
-        sees = ops.any(key_valid, axis=1, keepdims=True)
-    return ops.expand_dims(ops.expand_dims(sees, -1), -1)
-
-
-def _jax_off_gpu():
-    """True on the JAX backend without a GPU."""
-    if keras.backend.backend() != "jax":
-        return False
-    import jax
-
-    return jax.default_backend() != "gpu"
-
-
-def _jax_padded_attention():
-    """The JAX length-based attention on a GPU, or None elsewhere.
-
-    Its point is cuDNN; on CPU (where XLA's float16 dot with float32
-    accumulation does not exist) and TPU the generic fused op is used.
-    """
-    if keras.backend.backend() != "jax":
-        return None
-    try:
-        from keras_addons_qa import _jax_attention
-    except ImportError:  # pragma: no cover - JAX missing: generic path
-        return None
-    return _jax_attention.padded_attention if _jax_attention.on_gpu() else None
 
 
 def _check_shape(name, shape, expected):

@@ -58,9 +58,10 @@ class Problem:
         self.k_blocks = 1 if cols is k_len else -(-k_len // cols)
         self._given = (key_valid, mask)
         # Padded to whole blocks (with False), so every block slices alike.
-        if key_valid is not None:
+        whole = rows is q_len and cols is k_len  # one block: nothing to pad
+        if key_valid is not None and not whole:
             key_valid = _pad(key_valid, 1, self.k_blocks * cols)
-        if mask is not None:
+        if mask is not None and not whole:
             if mask.shape[3] != 1:
                 mask = _pad(mask, 3, self.q_blocks * rows)
             if mask.shape[4] != 1:
@@ -68,7 +69,7 @@ class Problem:
         self.key_valid, self.mask = key_valid, mask
         # Keys past the last valid one (right padding) are skipped.
         self.key_end = k_len
-        if key_valid is not None:
+        if key_valid is not None and not whole:
             steps = ops.arange(key_valid.shape[1], dtype="int32") + 1
             self.key_end = ops.max(ops.where(key_valid, steps, 0))
 
@@ -133,12 +134,10 @@ class Problem:
             parts.append(ops.reshape(part, (-1, 1, 1, 1, self.cols)))
         if self.mask is not None:
             parts.append(self._mask_block(i, j))
-        position = self._position(rows)
-        if self.causal:
-            parts.append(cols <= position)
-        if self.window:
-            parts.append(ops.abs(position - cols) < self.window)
-        if self.k_blocks * self.cols != self.k_len and self.key_valid is None and (
+        order = self.order(rows, cols)
+        if order is not None:
+            parts.append(order)
+        if cols_padded(self) and self.key_valid is None and (
             self.mask is None or self.mask.shape[4] == 1
         ):
             parts.append(cols < self.k_len)  # zero keys padding the last block
@@ -146,6 +145,18 @@ class Problem:
         for part in parts:
             visible = part if visible is None else ops.logical_and(visible, part)
         return logits, visible
+
+    def order(self, rows, cols):
+        """Which of query rows `rows` `(R, 1)` see keys `cols` `(1, C)` by
+        position (causal order and the window), or None for all."""
+        position = self._position(rows)
+        visible = None
+        if self.causal:
+            visible = cols <= position
+        if self.window:
+            band = ops.abs(position - cols) < self.window
+            visible = band if visible is None else ops.logical_and(visible, band)
+        return visible
 
     def _penalty(self, rows, cols):
         if self.offset is None:  # query positions mapped onto the key axis
@@ -168,6 +179,11 @@ class Problem:
             return mask
         size[0] = ops.shape(mask)[0]
         return ops.slice(mask, start, size)
+
+
+def cols_padded(problem):
+    """Whether zero keys pad the last key block."""
+    return problem.cols is not problem.k_len and problem.k_blocks * problem.cols != problem.k_len
 
 
 def _block_span(low, high, size, blocks):

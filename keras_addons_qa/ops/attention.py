@@ -103,6 +103,11 @@ def attention(
         scale = 1.0 / float(depth) ** 0.5
     groups = heads // kv_heads
 
+    if query_offset is None and not (sliding_window or distance_penalty or dropout or return_weights):
+        context = _fused_kernel(query, key, value, key_mask, mask, bool(is_causal), float(scale))
+        if context is not None:
+            return context
+
     # Head-major layout: q (B, K, G, T, H), k and v (B, K, S, H).
     steps = ops.shape(query)[:2]
     q = ops.reshape(query, (steps[0], steps[1], kv_heads, groups, depth))
@@ -155,6 +160,74 @@ def attention(
         shape = ops.shape(weights)
         return context, ops.reshape(weights, (shape[0], heads, shape[3], shape[4]))
     return context
+
+
+def position_mask(q_len, k_len, *, is_causal=False, sliding_window=None, query_offset=None):
+    """The `(T, S)` bool mask of `attention`'s causal order and window: the
+    keys each query sees by position alone (all True without either).
+
+    Args:
+        q_len: Number of queries `T`.
+        k_len: Number of keys `S`.
+        is_causal: As in `attention`.
+        sliding_window: As in `attention`.
+        query_offset: As in `attention`.
+    """
+    if sliding_window is not None:
+        sliding_window = _checks.integer_at_least("sliding_window", sliding_window, 1)
+    spec = _blockwise.Problem(
+        q_len, k_len, scale=1.0, causal=bool(is_causal), window=sliding_window,
+        distance_penalty=0.0, offset=query_offset, key_valid=None, mask=None,
+        rows=q_len, cols=k_len,
+    )
+    rows = ops.expand_dims(ops.arange(q_len, dtype="int32"), 1)
+    cols = ops.expand_dims(ops.arange(k_len, dtype="int32"), 0)
+    visible = spec.order(rows, cols)
+    if visible is None:
+        return ops.ones((q_len, k_len), "bool")
+    return ops.broadcast_to(visible, (q_len, k_len))
+
+
+def _fused_kernel(query, key, value, key_mask, mask, is_causal, scale):
+    """The backend's own fused kernel where it applies and earns its place,
+    else None.
+
+    - JAX on a GPU, float16 / bfloat16, no mask but the key mask: cuDNN's
+      flash attention, the key mask as sequence lengths
+      (`_jax_attention`).
+    - torch, no mask but causal order, equal key and value head sizes:
+      `scaled_dot_product_attention` (its flash kernel on a CPU), through
+      `keras.ops.dot_product_attention`.
+    """
+    backend = keras.backend.backend()
+    if backend == "jax" and mask is None:
+        from keras_addons_qa import _jax_attention
+
+        if not (_jax_attention.on_gpu() and query.dtype in _jax_attention.CUDNN_DTYPES):
+            return None
+        valid = None if key_mask is None else ops.cast(key_mask, "bool")
+        context = _jax_attention.padded_attention(query, key, value, valid, scale, is_causal)
+        if valid is None:
+            return context
+        return ops.where(_sees_a_key(valid, is_causal, query.shape[1]), context, 0.0)
+    if backend == "torch" and mask is None and key_mask is None and (
+        key.shape[-1] == value.shape[-1]
+    ):
+        groups = query.shape[2] // key.shape[2]
+        if groups > 1:
+            key, value = ops.repeat(key, groups, axis=2), ops.repeat(value, groups, axis=2)
+        return ops.dot_product_attention(query, key, value, scale=scale, is_causal=is_causal)
+    return None
+
+
+def _sees_a_key(key_valid, is_causal, q_len):
+    """`(B, T|1, 1, 1)` bool: which queries see a valid key."""
+    sees = ops.any(key_valid, axis=1, keepdims=True)
+    if is_causal:  # query i sees a key iff the first valid key is at most i
+        steps = ops.shape(key_valid)[1]
+        first = ops.min(ops.where(key_valid, ops.arange(steps), steps), axis=1, keepdims=True)
+        sees = ops.logical_and(ops.expand_dims(ops.arange(q_len), 0) >= first, sees)
+    return ops.expand_dims(ops.expand_dims(sees, -1), -1)
 
 
 def _fit(budget, heads, length):
