@@ -313,3 +313,21 @@ def test_bad_arguments_raise(bad, match):
     with pytest.raises(ValueError, match=match):
         kaq_ops.attention(args["query"].astype("float32"), args["key"].astype("float32"),
                           args["value"].astype("float32"), **kwargs)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_the_backend_kernel_hand_off_equals_the_own_path(causal):
+    """Without masks, torch's `scaled_dot_product_attention` takes the call;
+    an all-True key mask keeps it on the package's own path. Both equal the
+    reference, in values and gradients (on other backends both calls take
+    the own path)."""
+    rng = np.random.default_rng(9)
+    q, k, v, up = _inputs(rng, 2, 7, 7, 4, 2, 4)
+    v = v[..., :4].copy()  # equal key and value head sizes, as the kernel needs
+    up = up[..., :4].copy()
+    expected, _, expected_grads = reference(q, k, v, up, is_causal=causal)
+    for key_mask in (None, np.ones((2, 7), bool)):
+        out, grads = _run(q, k, v, up, is_causal=causal, key_mask=key_mask)
+        np.testing.assert_allclose(out, expected, atol=1e-5)
+        for got, want in zip(grads, expected_grads):
+            np.testing.assert_allclose(got, want, atol=1e-5)
