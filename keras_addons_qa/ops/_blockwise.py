@@ -127,7 +127,7 @@ class Problem:
         c = j * self.cols + ops.arange(self.cols, dtype="int32")
         rows, cols = ops.expand_dims(r, 1), ops.expand_dims(c, 0)
         if self.distance_penalty:
-            logits = logits - self._penalty(rows, cols)
+            logits = logits - ops.cast(self._penalty(rows, cols), logits.dtype)
         parts = []
         if self.key_valid is not None:
             part = ops.slice(self.key_valid, [0, j * self.cols], [ops.shape(q)[0], self.cols])
