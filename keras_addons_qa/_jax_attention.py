@@ -12,12 +12,10 @@ With causality, key positions matter and nothing is reordered: a right-
 padded mask (checked on the device) goes to the length-based kernel, any
 other to the boolean-mask kernel, through `lax.cond`.
 
-On an H100 it earns 20% of the layer's step over the boolean-mask kernel
-(`benchmarks/gpu.py`'s attention case, mixed_bfloat16: 1.38 ms, against 1.72
-ms for MultiHeadAttention given the same mask as one `(B, T, T)` mask).
-
-`QKVAttention` calls `padded_attention` only on the JAX backend with a GPU,
-and uses `keras.ops.dot_product_attention` everywhere else.
+It earns >= 10% on `benchmarks/gpu.py`'s attention case over the
+boolean-mask kernel (figures in `docs/benchmarks.md`, GPU section).
+`ops.attention` calls `padded_attention` only on the JAX backend with a GPU,
+for float16 / bfloat16 attention with no mask but the key mask.
 """
 
 import jax
