@@ -6,6 +6,7 @@ the way Keras's own layers do.
 
 import math
 import numbers
+import warnings
 
 
 def non_negative_float(name, value):
@@ -73,6 +74,19 @@ def static_shape(shape):
         d if isinstance(d, int) and not isinstance(d, bool) else None
         for d in tuple(shape)
     )
+
+
+def fixed_sizes(sizes):
+    """Sizes a model's weights fix (head counts, head sizes) as Python ints.
+
+    Torch's tracer (its ONNX export) hands every size over as a 0-d tensor
+    and warns when one becomes an int, since a length read that way would
+    not generalize. These sizes cannot change between calls, so they are
+    read as constants, and the tracer's warning is silenced for them alone.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return tuple(None if d is None else int(d) for d in sizes)
 
 
 def check_mask_shape(mask_shape, input_shape, input_name="inputs"):

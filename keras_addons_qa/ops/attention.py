@@ -97,8 +97,8 @@ def attention(
     (2, 6, 4, 8)
     """
     query, key, value = (ops.convert_to_tensor(x) for x in (query, key, value))
-    k_len, kv_heads = _check_inputs(query, key, value)
-    batch, q_len, heads, depth = _checks.static_shape(query.shape)
+    k_len, kv_heads, heads, depth = _check_inputs(query, key, value)
+    batch, q_len = _checks.static_shape(query.shape)[:2]
     if sliding_window is not None:
         sliding_window = _checks.integer_at_least("sliding_window", sliding_window, 1)
     distance_penalty = _checks.non_negative_float("distance_penalty", distance_penalty)
@@ -107,7 +107,7 @@ def attention(
     groups = heads // kv_heads
 
     if query_offset is None and not (sliding_window or distance_penalty or dropout or return_weights):
-        context = _fused_kernel(query, key, value, key_mask, mask, bool(is_causal), float(scale))
+        context = _fused_kernel(query, key, value, key_mask, mask, bool(is_causal), float(scale), groups)
         if context is not None:
             return context
 
@@ -191,7 +191,7 @@ def position_mask(q_len, k_len, *, is_causal=False, sliding_window=None, query_o
     return ops.broadcast_to(visible, (q_len, k_len))
 
 
-def _fused_kernel(query, key, value, key_mask, mask, is_causal, scale):
+def _fused_kernel(query, key, value, key_mask, mask, is_causal, scale, groups):
     """The backend's own fused kernel where it applies and earns its place,
     else None.
 
@@ -213,10 +213,8 @@ def _fused_kernel(query, key, value, key_mask, mask, is_causal, scale):
         if valid is None:
             return context
         return ops.where(_sees_a_key(valid, is_causal, query.shape[1]), context, 0.0)
-    if backend == "torch" and mask is None and key_mask is None and (
-        key.shape[-1] == value.shape[-1]
-    ):
-        groups = query.shape[2] // key.shape[2]
+    same_depth = _checks.fixed_sizes(key.shape[-1:]) == _checks.fixed_sizes(value.shape[-1:])
+    if backend == "torch" and mask is None and key_mask is None and same_depth:
         if groups > 1:
             key, value = ops.repeat(key, groups, axis=2), ops.repeat(value, groups, axis=2)
         return ops.dot_product_attention(query, key, value, scale=scale, is_causal=is_causal)
@@ -251,22 +249,31 @@ def _full(spec, q, k, v, dropout, seed):
 
 
 def _check_inputs(query, key, value):
-    shapes = [_checks.static_shape(x.shape) for x in (query, key, value)]
+    """Checks the layouts; returns `(k_len, kv_heads, heads, depth)`.
+
+    Head counts and sizes are fixed by a model's weights, so they are read
+    as Python ints even where a tracer hands sizes over as tensors (torch's
+    ONNX export); the steps stay unknown (None) there.
+    """
+    shapes = [tuple(x.shape) for x in (query, key, value)]
     if any(len(s) != 4 for s in shapes):
         raise ValueError(
             "`query`, `key` and `value` must have shape (batch, steps, heads, "
             f"head_dim). Received: query.shape={shapes[0]}, "
             f"key.shape={shapes[1]}, value.shape={shapes[2]}"
         )
-    (_, _, heads, depth), (_, k_len, kv_heads, k_depth), (_, v_len, v_heads, _) = shapes
-    if k_depth != depth or (k_len, kv_heads) != (v_len, v_heads) or heads % kv_heads:
+    fixed = [_checks.fixed_sizes(s[2:]) for s in shapes]
+    (heads, depth), (kv_heads, k_depth), (v_heads, _) = fixed
+    k_len, v_len = (_checks.static_shape(s)[1] for s in shapes[1:])
+    same_len = k_len is None or v_len is None or k_len == v_len
+    if k_depth != depth or kv_heads != v_heads or not same_len or heads % kv_heads:
         raise ValueError(
             "`key` must have `query`'s head_dim, `value` `key`'s steps and "
             "heads, and the key heads must divide the query heads. Received: "
             f"query.shape={shapes[0]}, key.shape={shapes[1]}, "
             f"value.shape={shapes[2]}"
         )
-    return k_len, kv_heads
+    return k_len, kv_heads, heads, depth
 
 
 def _check_mask_shape(name, shape, expected):
