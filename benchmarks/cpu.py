@@ -605,6 +605,10 @@ def main(argv=None):
 
     print("CRF functions against a Python loop over time:", flush=True)
     markdown += "\n\n" + crf.run(tiny=args.tiny)
+    from benchmarks import attention_kernel
+
+    print("ops.attention against its goals:", flush=True)
+    markdown += "\n\n" + attention_kernel.run(tiny=args.tiny)
     from benchmarks import long_attention
 
     print("attention over long sequences:", flush=True)

@@ -7,13 +7,16 @@ point runs in a fresh process, and reports the process's peak resident
 memory and the mean of two steps after the first (one from 16384 steps on;
 the first includes tracing and compiling):
 
-- `QKVAttention` with its defaults (chunked once the scores of one example
+- `QKVAttention` with its defaults (blockwise once the scores of one example
   pass 128 MiB: from 4096 steps on here), on TensorFlow (graph) and JAX
   (`jax.jit`);
 - `QKVAttention(scores_budget_mb=None)` (always the full scores) at 2048
-  and 4096 steps, the cost of the chunked path where the full one fits;
+  and 4096 steps, the cost of the blockwise path where the full one fits;
 - `QKVAttention` with `use_causal_mask=True`, and with a causal sliding
   window of 512 steps, on TensorFlow (the blocks these hide are skipped);
+- a causal prompt of that length written into a KV cache by
+  `QKVAttention` (forward only: prefill), on TensorFlow, at 16384 steps
+  and the longest length;
 - `keras.layers.MultiHeadAttention` with the same padding as an
   `attention_mask`, on TensorFlow, up to 8192 steps (at 16384 its step
   needs more than the 24 GiB of the machine this was written on).
@@ -47,6 +50,8 @@ def _worker(length, which, features=512, heads=8, head_size=64):
     x = rng.normal(size=(1, length, features)).astype("float32")
     mask = np.ones((1, length), bool)
     mask[0, length - length // 8 :] = False
+    if which == "ours-prefill":  # a causal prompt written into a KV cache
+        return _prefill(length, x, mask, heads, head_size)
     if which in ("ours", "ours-causal"):
         layer = kaq.layers.QKVAttention(heads, head_size)
     elif which == "ours-full":
@@ -103,6 +108,32 @@ def _worker(length, which, features=512, heads=8, head_size=64):
                 step=sum(times) / len(times), peak=peak)
 
 
+def _prefill(length, x, mask, heads, head_size):
+    import keras
+    import tensorflow as tf
+
+    import keras_addons_qa as kaq
+
+    layer = kaq.layers.QKVAttention(heads, head_size)
+    layer(x[:, :8], x[:, :8])
+    cache = tf.zeros((1, 2, length, heads, head_size))
+
+    @tf.function
+    def step(x, m, cache):
+        return layer(x, x, value_mask=m, use_causal_mask=True, cache=cache,
+                     cache_update_index=0)[0]
+
+    x, mask = tf.constant(x), tf.constant(mask)
+    start = time.perf_counter()
+    step(x, mask, cache).numpy()
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    step(x, mask, cache).numpy()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return dict(length=length, which="ours-prefill", backend=keras.backend.backend(),
+                first=first, step=time.perf_counter() - start, peak=peak)
+
+
 def _measure(length, which, backend):
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run(
@@ -126,6 +157,8 @@ def _cases(lengths):
         yield length, "ours-window", "tensorflow"
         if length <= MHA_MAX:
             yield length, "mha", "tensorflow"
+        if length in (16384, lengths[-1]):
+            yield length, "ours-prefill", "tensorflow"
 
 
 def plot(rows, path):
@@ -176,11 +209,13 @@ def run(tiny=False, output_dir=None, lengths=None):
     names = {"ours": "QKVAttention", "ours-full": "QKVAttention, full scores",
              "ours-causal": "QKVAttention, causal",
              "ours-window": f"QKVAttention, causal window {WINDOW}",
+             "ours-prefill": "QKVAttention, causal prompt into a cache (forward)",
              "mha": "MultiHeadAttention"}
     lines = [
         "Long sequences: self-attention training step, batch 1, 8 heads of 64, "
         "512 features, the last eighth padding (goal: peak < 3 GiB at 16384 on "
-        "TensorFlow and JAX; 32768 runs; at 2048 within 1.3x of the full path):",
+        "TensorFlow and JAX, for the causal step and a prefilled cache too; 32768 "
+        "runs; at 2048 within 1.3x of the full path):",
         "",
         "| T | layer | backend | step (s) | peak memory (GiB) | step / MultiHeadAttention's |",
         "| ---: | --- | --- | ---: | ---: | ---: |",
@@ -188,7 +223,7 @@ def run(tiny=False, output_dir=None, lengths=None):
     mha = {r["length"]: r for r in rows if r["which"] == "mha"}
     for r in rows:
         ratio = ""
-        if r["which"] != "mha" and r["length"] in mha and r["backend"] == "tensorflow":
+        if r["which"] not in ("mha", "ours-prefill") and r["length"] in mha and r["backend"] == "tensorflow":
             ratio = f"{r['step'] / mha[r['length']]['step']:.2f}"
         lines.append(f"| {r['length']} | {names[r['which']]} | {r['backend']} | "
                      f"{r['step']:.2f} | {r['peak'] / 2**30:.2f} | {ratio} |")

@@ -89,6 +89,19 @@ def fixed_sizes(sizes):
         return tuple(None if d is None else int(d) for d in sizes)
 
 
+def check_shape(name, shape, expected):
+    """Raises unless `shape` has `expected`'s rank and sizes where both are
+    known (None = any)."""
+    shape, expected = static_shape(shape), static_shape(expected)
+    if len(shape) != len(expected) or any(
+        s is not None and e is not None and s != e for s, e in zip(shape, expected)
+    ):
+        raise ValueError(
+            f"`{name}` must have shape {expected} (None = any). "
+            f"Received: {name}.shape={shape}"
+        )
+
+
 def check_mask_shape(mask_shape, input_shape, input_name="inputs"):
     """Raises if a mask's static shape is not a prefix of the input's.
 

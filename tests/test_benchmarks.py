@@ -45,17 +45,31 @@ def test_cpu_suite_runs_at_tiny_sizes(tmp_path):
         assert float(cells[3]) > 0 and float(cells[4]) > 0 and float(cells[5]) > 0
     assert (tmp_path / "cpu_scaling.png").stat().st_size > 10_000
     decode, long = text.split("Monotone decoding")[1].split("Long sequences")
+    decode, kernel = decode.split("`ops.attention`, training step")
     decode, crf = decode.split("CRF functions")
     decode = [l for l in decode.splitlines() if l.startswith("| ")]
     jax = importlib.util.find_spec("jax") is not None
+    torch = importlib.util.find_spec("torch") is not None
     assert len(decode) == 2 + 2 + jax
     assert all(row.rstrip().endswith("| yes |") for row in decode[2:])  # exact paths
     crf = [l for l in crf.splitlines() if l.startswith("| ")]
     assert len(crf) == 2 + 4  # (log-likelihood + gradient, decode) x (graph, XLA)
     assert all(row.rstrip().endswith("| yes |") for row in crf[2:])  # same results as the loop
+    kernel_cases, goals = kernel.split("| goal |")
+    kernel_cases = [l for l in kernel_cases.splitlines() if l.startswith("| ")]
+    # blockwise and full at 3 lengths, JAX at 2, causal and blockwise at the
+    # long length, the window at 2, torch at 2
+    assert len(kernel_cases) == 2 + 6 + 2 * jax + 2 + 2 + 2 * torch
+    for row in kernel_cases[2:]:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert all(float(c.split()[0]) > 0 for c in cells[1:])  # s, GiB, GFLOP/s, share
+    goals = [l for l in goals.splitlines() if l.startswith("| ")]
+    assert len(goals) == 1 + 3 + 2 * jax + 3 + 2 * torch
+    assert all(row.rstrip().endswith(("| yes |", "| no |")) for row in goals[1:])
     long = [l for l in long.splitlines() if l.startswith("| ")]
-    # 2 lengths: ours (per backend), causal, causal window, MHA; full at 128
-    assert len(long) == 2 + 5 + 4 + 2 * jax
+    # 2 lengths: ours (per backend), causal, causal window, MHA; full at 128;
+    # a prefilled cache at the longest
+    assert len(long) == 2 + 5 + 4 + 1 + 2 * jax
     for row in long[2:]:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert float(cells[3]) > 0 and float(cells[4]) > 0  # seconds, GiB

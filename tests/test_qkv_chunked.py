@@ -236,3 +236,33 @@ def test_budget_argument_and_config():
     for bad in (0, -1.0, float("nan"), "big"):
         with pytest.raises(ValueError, match="scores_budget_mb"):
             QKVAttention(2, 4, scores_budget_mb=bad)
+
+
+def test_a_long_prompt_prefills_a_cache_block_by_block(monkeypatch):
+    """A causal prompt written into a cache goes blockwise once its scores
+    pass the budget, and gives the uncached causal pass's outputs and
+    cache."""
+    spy = _Spy(monkeypatch)
+    rng = np.random.default_rng(5)
+    steps, max_length = 11, 16
+    x = rng.normal(size=(2, steps, 8)).astype("float32")
+    mask = np.ones((2, steps), bool)
+    mask[1, :3] = False  # a left-padded prompt
+    uncached = QKVAttention(4, 4, num_key_value_heads=2, scores_budget_mb=None)
+    expected = harness.to_numpy(uncached(x, x, value_mask=mask, use_causal_mask=True))
+    layer = QKVAttention(
+        4, 4, num_key_value_heads=2, scores_budget_mb=_budget(4, max_length, 3)
+    )
+    layer(x, x)
+    layer.set_weights(uncached.get_weights())
+    cache = ops.zeros((2, 2, max_length, 2, 4))
+    spy.calls = 0
+    out, cache = layer(x, x, value_mask=mask, use_causal_mask=True, cache=cache,
+                       cache_update_index=0)
+    assert spy.calls == 1
+    out = harness.to_numpy(out)
+    np.testing.assert_allclose(out[mask], expected[mask], rtol=1e-5, atol=1e-5)
+    keys = harness.to_numpy(uncached.key_dense(x))
+    np.testing.assert_allclose(harness.to_numpy(cache)[:, 0, :steps][mask], keys[mask],
+                               rtol=1e-5, atol=1e-5)
+    assert not harness.to_numpy(cache)[:, :, steps:].any()

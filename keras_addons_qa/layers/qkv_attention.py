@@ -28,136 +28,87 @@ class QKVAttention(keras.layers.MultiHeadAttention):
     """Multi-head attention, exact under masks: a drop-in for
     `keras.layers.MultiHeadAttention`.
 
-    The attention of "Attention Is All You Need": query, key and value
-    projections into `num_heads` heads, scaled dot-product attention per
-    head, an output projection. It is a subclass of
-    `keras.layers.MultiHeadAttention` and takes the same constructor and
-    call arguments with the same meaning and defaults, builds the same
-    variables in the same order, returns the same shapes (inputs of any rank
-    with `attention_axes`), has the same `get_config` keys (so
-    `QKVAttention.from_config(mha.get_config())` builds an equivalent layer)
-    and the same `query_dense`, `key_dense`, `value_dense` and
-    `output_dense` sublayers (LoRA, int8 quantization and dtype policy maps
-    reach them as they reach MultiHeadAttention's). With the same weights it
-    computes the same outputs and scores wherever every query sees a key;
-    `from_multi_head_attention(mha)` converts a built layer.
+    A subclass of `keras.layers.MultiHeadAttention` with its constructor and
+    call arguments, variables (in the same order), output shapes,
+    `get_config` keys and sublayers, so LoRA, int8 quantization and dtype
+    policy maps reach it as they reach MultiHeadAttention;
+    `from_multi_head_attention(mha)` converts a built layer. With the same
+    weights it computes the same outputs and scores wherever every query
+    sees a key. What it adds:
 
-    What it adds:
+    - Padding reaches nothing: steps that `query_mask`, `value_mask` or
+      `key_mask` (by default the inputs' Keras masks) mark are zeroed
+      before the projections, so inf or NaN there reach no output and no
+      gradient. An explicit `query_mask` is honoured.
+    - A query that sees no key gets a zero context (its output is the
+      output projection's bias) and zero scores, never NaN.
+    - The softmax runs in float32 under every dtype policy.
+    - `distance_penalty` (Speech-Transformer's locality bias),
+      `num_key_value_heads` (grouped-query attention) and a KV cache
+      (KerasHub's `CachedMultiHeadAttention` convention).
+    - Long sequences in bounded memory: all attention arithmetic is
+      `keras_addons_qa.ops.attention`, which runs block by block once the
+      scores pass `scores_budget_mb`, skipping the blocks causal order and
+      `sliding_window` hide.
 
-    - **Padding reaches nothing.** Steps that `query_mask`, `value_mask` or
-      `key_mask` mark as padding are zeroed before the projections, so
-      whatever they hold (inf and NaN included) reaches no output and no
-      gradient.
-    - **Queries that see no key get a zero context**, so their output is
-      the output projection's bias: a fully padded value sequence, a padded
-      query, a row of `attention_mask` that is all False. Never NaN, never
-      a mean over padding (MultiHeadAttention returns a uniform average over
-      masked keys on one code path and zeros on another), with finite
-      gradients. Their attention scores are all zero.
-    - **The softmax runs in float32** under every dtype policy, and the
-      result is cast back to the compute dtype.
-    - **`query_mask` given explicitly is honoured.** MultiHeadAttention
-      reads the query mask only from the query's Keras mask and ignores the
-      argument; here an explicit mask wins and the Keras mask is the
-      default.
-    - **`distance_penalty`**, Speech-Transformer's locality bias (below).
-
-    Masks follow Keras: bool, True = attend, combined by AND. `query_mask`
-    has the query's shape without its feature axis (`(B, T)` for rank-3
-    inputs), `value_mask` and `key_mask` the value's (`(B, S)`); by default
-    they come from the inputs' Keras masks (`Embedding(mask_zero=True)`,
-    `Masking`). `attention_mask` is broadcast as MultiHeadAttention does:
-    `(T, S)`, `(B, T, S)` or per head `(B, num_heads, T, S)` for rank-3
-    inputs; any other shape raises. `use_causal_mask` and `sliding_window`
-    (a band `|i - j| < sliding_window`) add to them; both need a single
-    attention axis. The output carries the query mask as its Keras mask.
-
-    All attention arithmetic is `keras_addons_qa.ops.attention`: the full
-    scores when they fit `scores_budget_mb`, otherwise blocks that never
-    hold them, skipping the blocks causal order and the window hide (long
-    sequences train in bounded memory, a long prompt prefills a cache).
-    Each projection is one 2-D matrix product over the flattened leading
-    axes; a quantized projection, or one with an activity regularizer,
-    goes through its own sublayer call.
+    Masks are bool, True = attend, combined by AND. `query_mask` has the
+    query's shape without features, `value_mask` and `key_mask` the
+    value's. `attention_mask` broadcasts as in MultiHeadAttention (`(T, S)`,
+    `(B, T, S)` or `(B, num_heads, T, S)` for rank-3 inputs); any other
+    shape raises.
 
     Args:
-        num_heads: Number of attention heads, an int >= 1.
-        key_dim: Size of each query and key head, an int >= 1.
+        num_heads: Number of attention heads.
+        key_dim: Size of each query and key head.
         value_dim: Size of each value head; defaults to `key_dim`.
-        dropout: Dropout rate on the attention weights, `0 <= dropout < 1`.
+        dropout: Dropout rate on the attention weights, in `[0, 1)`.
         use_bias: Whether the projections have biases.
-        output_shape: Shape of the output's trailing axes, an int or a
-            tuple of ints; defaults to the query's feature size.
-        attention_axes: Axes attention runs over (an int or a tuple);
-            `None` means every axis but the batch and feature axes.
+        output_shape: The output's trailing shape, an int or a tuple;
+            defaults to the query's feature size.
+        attention_axes: Axes attention runs over; `None` means every axis
+            but the batch and feature axes.
         sliding_window: Optional int >= 1: query `i` sees keys `j` with
-            `|i - j| < sliding_window` (with `use_causal_mask`, the causal
-            sliding window of Mistral and Llama 3).
-        flash_attention: As in MultiHeadAttention: `None` lets the backend
-            choose; `True` asks for flash attention (JAX and torch).
-        kernel_initializer: Initializer of the projection kernels.
-        bias_initializer: Initializer of the projection biases.
-        kernel_regularizer: Optional regularizer of the kernels.
-        bias_regularizer: Optional regularizer of the biases.
-        activity_regularizer: Optional regularizer of each projection's
-            output, as in MultiHeadAttention.
-        kernel_constraint: Optional constraint of the kernels.
-        bias_constraint: Optional constraint of the biases.
-        use_gate: Gated attention (Qiu et al., 2025): a sigmoid projection
-            of the query multiplies each head's context before the output
-            projection.
+            `|i - j| < sliding_window` (single attention axis).
+        flash_attention: As in MultiHeadAttention.
+        kernel_initializer: As in MultiHeadAttention.
+        bias_initializer: As in MultiHeadAttention.
+        kernel_regularizer: As in MultiHeadAttention.
+        bias_regularizer: As in MultiHeadAttention.
+        activity_regularizer: As in MultiHeadAttention.
+        kernel_constraint: As in MultiHeadAttention.
+        bias_constraint: As in MultiHeadAttention.
+        use_gate: Gated attention: a sigmoid projection of the query
+            multiplies each head's context.
         seed: Optional int seeding the dropout.
-        distance_penalty: A finite float >= 0: `distance_penalty * |i - j|`
-            is subtracted from the logit of query `i` and key `j` (in
-            float32), so attention prefers nearby steps; a very large value
-            makes self-attention the identity. When the query and key
-            lengths differ, query positions are mapped onto the key axis by
-            relative scale, aligning step centers:
-            `i' = (i + 1/2) S / T - 1/2`. Needs a single attention axis.
-            0 (the default) is plain attention.
-        num_key_value_heads: Number of key and value heads, a divisor of
-            `num_heads` (grouped-query attention, as in Keras's
-            `GroupQueryAttention` and Llama-style models: each key and value
-            head serves `num_heads // num_key_value_heads` query heads);
+        distance_penalty: A float >= 0: `distance_penalty * |i' - j|` is
+            subtracted from each logit, `i' = (i + 1/2) S / T - 1/2` the
+            query's position on the key axis (single attention axis).
+        num_key_value_heads: Key and value heads, a divisor of `num_heads`;
             defaults to `num_heads`.
-        scores_budget_mb: Memory, in MiB per example, above which attention
-            runs block by block (`ops.attention`); a positive float, default
-            128 (8 heads over 2048 x 2048 steps fit). `None` always computes
-            the full scores.
-        output_dim: The name 0.1.0 gave an int `output_shape`; still
-            accepted (and models saved with it still load).
-        **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
+        scores_budget_mb: MiB of scores per example above which attention
+            runs block by block (default 128); `None`: always the full
+            scores.
+        output_dim: 0.1.0's name for an int `output_shape`.
+        **kwargs: Base layer keyword arguments.
 
     Call arguments:
-        query: `(B, T, query_features)`, or rank 4-5 with `attention_axes`.
-        value: `(B, S, value_features)`, the same rank as `query`.
-        key: Optional `(B, S, key_features)`; defaults to `value`.
+        query: `(B, T, features)`, or rank 4-5 with `attention_axes`.
+        value: `(B, S, features)`, the same rank as `query`.
+        key: Optional, like `value`; defaults to `value`.
         query_mask: Optional bool, the query's shape without features.
         value_mask: Optional bool, the value's shape without features.
         key_mask: Optional bool, the key's shape without features.
         attention_mask: Optional bool, see above.
-        return_attention_scores: Also return the attention weights (before
-            dropout), `(B, num_heads, T, S)` for rank-3 inputs.
+        return_attention_scores: Also return the weights (before dropout).
         training: Whether dropout is active.
-        use_causal_mask: Whether query `i` may only see keys `j <= i`.
+        use_causal_mask: Whether query `i` sees only keys `j <= i`.
         cache: Optional `(B, 2, max_length, num_key_value_heads, key_dim)`
-            keys and values of earlier steps, for autoregressive decoding
-            (KerasHub's `CachedMultiHeadAttention` convention). With a
-            cache, the call returns `(output, cache)` and attends over all
-            `max_length` cached steps; `use_causal_mask`, `sliding_window`
-            and `distance_penalty` count the queries' positions from
-            `cache_update_index`, so a causal pass hides the steps not yet
-            written. `value_mask` / `key_mask` cover the new steps; padding
-            of earlier steps (a left-padded prompt) is an `attention_mask`
-            of shape `(B, T, max_length)`, as KerasHub models pass it.
-            Rank-3 inputs, `value_dim == key_dim`, no returned scores.
-        cache_update_index: Where the new steps' keys and values go in the
-            cache (an int or a scalar tensor: a compiled decoding step
-            keeps one static cache shape); None reads the cache as it is.
-
-    Output shape:
-        The query's shape with its feature axis replaced by `output_shape`,
-        and the scores if asked, or the updated cache if one is given.
+            keys and values; the call then returns `(output, cache)` and
+            attends over the whole cache, causal order, window and penalty
+            counting positions from `cache_update_index`. Earlier steps'
+            padding is an `attention_mask` of shape `(B, T, max_length)`.
+        cache_update_index: Where the new steps go in the cache (an int or
+            a scalar tensor); None reads the cache as it is.
 
     Example:
 
@@ -177,8 +128,6 @@ class QKVAttention(keras.layers.MultiHeadAttention):
           Attention Is All You Need.
         - [Dong et al., 2018](https://ieeexplore.ieee.org/document/8462506),
           Speech-Transformer.
-        - [Rabe and Staats, 2021](https://arxiv.org/abs/2112.05682),
-          Self-attention Does Not Need O(n^2) Memory.
     """
 
     def __init__(
@@ -412,7 +361,7 @@ class QKVAttention(keras.layers.MultiHeadAttention):
             ("key_mask", key_mask, steps[1]),
         ):
             if mask is not None:
-                _check_shape(name, mask.shape, shape)
+                _checks.check_shape(name, mask.shape, shape)
         axes = self._attention_axes  # resolved by build
         single_axis = len(axes) == 1
         if (use_causal_mask or self._sliding_window) and not single_axis:
@@ -785,31 +734,13 @@ def _and_masks(*masks):
     return out
 
 
-def _check_shape(name, shape, expected):
-    """Raises unless `shape` matches `expected` where both are known."""
-    shape, expected = _checks.static_shape(shape), _checks.static_shape(expected)
-    ok = len(shape) == len(expected) and all(
-        s is None or e is None or s == e for s, e in zip(shape, expected)
-    )
-    if not ok:
-        raise ValueError(
-            f"`{name}` must have shape {expected} (None = any). "
-            f"Received: {name}.shape={shape}"
-        )
-
-
 def _project(dense, inputs, contracted=1):
     """`dense(inputs)` for an `EinsumDense` that contracts the last
-    `contracted` axes of `inputs`, as one 2-D matrix product.
-
-    The bias is added with NumPy broadcasting on every backend: Keras's
-    TensorFlow `ops.add` squeezes a `(heads, 1)` bias and adds it along the
-    wrong axis when the sequence length equals the number of heads, and
-    `EinsumDense` inherits that. (The step with the flattened products
-    measured 0.91-1.07 of the step with the sublayer calls; they are the
-    layer's only projection code, not a speed path.) A quantized
-    projection, which has its own call, and one with an activity
-    regularizer (a loss on its output) go through the sublayer.
+    `contracted` axes of `inputs`, as one 2-D matrix product with the bias
+    added by NumPy broadcasting (Keras's TensorFlow `ops.add`, which
+    `EinsumDense` uses, adds a `(heads, 1)` bias along the wrong axis when
+    the length equals the number of heads; see the API page). A quantized
+    projection, or one with an activity regularizer, calls its sublayer.
     """
     if getattr(dense, "quantization_mode", None) or dense.activity_regularizer:
         return dense(inputs)

@@ -119,7 +119,7 @@ def attention(
     v = ops.transpose(value, (0, 2, 1, 3))
     key_valid = None
     if key_mask is not None:
-        _check_mask_shape("key_mask", key_mask.shape, (batch, k_len))
+        _checks.check_shape("key_mask", key_mask.shape, (batch, k_len))
         key_valid = ops.cast(key_mask, "bool")
         # Masked keys may hold anything: zeroed, for values and gradients.
         k = _numerics.sanitize(k, ops.expand_dims(key_valid, 1))
@@ -274,17 +274,6 @@ def _check_inputs(query, key, value):
             f"value.shape={shapes[2]}"
         )
     return k_len, kv_heads, heads, depth
-
-
-def _check_mask_shape(name, shape, expected):
-    shape = _checks.static_shape(shape)
-    if len(shape) != len(expected) or any(
-        s is not None and e is not None and s != e for s, e in zip(shape, expected)
-    ):
-        raise ValueError(
-            f"`{name}` must have shape {expected} (None = any). "
-            f"Received: {name}.shape={shape}"
-        )
 
 
 def _grouped_mask(mask, scores_shape, kv_heads):

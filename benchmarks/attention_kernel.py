@@ -1,0 +1,272 @@
+"""`ops.attention` against its goals: the blockwise path against the full
+one, JAX against TensorFlow, causal order and windows against the full
+step, the rate of useful work against the machine's matrix products, and
+PyTorch's CPU flash kernel.
+
+Every case is one training step of the bare kernel (forward, and the
+gradients of query, key and value): batch 1, 8 heads of 64, self-attention
+without padding. Each case runs in a fresh process (peak resident memory is
+the process's), in `--runs` interleaved rounds; the table gives the median
+step and the spread (min-max) over the rounds. Cases:
+
+- `full` / `blockwise`: `scores_budget_mb=None` against the default budget
+  (at 2048 steps, where the default keeps the full scores, half of them:
+  64 MiB), TensorFlow graph; `blockwise` also on JAX (`jax.jit`);
+- `causal`, `window`: the blockwise path with `is_causal=True`, and with a
+  causal sliding window of 512 steps;
+- `torch-sdpa`: `torch.nn.functional.scaled_dot_product_attention` without
+  a mask (its flash kernel on a CPU), against TensorFlow's `blockwise`;
+- `matmul`: the float32 matrix-multiply rate of the same kind of process
+  (TensorFlow, 4096 x 4096 by 4096 x 4096), against which the useful
+  attention FLOPs per second are reported (`12 * heads * T * S * head_dim`
+  for forward and backward, times the visible fraction under causal order
+  or a window).
+
+    python -m benchmarks.attention_kernel [--tiny] [--runs N]
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_RESULT = "RESULT "
+HEADS, HEAD_DIM, WINDOW = 8, 64, 512
+MATMUL = 4096
+
+
+def _visible_fraction(which, length):
+    if which == "causal":
+        return (length + 1) / (2 * length)
+    if which == "window":  # keys j with i - WINDOW < j <= i
+        w = min(WINDOW, length)
+        return (w * length - w * (w - 1) / 2) / length**2
+    return 1.0
+
+
+def _budget(which, length):
+    if which == "full":
+        return None
+    full_mb = HEADS * length * length * 4 / 2**20
+    return min(128.0, full_mb / 2)
+
+
+def _tensorflow_step(which, length):
+    import tensorflow as tf
+
+    from keras_addons_qa import ops as kaq_ops
+
+    rng = tf.random.Generator.from_seed(0)
+    q, k, v = (rng.normal((1, length, HEADS, HEAD_DIM)) for _ in range(3))
+    options = dict(is_causal=which in ("causal", "window"),
+                   sliding_window=WINDOW if which == "window" else None,
+                   scores_budget_mb=_budget(which, length))
+
+    @tf.function
+    def step(q, k, v):
+        with tf.GradientTape() as tape:
+            tape.watch([q, k, v])
+            out = kaq_ops.attention(q, k, v, **options)
+            loss = tf.reduce_sum(out * out)
+        return tape.gradient(loss, [q, k, v])
+
+    return lambda: [g.numpy() for g in step(q, k, v)]
+
+
+def _jax_step(which, length):
+    import jax
+
+    from keras_addons_qa import ops as kaq_ops
+
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    q, k, v = (jax.random.normal(key, (1, length, HEADS, HEAD_DIM)) for key in keys)
+    options = dict(is_causal=which in ("causal", "window"),
+                   sliding_window=WINDOW if which == "window" else None,
+                   scores_budget_mb=_budget(which, length))
+
+    def loss(q, k, v):
+        out = kaq_ops.attention(q, k, v, **options)
+        return (out * out).sum()
+
+    step = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+    return lambda: jax.block_until_ready(step(q, k, v))
+
+
+def _torch_step(length):
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, HEADS, length, HEAD_DIM, generator=gen, requires_grad=True)
+               for _ in range(3))
+
+    def run():
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        (out * out).sum().backward()
+        for x in (q, k, v):
+            x.grad = None
+
+    return run
+
+
+def _matmul_rate():
+    import tensorflow as tf
+
+    a = tf.random.normal((MATMUL, MATMUL))
+    b = tf.random.normal((MATMUL, MATMUL))
+    matmul = tf.function(lambda a, b: tf.reduce_sum(tf.matmul(a, b)))
+    matmul(a, b).numpy()
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        matmul(a, b).numpy()
+        times.append(time.perf_counter() - start)
+    return 2 * MATMUL**3 / min(times)
+
+
+def _worker(which, backend, length):
+    if which == "matmul":
+        return dict(which=which, backend=backend, length=0, step=0.0,
+                    rate=_matmul_rate(), peak=0)
+    if which == "torch-sdpa":
+        run = _torch_step(length)
+    elif backend == "jax":
+        run = _jax_step(which, length)
+    else:
+        run = _tensorflow_step(which, length)
+    start = time.perf_counter()
+    run()
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(2 if length <= 16384 else 1):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    step = min(times)
+    flops = 12 * HEADS * length * length * HEAD_DIM * _visible_fraction(which, length)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return dict(which=which, backend=backend, length=length, first=first, step=step,
+                rate=flops / step, peak=peak)
+
+
+def _measure(which, backend, length):
+    env = {**os.environ, "KERAS_BACKEND": "torch" if which == "torch-sdpa" else backend,
+           "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.attention_kernel", "--worker", which, backend,
+         str(length)],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )
+    lines = [l for l in done.stdout.splitlines() if l.startswith(_RESULT)]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"{which} on {backend} at {length} failed:\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1][len(_RESULT):])
+
+
+def _cases(tiny):
+    """(which, backend, length), and the rows of the goal table as
+    (label, case, baseline case, goal)."""
+    import importlib.util
+
+    jax = importlib.util.find_spec("jax") is not None
+    torch = importlib.util.find_spec("torch") is not None
+    short, mid, long_, longest = (64, 128, 512, 1024) if tiny else (2048, 4096, 16384, 131072)
+    rows = []
+    for t in (short, mid, 2 * mid):
+        rows.append((f"blockwise / full, TF, T={t}", ("blockwise", "tensorflow", t),
+                     ("full", "tensorflow", t), 1.2))
+    if jax:
+        for t in (mid, 2 * mid):
+            rows.append((f"blockwise JAX / TF, T={t}", ("blockwise", "jax", t),
+                         ("blockwise", "tensorflow", t), 1.25))
+    rows.append((f"causal / non-causal, TF, T={long_}", ("causal", "tensorflow", long_),
+                 ("blockwise", "tensorflow", long_), 0.6))
+    rows.append((f"causal window {WINDOW} / non-causal, TF, T={long_}",
+                 ("window", "tensorflow", long_), ("blockwise", "tensorflow", long_), 0.15))
+    rows.append((f"causal window {WINDOW}: T={longest} / T={long_}, per step",
+                 ("window", "tensorflow", longest), ("window", "tensorflow", long_),
+                 1.3 * longest / long_))
+    if torch:
+        for t in (2 * mid, long_):
+            rows.append((f"TF blockwise / torch SDPA (flash), T={t}",
+                         ("blockwise", "tensorflow", t), ("torch-sdpa", "torch", t), 1.0))
+    cases = []
+    for _, a, b, _ in rows:
+        for case in (a, b):
+            if case not in cases:
+                cases.append(case)
+    cases.append(("matmul", "tensorflow", 0))
+    return cases, rows
+
+
+def _spread(values, scale=1.0, digits=2):
+    mid = statistics.median(values) * scale
+    if len(values) == 1:
+        return f"{mid:.{digits}f}"
+    return f"{mid:.{digits}f} ({min(values) * scale:.{digits}f}-{max(values) * scale:.{digits}f})"
+
+
+def run(tiny=False, runs=3):
+    """The markdown tables."""
+    runs = 1 if tiny else runs
+    cases, rows = _cases(tiny)
+    measured = {case: [] for case in cases}
+    for round_ in range(runs):
+        for case in cases:
+            result = _measure(*case)
+            measured[case].append(result)
+            print(f"  round {round_ + 1}: {case[0]} {case[1]} T={case[2]}: "
+                  f"step {result['step']:.3f} s, peak {result['peak'] / 2**30:.2f} GiB",
+                  flush=True)
+    matmul = [r["rate"] for r in measured[("matmul", "tensorflow", 0)]]
+    lines = [
+        f"`ops.attention`, training step of the bare kernel (batch 1, {HEADS} heads of "
+        f"{HEAD_DIM}, no padding), median of {runs} rounds (min-max):",
+        "",
+        "| case | step (s) | peak memory (GiB) | useful GFLOP/s | of matmul rate |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for case in cases[:-1]:
+        which, backend, length = case
+        results = measured[case]
+        rates = [r["rate"] for r in results]
+        share = [r / m for r, m in zip(rates, matmul)]
+        lines.append(
+            f"| {which}, {backend}, T={length} | {_spread([r['step'] for r in results], digits=3)} | "
+            f"{_spread([r['peak'] for r in results], 2**-30)} | {_spread(rates, 1e-9, 1)} | "
+            f"{_spread(share)} |"
+        )
+    lines += [
+        "",
+        f"TensorFlow float32 matrix products ({MATMUL}^3): {_spread(matmul, 1e-9, 1)} GFLOP/s.",
+        "",
+        "| goal | ratio | goal | met |",
+        "| --- | ---: | ---: | --- |",
+    ]
+    for label, a, b, goal in rows:
+        ratios = [x["step"] / y["step"] for x, y in zip(measured[a], measured[b])]
+        met = "yes" if statistics.median(ratios) <= goal else "no"
+        lines.append(f"| {label} | {_spread(ratios)} | <= {goal:g} | {met} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        which, backend, length = args.worker
+        print(_RESULT + json.dumps(_worker(which, backend, int(length))), flush=True)
+        return 0
+    print(run(args.tiny, args.runs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
