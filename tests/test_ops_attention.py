@@ -149,16 +149,45 @@ def test_outputs_and_gradients_equal_the_reference(case, budget, block):
         np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+@settings(max_examples=30, deadline=None)
+@given(
+    st.integers(1, 40), st.integers(1, 9), st.sampled_from([1, 2]),
+    st.sampled_from([None, "random", "left", "right"]), st.sampled_from([0.0, 0.3]),
+    st.integers(0, 2**16),
+)
+def test_causal_self_attention_in_rectangles_and_leaves(t, block, groups, key_mask, penalty, seed):
+    """Causal self-attention over blocks (`_blockwise.causal_attention`:
+    the sequence padded to a power-of-two count of blocks, unbanded
+    rectangles merged with causal diagonal blocks) against the reference,
+    with padding anywhere, left padding (queries that see no key) included."""
+    rng = np.random.default_rng(seed)
+    q, k, v, up = _inputs(rng, 2, t, t, 2 * groups, 2, 4)
+    kwargs = dict(is_causal=True, distance_penalty=penalty)
+    if key_mask == "random":
+        kwargs["key_mask"] = rng.random((2, t)) > 0.3
+    elif key_mask:
+        cut = rng.integers(0, t + 1, size=(2, 1))
+        steps = np.arange(t)[None]
+        kwargs["key_mask"] = steps >= cut if key_mask == "left" else steps < cut
+    out, grads = _run(q, k, v, up, scores_budget_mb=1e-9, block_size=block, **kwargs)
+    expected, _, expected_grads = reference(q, k, v, up, **kwargs)
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    for got, want in zip(grads, expected_grads):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
 @pytest.mark.parametrize("kwargs", [
     {},
     {"is_causal": True, "key_mask": np.arange(11)[None] < np.array([[11], [6]])},
     {"sliding_window": 3, "is_causal": True, "distance_penalty": 0.2},
     {"sliding_window": 4, "mask": np.tri(9, 11, 2, dtype=bool)},
     {"is_causal": True, "query_offset": 2},
+    {"is_causal": True, "distance_penalty": 0.2, "self": True},
 ])
 def test_compiled_equals_the_reference(kwargs):
     rng = np.random.default_rng(3)
-    q, k, v, up = _inputs(rng, 2, 9, 11, 4, 2, 4)
+    kwargs = dict(kwargs)
+    q, k, v, up = _inputs(rng, 2, 11 if kwargs.pop("self", False) else 9, 11, 4, 2, 4)
     for options in (dict(scores_budget_mb=None), dict(scores_budget_mb=1e-9, block_size=3)):
         out, grads = _run(q, k, v, up, mode="compiled", **kwargs, **options)
         expected, _, expected_grads = reference(q, k, v, up, **kwargs)
@@ -267,7 +296,7 @@ def test_only_visible_blocks_are_computed(monkeypatch, causal, window, offset, k
     real = _blockwise.Problem.logits
 
     def counting(self, q, k, i, j):
-        calls.append((self.rows, self.cols))
+        calls.append((q.shape[0], self.rows, self.cols))
         return real(self, q, k, i, j)
 
     monkeypatch.setattr(_blockwise.Problem, "logits", counting)
@@ -282,7 +311,16 @@ def test_only_visible_blocks_are_computed(monkeypatch, causal, window, offset, k
     np.testing.assert_allclose(out, expected, atol=1e-5)
     np.testing.assert_allclose(grads[1], expected_grads[1], atol=1e-5)
     needed = _pairs_needed(t, s, block, block, causal, window, offset, key_end)
-    if causal or window:
+    if causal and not (window or offset):
+        # Causal self-attention: causal diagonal blocks (one per block of
+        # queries: forward, then the gradient's two passes) and rectangles
+        # of keys every query of which sees, with the other block pairs
+        # folded into the batch (forward, then the one-pass gradient).
+        leaves = [c for c in calls if c == (1, block, block)]
+        rectangles = sum(b * r * c for b, r, c in calls if (b, r, c) != (1, block, block))
+        assert len(leaves) == 3 * (t // block)
+        assert rectangles == 2 * (needed - t // block) * block * block
+    elif causal or window:
         # Forward, then the key-block and the query-block passes of the
         # gradient: each computes the needed pairs once.
         assert len(calls) == 3 * needed, (len(calls), needed)
@@ -291,10 +329,10 @@ def test_only_visible_blocks_are_computed(monkeypatch, causal, window, offset, k
         # Without a band, blocks are whole rows or columns: the forward pass
         # computes every query block against all keys, the backward pass
         # the key blocks up to the last valid key against all queries.
-        forward = [c for c in calls if c[1] == s]
-        backward = [c for c in calls if c[0] == t]
+        forward = [c for c in calls if c[2] == s]
+        backward = [c for c in calls if c[1] == t]
         assert len(forward) + len(backward) == len(calls)
-        assert sum(c[1] for c in backward) == -(-key_end // backward[0][1]) * backward[0][1]
+        assert sum(c[2] for c in backward) == -(-key_end // backward[0][2]) * backward[0][2]
 
 
 @pytest.mark.parametrize("bad,match", [

@@ -47,8 +47,9 @@ class Problem:
     """
 
     def __init__(self, q_len, k_len, *, scale, causal, window, distance_penalty,
-                 offset, key_valid, mask, rows, cols):
+                 offset, key_valid, mask, rows, cols, diagonal=False):
         self.q_len, self.k_len = q_len, k_len
+        self.diagonal = diagonal  # only the block pairs (i, i): `causal`'s leaves
         self.scale = scale
         self.causal, self.window = causal, window
         self.distance_penalty = distance_penalty
@@ -79,12 +80,23 @@ class Problem:
             self.q_len, self.k_len, scale=self.scale, causal=self.causal,
             window=self.window, distance_penalty=self.distance_penalty,
             offset=self.offset, key_valid=self._given[0], mask=self._given[1],
-            rows=rows, cols=cols,
+            rows=rows, cols=cols, diagonal=self.diagonal,
         )
 
     @property
+    def given_key_valid(self):
+        """The key mask as given, `(B, S)`, or None."""
+        return self._given[0]
+
+    def with_diagonal(self):
+        """The same problem restricted to the diagonal block pairs."""
+        problem = self.with_blocks(self.rows, self.cols)
+        problem.diagonal = True
+        return problem
+
+    @property
     def banded(self):
-        return bool(self.causal or self.window)
+        return bool(self.causal or self.window or self.diagonal)
 
     def _position(self, rows):
         return rows if self.offset is None else rows + self.offset
@@ -100,6 +112,8 @@ class Problem:
             low = ops.maximum(low, self._position(first_row) - self.window + 1)
             if not self.causal:
                 high = ops.minimum(high, self._position(last_row) + self.window - 1)
+        if self.diagonal:
+            low = ops.maximum(low, first_row)
         return _block_span(low, high, self.cols, self.k_blocks)
 
     def query_range(self, j):
@@ -114,6 +128,8 @@ class Problem:
             high = ops.minimum(high, last_key + self.window - 1 - shift)
             if not self.causal:
                 low = ops.maximum(low, first_key - self.window + 1 - shift)
+        if self.diagonal:
+            high = ops.minimum(high, last_key)
         first, count = _block_span(low, high, self.rows, self.q_blocks)
         # A key block wholly past the valid keys is seen by nobody.
         return first, ops.where(first_key < self.key_end, count, 0)
@@ -256,7 +272,7 @@ def _fold(problem, qi, i, k_blocks, v_blocks, first, count, value_dtype):
     seen = total > 0
     safe = ops.where(seen, total, 1.0)
     context = ops.where(seen, context / safe, 0.0)
-    lse = ops.where(seen, top + ops.log(safe), 0.0)[..., 0]
+    lse = ops.where(seen, top + ops.log(safe), _numerics.FLOAT32_MIN)[..., 0]
     return context, lse
 
 
@@ -265,13 +281,12 @@ def _forward(problem, q_blocks, k_blocks, v_blocks):
 
     def step(carry, i):
         first, count = problem.key_range(i)
-        context, lse = _fold(problem, q_blocks[i], i, k_blocks, v_blocks, first, count, value_dtype)
-        return carry, (ops.cast(context, value_dtype), lse)
+        return carry, _fold(problem, q_blocks[i], i, k_blocks, v_blocks, first, count, value_dtype)
 
     _, (contexts, lses) = _xla.serial_scan(
-        step, (ops.zeros((), "int32"),), problem.q_blocks, (value_dtype, "float32")
+        step, (ops.zeros((), "int32"),), problem.q_blocks, ("float32", "float32")
     )
-    return contexts, lses  # (nq, B, K, G, rows, Hv), (nq, B, K, G, rows)
+    return contexts, lses  # float32 (nq, B, K, G, rows, Hv), (nq, B, K, G, rows)
 
 
 def _probs_and_dlogits(problem, qi, kj, vj, up, lse, term, i, j):
@@ -342,6 +357,58 @@ def _query_gradients(problem, q_blocks, k_blocks, v_blocks, up_blocks, lse_block
     return d_q
 
 
+class _Part:
+    """One piece of an attention call: a `Problem` over the queries and keys
+    that `take_queries` / `take_keys` cut from the whole, with `put_queries`
+    / `put_keys` putting its results back (`fill` elsewhere)."""
+
+    def __init__(self, problem, back, take_queries=None, take_keys=None,
+                 put_queries=None, put_keys=None):
+        self.problem, self.back = problem, back
+        same = lambda x, axis: x  # noqa: E731
+        self.take_queries = take_queries or same
+        self.take_keys = take_keys or same
+        self.put_queries = put_queries or (lambda x, axis, fill: x)
+        self.put_keys = put_keys or (lambda x, axis, fill: x)
+
+
+def _forward_part(part, scaled, k, v):
+    """float32 `(context, lse)` of one part over its queries."""
+    problem = part.problem
+    contexts, lses = _forward(
+        problem,
+        _blocks(part.take_queries(scaled, 3), 3, problem.rows),
+        _blocks(part.take_keys(k, 2), 2, problem.cols),
+        _blocks(part.take_keys(v, 2), 2, problem.cols),
+    )
+    return (
+        part.put_queries(_unblock(contexts, 3, problem.q_len), 3, 0.0),
+        part.put_queries(_unblock(lses, 3, problem.q_len), 3, _numerics.FLOAT32_MIN),
+    )
+
+
+def _backward_part(part, scaled, k, v, up, lse, term):
+    """float32 `(dq, dk, dv)` of one part, given the whole call's `lse`
+    and softmax row term."""
+    back = part.back
+    rows, cols = back.rows, back.cols
+    take_q, take_k = part.take_queries, part.take_keys
+    d_q, d_k, d_v = _backward(
+        back,
+        _blocks(take_q(scaled, 3), 3, rows),
+        _blocks(take_k(k, 2), 2, cols),
+        _blocks(take_k(v, 2), 2, cols),
+        _blocks(take_q(up, 3), 3, rows),
+        _blocks(take_q(lse, 3), 3, rows),
+        _blocks(take_q(term, 3), 3, rows),
+    )
+    return (
+        part.put_queries(_unblock(d_q, 3, back.q_len), 3, 0.0),
+        part.put_keys(_unblock(d_k, 2, back.k_len), 2, 0.0),
+        part.put_keys(_unblock(d_v, 2, back.k_len), 2, 0.0),
+    )
+
+
 def attention(problem, q, k, v, backward_cols):
     """Blockwise attention of head-major `q`, `k`, `v` (see `Problem`);
     returns the `(B, K, G, T, Hv)` context in `v`'s dtype.
@@ -350,41 +417,126 @@ def attention(problem, q, k, v, backward_cols):
     at once against `backward_cols` keys per block (the one-pass backward);
     otherwise it uses the forward's blocks.
     """
-    q_len, k_len = problem.q_len, problem.k_len
-    back = problem if problem.banded else problem.with_blocks(q_len, backward_cols)
+    back = problem if problem.banded else problem.with_blocks(problem.q_len, backward_cols)
+    return _attend([_Part(problem, back)], problem.scale, q, k, v)
 
+
+def causal_attention(problem, q, k, v, budget, heads):
+    """Causal self-attention (`T == S`, no offset, window or user mask) as
+    unbanded rectangles and small causal leaves.
+
+    The sequence is padded to `n = 2^L` blocks of `problem.rows` steps. At
+    level `l` the queries of each odd half of the `2^l` spans attend to all
+    keys of the even half before it: a rectangle every key of which every
+    query sees, so it runs as one unbanded problem (the one-pass backward)
+    with the `2^l` rectangles folded into the batch. What remains is the
+    diagonal blocks, causal within themselves (`diagonal` problems). The
+    parts' softmaxes are merged by their log-sum-exps; their gradients use
+    the merged statistics. Every computed block pair has a visible entry.
+    """
+    t, block = problem.q_len, problem.rows
+    levels = max(0, (-(-t // block) - 1).bit_length())
+    block = -(-t // 2**levels)
+    padded = block * 2**levels
+    leaves = problem.with_blocks(block, block).with_diagonal()
+    parts = [_Part(leaves, leaves)]
+    key_valid = problem.given_key_valid
+    if levels:
+        valid = ops.arange(padded, dtype="int32") < t
+        if key_valid is None:
+            key_valid = ops.broadcast_to(ops.expand_dims(valid, 0), (ops.shape(q)[0], padded))
+        else:
+            key_valid = ops.logical_and(_pad(key_valid, 1, padded), valid)
+    for level in range(levels):
+        spans, half = 2**level, padded // 2 ** (level + 1)
+        valid = _take_half(key_valid, 1, spans, 0, padded)
+        scale = heads * spans
+        rect = Problem(
+            half, half, scale=problem.scale, causal=False, window=None,
+            distance_penalty=problem.distance_penalty, offset=half,
+            key_valid=valid, mask=None, rows=fit(budget, scale, half), cols=half,
+        )
+        parts.append(_Part(
+            rect, rect.with_blocks(half, fit(budget, scale, half)),
+            take_queries=_halves(spans, 1, padded),
+            take_keys=_halves(spans, 0, padded),
+            put_queries=_put_halves(spans, 1, t),
+            put_keys=_put_halves(spans, 0, t),
+        ))
+    return _attend(parts, problem.scale, q, k, v)
+
+
+def fit(budget, heads, length):
+    """Rows whose float32 scores against `length` columns fit the budget."""
+    return max(1, min(length, int(budget // (heads * length * 4))))
+
+
+def _take_half(x, axis, spans, half, padded):
+    """`x` padded to `padded` along `axis`, cut into `spans` spans of two
+    halves, half `half` of each, the spans folded into the batch axis 0."""
+    x = _pad(x, axis, padded)
+    shape = list(ops.shape(x))
+    x = ops.reshape(x, shape[:axis] + [spans, 2, padded // (2 * spans)] + shape[axis + 1:])
+    index = [slice(None)] * len(x.shape)
+    index[axis + 1] = half
+    x = ops.moveaxis(x[tuple(index)], axis, 1)
+    shape = list(ops.shape(x))
+    return ops.reshape(x, [-1] + shape[2:])
+
+
+def _halves(spans, half, padded):
+    return lambda x, axis: _take_half(x, axis, spans, half, padded)
+
+
+def _put_halves(spans, half, length):
+    """The inverse of `_halves`: the other halves filled, the padding cut."""
+    def put(x, axis, fill):
+        shape = list(ops.shape(x))
+        x = ops.moveaxis(ops.reshape(x, [-1, spans] + shape[1:]), 1, axis)
+        other = ops.full_like(x, fill)
+        x = ops.stack((other, x) if half else (x, other), axis=axis + 1)
+        shape = list(ops.shape(x))
+        x = ops.reshape(x, shape[:axis] + [-1] + shape[axis + 3:])
+        index = [slice(None)] * len(x.shape)
+        index[axis] = slice(0, length)
+        return x[tuple(index)]
+
+    return put
+
+
+def _attend(parts, scale, q, k, v):
     @ops.custom_gradient
     def attend(q, k, v):
-        scaled = q * ops.cast(problem.scale, q.dtype)
-        contexts, lses = _forward(
-            problem, _blocks(scaled, 3, problem.rows),
-            _blocks(k, 2, problem.cols), _blocks(v, 2, problem.cols),
-        )
-        context = _unblock(contexts, 3, q_len)
-        lse = _unblock(lses, 3, q_len)
+        scaled = q * ops.cast(scale, q.dtype)
+        context = lse = None
+        for part in parts:
+            c, l = _forward_part(part, scaled, k, v)
+            if context is None:
+                context, lse = c, l
+                continue
+            merged = ops.logaddexp(lse, l)
+            context = (context * ops.expand_dims(ops.exp(lse - merged), -1)
+                       + c * ops.expand_dims(ops.exp(l - merged), -1))
+            lse = merged
 
         def grad(*args, upstream=None):
             if upstream is None:  # TensorFlow and JAX; torch passes it by name
                 (upstream,) = args
             up = _numerics.widen(upstream)
             # D_i = sum_j P_ij dP_ij = dO_i . O_i, the softmax gradient's row term.
-            term = ops.sum(up * _numerics.widen(context), axis=-1)
-            rows, cols = back.rows, back.cols
-            d_q, d_k, d_v = _backward(
-                back,
-                _blocks(_numerics.widen(scaled), 3, rows),
-                _blocks(_numerics.widen(k), 2, cols),
-                _blocks(_numerics.widen(v), 2, cols),
-                _blocks(up, 3, rows),
-                _blocks(lse, 3, rows),
-                _blocks(term, 3, rows),
-            )
+            term = ops.sum(up * context, axis=-1)
+            wide = [_numerics.widen(x) for x in (scaled, k, v)]
+            grads = None
+            for part in parts:
+                part_grads = _backward_part(part, *wide, up, lse, term)
+                grads = part_grads if grads is None else [
+                    a + b for a, b in zip(grads, part_grads)
+                ]
+            d_q, d_k, d_v = grads
             return (
-                ops.cast(_unblock(d_q, 3, q_len), q.dtype),
-                ops.cast(_unblock(d_k, 2, k_len), k.dtype),
-                ops.cast(_unblock(d_v, 2, k_len), v.dtype),
+                ops.cast(d_q, q.dtype), ops.cast(d_k, k.dtype), ops.cast(d_v, v.dtype)
             )
 
-        return context, grad
+        return ops.cast(context, v.dtype), grad
 
     return attend(q, k, v)

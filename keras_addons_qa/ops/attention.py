@@ -150,12 +150,20 @@ def attention(
         context, weights = _full(spec, q, k, v, dropout, seed)
     else:
         budget = scores_budget_mb * 2**20
-        if is_causal or sliding_window:
-            rows = cols = min(block_size or BLOCK_SIZE, q_len, k_len)
-        else:  # one key block: a plain softmax per query block
-            rows, cols = _fit(budget, heads, k_len), k_len
-        spec = _blockwise.Problem(q_len, k_len, rows=rows, cols=cols, **problem)
-        context = _blockwise.attention(spec, q, k, v, _fit(budget, heads, q_len))
+        block = min(block_size or BLOCK_SIZE, q_len, k_len)
+        fit = _blockwise.fit
+        if is_causal and q_len == k_len and not (
+            sliding_window or query_offset is not None or mask5 is not None
+        ):  # causal self-attention: unbanded rectangles and causal leaves
+            spec = _blockwise.Problem(q_len, k_len, rows=block, cols=block, **problem)
+            context = _blockwise.causal_attention(spec, q, k, v, budget, heads)
+        else:
+            if is_causal or sliding_window:
+                rows = cols = block
+            else:  # one key block: a plain softmax per query block
+                rows, cols = fit(budget, heads, k_len), k_len
+            spec = _blockwise.Problem(q_len, k_len, rows=rows, cols=cols, **problem)
+            context = _blockwise.attention(spec, q, k, v, fit(budget, heads, q_len))
     # (B, K, G, T, Hv) -> (B, T, N, Hv)
     context = ops.transpose(context, (0, 3, 1, 2, 4))
     context = ops.reshape(context, (steps[0], steps[1], heads, value.shape[-1]))
@@ -229,11 +237,6 @@ def _sees_a_key(key_valid, is_causal, q_len):
         first = ops.min(ops.where(key_valid, ops.arange(steps), steps), axis=1, keepdims=True)
         sees = ops.logical_and(ops.expand_dims(ops.arange(q_len), 0) >= first, sees)
     return ops.expand_dims(ops.expand_dims(sees, -1), -1)
-
-
-def _fit(budget, heads, length):
-    """Rows whose float32 scores against `length` columns fit the budget."""
-    return max(1, min(length, int(budget // (heads * length * 4))))
 
 
 def _full(spec, q, k, v, dropout, seed):
