@@ -149,9 +149,9 @@ def test_outputs_and_gradients_equal_the_reference(case, budget, block):
         np.testing.assert_allclose(got, want, atol=1e-5)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(
-    st.integers(1, 40), st.integers(1, 9), st.sampled_from([1, 2]),
+    st.integers(1, 24), st.integers(2, 7), st.sampled_from([1, 2]),
     st.sampled_from([None, "random", "left", "right"]), st.sampled_from([0.0, 0.3]),
     st.integers(0, 2**16),
 )
@@ -169,7 +169,9 @@ def test_causal_self_attention_in_rectangles_and_leaves(t, block, groups, key_ma
         cut = rng.integers(0, t + 1, size=(2, 1))
         steps = np.arange(t)[None]
         kwargs["key_mask"] = steps >= cut if key_mask == "left" else steps < cut
-    out, grads = _run(q, k, v, up, scores_budget_mb=1e-9, block_size=block, **kwargs)
+    # On JAX under `jax.jit`: eagerly, each of its loops compiles per call.
+    mode = "compiled" if harness.BACKEND == "jax" else "eager"
+    out, grads = _run(q, k, v, up, mode=mode, scores_budget_mb=1e-9, block_size=block, **kwargs)
     expected, _, expected_grads = reference(q, k, v, up, **kwargs)
     np.testing.assert_allclose(out, expected, atol=1e-5)
     for got, want in zip(grads, expected_grads):
