@@ -266,14 +266,28 @@ def _fold(problem, qi, i, k_blocks, v_blocks, first, count, value_dtype):
         )
 
     if problem.k_blocks == 1:
-        top, total, context = step(0, stats)
-    else:
-        top, total, context = _xla.serial_fori_loop(first, first + count, step, stats)
+        return _whole_rows(problem, qi, i, k_blocks[0], v_blocks[0], value_dtype)
+    top, total, context = _xla.serial_fori_loop(first, first + count, step, stats)
     seen = total > 0
     safe = ops.where(seen, total, 1.0)
     context = ops.where(seen, context / safe, 0.0)
     lse = ops.where(seen, top + ops.log(safe), _numerics.FLOAT32_MIN)[..., 0]
     return context, lse
+
+
+def _whole_rows(problem, qi, i, k, v, value_dtype):
+    """`_fold` when every key is in one block: the backend's fused softmax,
+    with the log-sum-exp read off it (`lse = max - log(max p)`, exact:
+    the largest probability is `exp(max - lse)`)."""
+    logits, visible = problem.logits(qi, k, i, 0)
+    if visible is not None:
+        logits = ops.where(visible, logits, _numerics.FLOAT32_MIN)
+    top = ops.max(logits, axis=-1, keepdims=True)
+    p = ops.softmax(logits, axis=-1)
+    seen = top > _numerics.FLOAT32_MIN  # the row sees a key
+    lse = top - ops.log(ops.max(p, axis=-1, keepdims=True))
+    context = _numerics.widen(ops.einsum("bkgrc,bkch->bkgrh", ops.cast(p, value_dtype), v))
+    return ops.where(seen, context, 0.0), ops.where(seen, lse, _numerics.FLOAT32_MIN)[..., 0]
 
 
 def _forward(problem, q_blocks, k_blocks, v_blocks):
