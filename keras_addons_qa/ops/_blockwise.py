@@ -303,29 +303,36 @@ def _forward(problem, q_blocks, k_blocks, v_blocks):
     return contexts, lses  # float32 (nq, B, K, G, rows, Hv), (nq, B, K, G, rows)
 
 
-def _probs_and_dlogits(problem, qi, kj, vj, up, lse, term, i, j):
+def _probs_and_dlogits(problem, qi, kj, vj, up, i, j):
+    """Probabilities and logit gradients of a block pair, from operands
+    that carry the softmax's row statistics in an extra column (see
+    `_backward_part`): `[q, -lse] . [k, 1]` are the logits less the
+    log-sum-exp, `[dO, -D] . [v, 1]` is `dP - D`."""
     logits, visible = problem.logits(qi, kj, i, j)
-    p = ops.exp(logits - ops.expand_dims(lse, -1))
+    p = ops.exp(logits)
     if visible is not None:
         p = ops.where(visible, p, 0.0)
-    d_p = ops.einsum("bkgrh,bkch->bkgrc", up, vj)
-    return p, p * (d_p - ops.expand_dims(term, -1))
+    return p, p * ops.einsum("bkgrh,bkch->bkgrc", up, vj)
 
 
-def _backward(problem, q_blocks, k_blocks, v_blocks, up_blocks, lse_blocks, term_blocks):
-    """float32 `(dq, dk, dv)` blocks: `(nq, ...)`, `(nk, ...)`, `(nk, ...)`."""
-    k_shape = ops.shape(k_blocks[0])
-    v_shape = ops.shape(v_blocks[0])
+def _backward(problem, plain, shifted):
+    """float32 `(dq, dk, dv)` blocks: `(nq, ...)`, `(nk, ...)`, `(nk, ...)`.
+
+    `plain` holds the blocks of `(q, k, dO)`, `shifted` those of
+    `([q, -lse], [k, 1], [v, 1], [dO, -D])` (`_backward_part`).
+    """
+    q_blocks, k_blocks, up_blocks = plain
+    qs_blocks, ks_blocks, vs_blocks, ups_blocks = shifted
     q_shape = ops.shape(q_blocks[0])
+    k_shape = ops.shape(k_blocks[0])
+    v_shape = ops.shape(up_blocks[0])[:2] + ops.shape(k_blocks[0])[2:3] + ops.shape(up_blocks[0])[-1:]
 
     def key_step(d_q, j):
-        kj, vj = k_blocks[j], v_blocks[j]
+        kj, ksj, vsj = k_blocks[j], ks_blocks[j], vs_blocks[j]
 
         def query_step(i, grads):
             d_k, d_v, d_q = grads
-            p, d_logits = _probs_and_dlogits(
-                problem, q_blocks[i], kj, vj, up_blocks[i], lse_blocks[i], term_blocks[i], i, j
-            )
+            p, d_logits = _probs_and_dlogits(problem, qs_blocks[i], ksj, vsj, ups_blocks[i], i, j)
             d_v = d_v + ops.einsum("bkgrc,bkgrh->bkch", p, up_blocks[i])
             d_k = d_k + ops.einsum("bkgrc,bkgrh->bkch", d_logits, q_blocks[i])
             if problem.banded:
@@ -349,18 +356,20 @@ def _backward(problem, q_blocks, k_blocks, v_blocks, up_blocks, lse_blocks, term
         key_step, d_q, problem.k_blocks, ("float32", "float32")
     )
     if problem.banded:
-        d_q = _query_gradients(problem, q_blocks, k_blocks, v_blocks, up_blocks, lse_blocks, term_blocks)
+        d_q = _query_gradients(problem, plain, shifted)
     return d_q * problem.scale, d_k, d_v
 
 
-def _query_gradients(problem, q_blocks, k_blocks, v_blocks, up_blocks, lse_blocks, term_blocks):
+def _query_gradients(problem, plain, shifted):
+    q_blocks, k_blocks, _ = plain
+    qs_blocks, ks_blocks, vs_blocks, ups_blocks = shifted
     q_shape = ops.shape(q_blocks[0])
 
     def step(carry, i):
-        qi, up, lse, term = q_blocks[i], up_blocks[i], lse_blocks[i], term_blocks[i]
+        qsi, upsi = qs_blocks[i], ups_blocks[i]
 
         def key_step(j, d_q):
-            _, d_logits = _probs_and_dlogits(problem, qi, k_blocks[j], v_blocks[j], up, lse, term, i, j)
+            _, d_logits = _probs_and_dlogits(problem, qsi, ks_blocks[j], vs_blocks[j], upsi, i, j)
             return d_q + ops.einsum("bkgrc,bkch->bkgrh", d_logits, k_blocks[j])
 
         first, count = problem.key_range(i)
@@ -403,24 +412,39 @@ def _forward_part(part, scaled, k, v):
 
 def _backward_part(part, scaled, k, v, up, lse, term):
     """float32 `(dq, dk, dv)` of one part, given the whole call's `lse`
-    and softmax row term."""
+    and softmax row term `D`.
+
+    Both statistics ride in an extra column of the operands of the two
+    products that recompute a block (`[q, -lse] . [k, 1]`,
+    `[dO, -D] . [v, 1]`), which subtract them instead of two passes over
+    every block; the gradients' products take the plain operands.
+    """
     back = part.back
     rows, cols = back.rows, back.cols
     take_q, take_k = part.take_queries, part.take_keys
-    d_q, d_k, d_v = _backward(
-        back,
-        _blocks(take_q(scaled, 3), 3, rows),
-        _blocks(take_k(k, 2), 2, cols),
-        _blocks(take_k(v, 2), 2, cols),
-        _blocks(take_q(up, 3), 3, rows),
-        _blocks(take_q(lse, 3), 3, rows),
-        _blocks(take_q(term, 3), 3, rows),
-    )
+    # A row that sees no key has no visible entry: its shift is moot.
+    shift = ops.where(lse > _numerics.FLOAT32_MIN, lse, 0.0)
+    queries = [take_q(x, 3) for x in (scaled, up, _with_column(scaled, -shift),
+                                      _with_column(up, -term))]
+    keys = [take_k(x, 2) for x in (k, _with_column(k, 1.0), _with_column(v, 1.0))]
+    q_, up_, qs, ups = (_blocks(x, 3, rows) for x in queries)
+    k_, ks, vs = (_blocks(x, 2, cols) for x in keys)
+    d_q, d_k, d_v = _backward(back, (q_, k_, up_), (qs, ks, vs, ups))
     return (
         part.put_queries(_unblock(d_q, 3, back.q_len), 3, 0.0),
         part.put_keys(_unblock(d_k, 2, back.k_len), 2, 0.0),
         part.put_keys(_unblock(d_v, 2, back.k_len), 2, 0.0),
     )
+
+
+def _with_column(x, column):
+    """`x` with `column` (a tensor of `x`'s shape less its last axis, or a
+    number) appended along the last axis."""
+    if isinstance(column, float):
+        column = ops.full_like(x[..., :1], column)
+    else:
+        column = ops.expand_dims(column, -1)
+    return ops.concatenate([x, column], axis=-1)
 
 
 def attention(problem, q, k, v, backward_cols):
