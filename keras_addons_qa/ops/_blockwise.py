@@ -7,26 +7,30 @@ them (Rabe and Staats, 2021; FlashAttention-2, Dao 2023).
 
 Which block pairs are computed: for each query block, the key blocks from
 the first to the last that causal order, the sliding window and the end of
-the valid keys leave visible (`_key_range`), and symmetrically for each key
-block (`_query_range`). Blocks outside are never computed. The ranges are
+the valid keys leave visible (`key_range`), and symmetrically for each key
+block (`query_range`). Blocks outside are never computed. The ranges are
 computed from the lengths, block sizes and the query offset, so the inner
 loops have a traced trip count; every block has the same static shape.
 
 - Forward: a scan over query blocks; for each, a loop over its key range
   with an online softmax (running maximum, normalizer and context, all
-  float32). With every key in one block the loop is one step, so a plain
-  softmax.
-- Backward without causal order or a window (`one_pass`): a scan over key
+  float32). With every key in one block, the backend's fused softmax.
+- Backward without causal order or a window (one pass): a scan over key
   blocks, each against every query at once, giving the key block's dK and
   dV and adding its share of dQ to a full-size float32 carry
-  (FlashAttention-2's backward: five matrix products).
+  (FlashAttention-2's backward).
 - Backward with causal order or a window: two scans, one over key blocks
   for dK and dV, one over query blocks for dQ, each over its visible range
   only. (Adding each block's dQ into a full-size carry costs a copy of the
   carry per block in a TensorFlow graph, which would make a long banded
   sequence quadratic; the second scan recomputes the scores instead.)
+- Causal self-attention (`causal_attention`) avoids the second scan for
+  all but the diagonal: the causal triangle is cut into rectangles that
+  are wholly visible, run as unbanded problems (one-pass backward), plus
+  the causal diagonal blocks. The parts' results are merged by their
+  log-sum-exps (`_attend`).
 
-The masks of a block come from `visible`: the key mask and a user mask are
+The masks of a block come from `logits`: the key mask and a user mask are
 sliced, causal order, the window and the distance penalty are computed from
 the block's positions. Rows with no visible key get zero probabilities:
 a zero context and zero gradients.
