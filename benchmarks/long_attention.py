@@ -226,7 +226,7 @@ def run(tiny=False, output_dir=None, lengths=None):
         if r["which"] not in ("mha", "ours-prefill") and r["length"] in mha and r["backend"] == "tensorflow":
             ratio = f"{r['step'] / mha[r['length']]['step']:.2f}"
         lines.append(f"| {r['length']} | {names[r['which']]} | {r['backend']} | "
-                     f"{r['step']:.2f} | {r['peak'] / 2**30:.2f} | {ratio} |")
+                     f"{r['step']:.3g} | {r['peak'] / 2**30:.2f} | {ratio} |")
     if not tiny and output_dir:
         plot(rows, os.path.join(output_dir, "long_attention.png"))
         lines += ["", "![Long sequences](../benchmarks/results/long_attention.png)"]

@@ -75,6 +75,21 @@ def serial_scan(step, init, count, dtypes):
     return carry, tuple(a.stack() for a in arrays)
 
 
+def after(tensors, done):
+    """`tensors` (a tuple), used only once `done` (a tensor) is computed.
+
+    A TensorFlow graph runs independent ops at once: independent loops,
+    each with large temporaries, would hold them all together. Elsewhere
+    (JAX, torch) the tensors as they are.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return tensors
+    import tensorflow as tf
+
+    with tf.control_dependencies([done]):
+        return tuple(tf.identity(t) for t in tensors)
+
+
 def fori_loop(lower, upper, body_fun, init_val, parallel_iterations=10):
     """`keras.ops.fori_loop` that XLA can differentiate on TensorFlow.
 

@@ -55,11 +55,11 @@ def test_cpu_suite_runs_at_tiny_sizes(tmp_path):
     crf = [l for l in crf.splitlines() if l.startswith("| ")]
     assert len(crf) == 2 + 4  # (log-likelihood + gradient, decode) x (graph, XLA)
     assert all(row.rstrip().endswith("| yes |") for row in crf[2:])  # same results as the loop
-    kernel_cases, goals = kernel.split("| goal |")
+    kernel_cases, goals = kernel.split("| target |")
     kernel_cases = [l for l in kernel_cases.splitlines() if l.startswith("| ")]
-    # blockwise and full at 3 lengths, JAX at 2, causal and blockwise at the
-    # long length, the window at 2, torch at 2
-    assert len(kernel_cases) == 2 + 6 + 2 * jax + 2 + 2 + 2 * torch
+    # blockwise and full at 3 lengths, JAX at 2 (and its full path at 1),
+    # causal and blockwise at the long length, the window at 2, torch at 2
+    assert len(kernel_cases) == 2 + 6 + 3 * jax + 2 + 2 + 2 * torch
     for row in kernel_cases[2:]:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert all(float(c.split()[0]) > 0 for c in cells[1:])  # s, GiB, GFLOP/s, share

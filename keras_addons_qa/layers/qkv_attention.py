@@ -284,22 +284,7 @@ class QKVAttention(keras.layers.MultiHeadAttention):
             mha: A built `keras.layers.MultiHeadAttention`.
             **kwargs: Overrides of the constructor arguments (e.g. `name`).
         """
-        if not mha.built:
-            raise ValueError(
-                "`mha` must be built (called once) so its shapes are known. "
-                f"Received: mha={mha.name!r} (not built)"
-            )
-        layer = cls.from_config({**mha.get_config(), **kwargs})
-
-        def shape(dense):  # the input shape an EinsumDense was built for
-            rank = len(dense.equation.split(",")[0])
-            return (None,) * (rank - 1) + (dense.kernel.shape[0],)
-
-        layer.build(
-            shape(mha.query_dense), shape(mha.value_dense), shape(mha.key_dense)
-        )
-        layer.set_weights(mha.get_weights())
-        return layer
+        return cls._converted("mha", mha, mha.get_config(), kwargs)
 
     @classmethod
     def from_grouped_query_attention(cls, gqa, **kwargs):
@@ -314,21 +299,29 @@ class QKVAttention(keras.layers.MultiHeadAttention):
             gqa: A built `keras.layers.GroupQueryAttention`.
             **kwargs: Overrides of the constructor arguments (e.g. `name`).
         """
-        if not gqa.built:
-            raise ValueError(
-                "`gqa` must be built (called once) so its shapes are known. "
-                f"Received: gqa={gqa.name!r} (not built)"
-            )
         config = gqa.get_config()
         config["num_heads"] = config.pop("num_query_heads")
         config["key_dim"] = config.pop("head_dim")
-        layer = cls.from_config({**config, **kwargs})
-        features = [(None, None, dense.kernel.shape[0]) for dense in (
-            gqa._query_dense, gqa._value_dense, gqa._key_dense
-        )]
-        layer.build(*features)
-        layer.set_weights(gqa.get_weights())
-        return layer
+        return cls._converted("gqa", gqa, config, kwargs)
+
+    @classmethod
+    def _converted(cls, name, layer, config, kwargs):
+        if not layer.built:
+            raise ValueError(
+                f"`{name}` must be built (called once) so its shapes are known. "
+                f"Received: {name}={layer.name!r} (not built)"
+            )
+        converted = cls.from_config({**config, **kwargs})
+
+        def shape(dense):  # the input shape an EinsumDense was built for
+            rank = len(dense.equation.split(",")[0])
+            return (None,) * (rank - 1) + (dense.kernel.shape[0],)
+
+        converted.build(*(shape(getattr(layer, attribute)) for attribute in (
+            "_query_dense", "_value_dense", "_key_dense"
+        )))
+        converted.set_weights(layer.get_weights())
+        return converted
 
     # -- call --------------------------------------------------------------
 
@@ -481,9 +474,7 @@ class QKVAttention(keras.layers.MultiHeadAttention):
             )
         expected = (None, 2, None, self.num_key_value_heads, self._key_dim)
         shape = _checks.static_shape(cache.shape)
-        if len(shape) != 5 or any(
-            e is not None and s is not None and s != e for s, e in zip(shape, expected)
-        ):
+        if len(shape) != 5 or any(s not in (None, e) for s, e in zip(shape, expected) if e):
             raise ValueError(
                 "`cache` must have shape (batch, 2, max_length, "
                 f"num_key_value_heads={self.num_key_value_heads}, "

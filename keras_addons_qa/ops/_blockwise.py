@@ -551,8 +551,9 @@ def _attend(parts, scale, q, k, v):
     def attend(q, k, v):
         scaled = q * ops.cast(scale, q.dtype)
         context = lse = None
-        for part in parts:
-            c, l = _forward_part(part, scaled, k, v)
+        for part in parts:  # one after the other (each holds large blocks)
+            inputs = (scaled, k, v) if context is None else _xla.after((scaled, k, v), lse)
+            c, l = _forward_part(part, *inputs)
             if context is None:
                 context, lse = c, l
                 continue
@@ -570,7 +571,8 @@ def _attend(parts, scale, q, k, v):
             wide = [_numerics.widen(x) for x in (scaled, k, v)]
             grads = None
             for part in parts:
-                part_grads = _backward_part(part, *wide, up, lse, term)
+                inputs = (*wide, up) if grads is None else _xla.after((*wide, up), grads[0])
+                part_grads = _backward_part(part, *inputs, lse, term)
                 grads = part_grads if grads is None else [
                     a + b for a, b in zip(grads, part_grads)
                 ]
