@@ -1,5 +1,6 @@
-"""Loops that keep their results in fixed-shape buffers, for the dynamic
-programs (`monotone_decode`, the CRF's Viterbi decoding).
+"""Loops that keep their results in fixed-shape buffers, for
+`MonotoneGroupedSoftmax`'s decoding (chunks of steps, so each write is
+cheap), and the arg-max the decoders share.
 
 Written with comparisons, selects and scatters only, so the traced graph
 exports to SavedModel, LiteRT's builtin ops and ONNX with a dynamic batch.
@@ -22,9 +23,7 @@ def put(buffer, index, value):
     """`buffer[index] = value` along the first axis, for a traced index and
     a slot still all zeros (False).
 
-    A scatter, which XLA does in place: on `make bench`'s decode case it
-    takes 1/3 of the selects' time under TensorFlow's XLA, 1/1.7 under
-    `jax.jit` and 1/1.2 in a TensorFlow graph. On torch, `put_by_select`
+    A scatter, which XLA does in place. On torch, `put_by_select`
     (tested on each decoder): torch's ONNX export writes a scatter's shapes
     as constants, which breaks the file for another batch size.
     """

@@ -19,6 +19,8 @@ every layer supports XLA); the check reads TensorFlow's private
 `control_flow_util`, and answers False if that ever moves, which costs speed
 under XLA, never correctness. On torch it is False.
 
+`scan` is a scan over time-major sequences whose reads and writes cost
+O(1) per step in every mode (the CRF's dynamic programs).
 `serial_fori_loop` is `keras.ops.fori_loop`, and `serial_scan` a scan over
 `range(count)` that stacks its outputs, each with one iteration in flight at
 a time. TensorFlow's `while_loop` starts up to ten iterations at once when
@@ -73,6 +75,86 @@ def serial_scan(step, init, count, dtypes):
         maximum_iterations=count,
     )
     return carry, tuple(a.stack() for a in arrays)
+
+
+def scan(step, init, xs, outputs, reverse=False):
+    """`(carry, ys)` of `carry, ys = step(carry, x)` over the slices `x`
+    of the tuple `xs` along their first axis (reversed with `reverse`),
+    each of the tuple `ys` stacked along a new first axis in `xs`' order.
+
+    Each step reads its slices and writes its outputs in O(1), also in a
+    TensorFlow graph and in the gradient: there, indexing a tensor with the
+    loop counter (`x[t]`), or updating a buffer, costs the whole tensor at
+    each step (its gradient is a dense tensor of the full shape; the
+    buffer is copied), which makes a loop over T steps O(T^2). On
+    TensorFlow the slices and the outputs live in `TensorArray`s; on torch
+    (and in TensorFlow's eager mode) the loop runs in Python over `unbind`'s views (whose gradient is one
+    `stack`, where `x[t]`'s is a full-size tensor per step); on JAX this is
+    `jax.lax.scan`. `outputs` gives each of `ys` as a `(dtype, like)`
+    pair, `like` a tensor of its shape. There is at least one step when
+    `outputs` is not empty; on TensorFlow their number may be dynamic.
+    """
+    backend = keras.backend.backend()
+    if backend == "torch":
+        import torch
+
+        return _python_scan(step, init, xs, reverse, torch.unbind, torch.stack)
+    if backend != "tensorflow":
+        return keras.ops.scan(step, init, xs, reverse=reverse)
+    import tensorflow as tf
+
+    if tf.executing_eagerly():
+        return _python_scan(step, init, xs, reverse, tf.unstack, tf.stack)
+    count = tf.shape(xs[0])[0]
+    # Reversed with a gather, not `reverse`: tf2onnx's rewriters misread a
+    # `ReverseV2` next to a loop; the loop reads and writes at its counter.
+    flip = lambda x: tf.gather(x, tf.range(count - 1, -1, -1))  # noqa: E731
+    inputs = tuple(
+        tf.TensorArray(x.dtype, size=count, element_shape=x.shape[1:]).unstack(
+            flip(x) if reverse else x
+        )
+        for x in xs
+    )
+
+    def body(i, carry, arrays):
+        carry, ys = step(carry, tuple(a.read(i) for a in inputs))
+        return i + 1, carry, tuple(a.write(i, y) for a, y in zip(arrays, ys))
+
+    # Outside XLA (which has no resize) the outputs' arrays are made from
+    # an empty tensor and resized, not reserved: LiteRT's converter lowers a
+    # reserved list only for a static element shape (the batch size is
+    # dynamic), and tf2onnx takes a loop's outputs from reserved or resized
+    # lists only.
+    def array(dtype, like):
+        if _tensorflow_xla_context():
+            return tf.TensorArray(dtype, size=count, element_shape=like.shape)
+        empty = tf.TensorArray(dtype, size=0, dynamic_size=True, element_shape=like.shape)
+        empty = empty.unstack(tf.zeros(tf.concat([[0], tf.shape(like)], 0), dtype))
+        flow = tf.raw_ops.TensorListResize(input_handle=empty.flow, size=count)
+        return tf.TensorArray(dtype, flow=flow)
+
+    arrays = tuple(array(dtype, like) for dtype, like in outputs)
+    _, carry, arrays = tf.while_loop(
+        lambda i, *_: i < count,
+        body,
+        (tf.constant(0), init, arrays),
+        maximum_iterations=count,
+    )
+    ys = tuple(a.stack() for a in arrays)
+    for y, (_, like) in zip(ys, outputs):
+        y.set_shape(tf.TensorShape([None]).concatenate(like.shape))
+    return carry, tuple(flip(y) for y in ys) if reverse else ys
+
+
+def _python_scan(step, init, xs, reverse, unstack, stack):
+    slices = list(zip(*(unstack(x) for x in xs)))
+    carry, ys = init, []
+    for x in reversed(slices) if reverse else slices:
+        carry, y = step(carry, x)
+        ys.append(y)
+    if reverse:
+        ys.reverse()
+    return carry, tuple(stack(y) for y in zip(*ys))
 
 
 def after(tensors, done):

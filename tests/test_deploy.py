@@ -226,7 +226,7 @@ def test_onnx(name, tmp_path):
 
     if name == "crf" and harness.BACKEND == "torch":
         pytest.skip(
-            "On torch, `keras.ops.fori_loop` is a Python loop, which the ONNX export unrolls "
+            "On torch, the CRF's loop over time is a Python loop, which the ONNX export unrolls "
             "for the traced length; test_crf_layer exports a fixed-length CRF model from torch"
         )
     model, batches, expected = _built(name)

@@ -14,12 +14,12 @@ example's length change nothing.
 
 The two dynamic programs, the forward algorithm (`_forward`) and Viterbi
 (`_viterbi`), are written once and shared with the `CRF` layer. They are
-`fori_loop`s over time (on TensorFlow and JAX the traced graph does not
-grow with the length; on torch the loop runs in Python) and compute in
-float32 under every dtype (the results are cast back to the inputs'
-dtype). Decoding writes its back-pointers into a fixed-shape buffer with
-comparisons, selects and scatters only, so a model that decodes exports to
-SavedModel, LiteRT's builtin ops and ONNX.
+scans over time (`_xla.scan`: on TensorFlow and JAX the traced graph does
+not grow with the length; on torch the loop runs in Python), each step
+O(1) in the length, in its gradient too, and compute in float32 under
+every dtype (the results are cast back to the inputs' dtype). Decoding
+picks back-pointers with comparisons, selects and sums only, so a model
+that decodes exports to SavedModel, LiteRT's builtin ops and ONNX.
 """
 
 import keras
@@ -103,86 +103,99 @@ def crf_forward(inputs, state, transition_params, sequence_lengths):
     lengths = _lengths(sequence_lengths)
     if scores.shape[1] == 0:  # one step in all: nothing to loop over
         return ops.cast(alpha, dtype)
-    by_time = ops.transpose(scores, (1, 0, 2))
     alpha, _ = _forward(
-        alpha, 0, ops.shape(by_time)[0],
-        edge_at=lambda t: transitions + ops.expand_dims(by_time[t], 1),
-        active_at=lambda t: t + 1 < lengths,
+        alpha,
+        ops.transpose(scores, (1, 0, 2)),
+        ops.transpose(_valid(scores, lengths - 1)),
+        edges_of=lambda unary: transitions + ops.expand_dims(unary, 1),
     )
     return ops.cast(alpha, dtype)
 
 
-def _forward(alpha, start, stop, edge_at, active_at, tag_at=None):
-    """The forward algorithm over steps `start <= t < stop`.
+def _forward(alpha, steps, active, edges_of=lambda edges: edges, tags=None):
+    """The forward algorithm over time-major `steps` (a tensor or a tuple).
 
-    `alpha` `(batch, num_tags)` are the log-scores before step `start`;
-    `edge_at(t)` the `(batch or 1, previous, next)` log-potentials of step
-    `t`; `active_at(t)` `(batch,)` bool, False where step `t` is skipped
-    (`alpha` passes it unchanged). With `tag_at(t)` `(batch,)` int32, also
+    `alpha` `(batch, num_tags)` are the log-scores before the first step;
+    `edges_of(*steps[t])` the `(batch, previous, next)` log-potentials of
+    step `t`; `active` `(time, batch)` bool, False where a step is skipped
+    (`alpha` passes it unchanged). With `tags` `(time, batch)` int32, also
     the score of that tag sequence, summed over the active steps (its tag
     before the first active step is 0). Returns `(alpha, score)`.
     """
+    steps = steps if isinstance(steps, tuple) else (steps,)
+    count = len(steps)
     batch = ops.shape(alpha)[0]
 
-    def step(t, carry):
+    def step(carry, x):
         alpha, previous, score = carry
-        edges = edge_at(t)
-        active = active_at(t)
+        edges = edges_of(*x[:count])
+        active = x[count]
         new = ops.logsumexp(ops.expand_dims(alpha, 2) + edges, axis=1)
         alpha = ops.where(ops.expand_dims(active, 1), new, alpha)
-        if tag_at is not None:
-            tag = tag_at(t)
-            edges = ops.broadcast_to(edges, (batch,) + tuple(edges.shape[1:]))
+        if tags is not None:
+            tag = x[count + 1]
             row = ops.take_along_axis(edges, ops.reshape(previous, (-1, 1, 1)), axis=1)[:, 0]
             picked = ops.take_along_axis(row, ops.expand_dims(tag, 1), axis=1)[:, 0]
             score = score + ops.where(active, picked, 0.0)
             previous = ops.where(active, tag, previous)
-        return alpha, previous, score
+        return (alpha, previous, score), ()
 
     carry = (alpha, ops.zeros((batch,), "int32"), ops.zeros((batch,), alpha.dtype))
-    alpha, _, score = _xla.fori_loop(start, stop, step, carry)
+    xs = steps + (active,) + (() if tags is None else (tags,))
+    (alpha, _, score), _ = _xla.scan(step, carry, xs, outputs=())
     return alpha, score
 
 
-def _viterbi(alpha, start, stop, edge_at, active_at):
-    """Viterbi decoding over steps `start <= t < stop`: `_forward` with max
-    for log-sum-exp, except that `edge_at(t)` gives the log-potentials in
-    `(batch or 1, next, previous)` order (a transpose made once, outside
-    the loop). Steps before `start` take the back-pointer 0. Returns
-    `(path, alpha)`: the int32 `(batch, stop)` best tags (at a skipped
-    step, the tag of the next active one) and the final scores. Ties go to
-    the smaller tag.
+def _viterbi(alpha, steps, active, edges_of=lambda edges: edges):
+    """Viterbi decoding over time-major `steps`: `_forward` with max for
+    log-sum-exp, except that `edges_of(*steps[t])` gives the log-potentials
+    in `(batch, next, previous)` order, and `alpha` is the virtual start
+    (`_virtual_start`), which the first step must leave. Returns `(path,
+    alpha)`: the int32 `(batch, time)` best tags (at a skipped step, the
+    tag of the next active one) and the final scores. Ties go to the
+    smaller tag.
     """
+    steps = steps if isinstance(steps, tuple) else (steps,)
+    count = len(steps)
     num_tags = alpha.shape[-1]
     tags_axis = ops.arange(num_tags, dtype="int32")
 
-    def forward(t, carry):
+    def forward(alpha, x):
         # alpha[b, j] <- max_i(alpha[b, i] + edges[b, j, i]), and the first i
         # that gives it. A skipped step keeps alpha and points each tag to
         # itself.
-        alpha, pointers = carry
-        candidates = ops.expand_dims(alpha, 1) + edge_at(t)
+        candidates = ops.expand_dims(alpha, 1) + edges_of(*x[:count])
         top = ops.max(candidates, axis=-1)
         came = ops.min(ops.where(candidates >= ops.expand_dims(top, -1), tags_axis, num_tags), axis=-1)
-        active = ops.expand_dims(active_at(t), 1)
-        alpha = ops.where(active, top, alpha)
-        return alpha, _buffers.put(pointers, t, ops.where(active, came, tags_axis))
+        active = ops.expand_dims(x[count], 1)
+        return ops.where(active, top, alpha), (ops.where(active, came, tags_axis),)
 
-    # Time first, for the loops; the buffers keep the batch size dynamic.
-    pointers = ops.zeros((stop, ops.shape(alpha)[0], num_tags), "int32")
-    alpha, pointers = ops.fori_loop(start, stop, forward, (alpha, pointers))
+    alpha, (pointers,) = _xla.scan(
+        forward, alpha, steps + (active,), outputs=(("int32", alpha),)
+    )
     last = _buffers.first_argmax(alpha, tags_axis, num_tags)
 
-    def backward(i, carry):
-        tag, path = carry
-        t = stop - 1 - i  # the step whose pointer leads to step t - 1
+    def backward(tag, x):
+        # The tag at step t - 1 is the pointer of step t's tag (a select
+        # and a sum, not a gather, for LiteRT's builtins and ONNX).
         chosen = ops.expand_dims(tag, 1) == tags_axis
-        tag = ops.sum(ops.where(chosen, pointers[t], 0), axis=-1)
-        return tag, _buffers.put(path, t - 1, tag)
+        tag = ops.sum(ops.where(chosen, x[0], 0), axis=-1)
+        return tag, (tag,)
 
-    path = _buffers.put(ops.zeros_like(pointers[..., 0]), stop - 1, last)
-    _, path = ops.fori_loop(0, stop - 1, backward, (last, path))
+    # The tags of steps -1 (the virtual start) to time - 2, then the last.
+    _, (path,) = _xla.scan(
+        backward, last, (pointers,), outputs=(("int32", last),), reverse=True
+    )
+    path = ops.concatenate([path[1:], ops.expand_dims(last, 0)], axis=0)
     return ops.transpose(path), alpha
+
+
+def _virtual_start(batch, num_tags, dtype):
+    """The log-scores before the first step: 0 for a virtual tag 0, the
+    lowest float32 for the others. A first step whose rows are all the
+    same (its unary scores alone) leaves it for every tag alike."""
+    before = ops.where(ops.arange(num_tags) == 0, 0.0, _numerics.FLOAT32_MIN)
+    return ops.zeros((batch, num_tags), dtype) + ops.cast(before, dtype)
 
 
 def crf_log_norm(inputs, sequence_lengths, transition_params):
@@ -247,14 +260,19 @@ def crf_decode(potentials, transition_params, sequence_length):
     """
     scores, transitions, dtype = _prepare(potentials, transition_params)
     lengths = _lengths(sequence_length)
-    by_time = ops.transpose(scores, (1, 0, 2))
+    valid = _valid(scores, lengths)
+    # From the virtual start, the first step is always taken (a length of 0
+    # scores the first step's best tag, as in TensorFlow Addons) and has no
+    # transition.
+    chained = ops.arange(ops.shape(scores)[1]) > 0
     into = ops.transpose(transitions)  # [next, previous]
     path, alpha = _viterbi(
-        by_time[0], 1, ops.shape(by_time)[0],
-        edge_at=lambda t: into + ops.expand_dims(by_time[t], 2),
-        active_at=lambda t: t < lengths,
+        _virtual_start(ops.shape(scores)[0], scores.shape[-1], scores.dtype),
+        (ops.transpose(scores, (1, 0, 2)), chained),
+        ops.transpose(ops.logical_or(valid, ops.logical_not(chained))),
+        edges_of=lambda unary, chained: ops.where(chained, into, 0.0) + ops.expand_dims(unary, 2),
     )
-    path = ops.where(_valid(scores, lengths), path, 0)
+    path = ops.where(valid, path, 0)
     return path, ops.cast(ops.max(alpha, axis=-1), dtype)
 
 
@@ -325,8 +343,7 @@ def _chain(potentials):
     num_tags = potentials.shape[-1]
     by_time = ops.transpose(potentials, (1, 0, 2, 3))
     valid = by_time[:, :, num_tags, 0] > 0.5
-    before = ops.where(ops.arange(num_tags) == 0, 0.0, _numerics.FLOAT32_MIN)
-    alpha = ops.zeros((ops.shape(potentials)[0], num_tags), potentials.dtype) + ops.cast(before, potentials.dtype)
+    alpha = _virtual_start(ops.shape(potentials)[0], num_tags, potentials.dtype)
     return by_time[:, :, :num_tags], valid, alpha
 
 
@@ -337,10 +354,7 @@ def _chain_log_likelihood(potentials, tags):
     edges, valid, alpha = _chain(potentials)
     # Masked steps' tags are never read, whatever they hold (-1, num_tags).
     tags = ops.where(valid, ops.transpose(ops.cast(tags, "int32")), 0)
-    alpha, score = _forward(
-        alpha, 0, ops.shape(edges)[0],
-        edge_at=lambda t: edges[t], active_at=lambda t: valid[t], tag_at=lambda t: tags[t],
-    )
+    alpha, score = _forward(alpha, edges, valid, tags=tags)
     return score - ops.logsumexp(alpha, axis=-1)
 
 
@@ -350,5 +364,5 @@ def _chain_decode(potentials):
         return ops.zeros(ops.shape(potentials)[:2], "int32")
     edges, valid, alpha = _chain(potentials)
     edges = ops.transpose(edges, (0, 1, 3, 2))  # [next, previous]
-    path, _ = _viterbi(alpha, 0, ops.shape(edges)[0], edge_at=lambda t: edges[t], active_at=lambda t: valid[t])
+    path, _ = _viterbi(alpha, edges, valid)
     return ops.where(ops.transpose(valid), path, 0)
