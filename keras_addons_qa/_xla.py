@@ -108,7 +108,9 @@ def scan(step, init, xs, outputs, reverse=False):
     count = tf.shape(xs[0])[0]
     # Reversed with a gather, not `reverse`: tf2onnx's rewriters misread a
     # `ReverseV2` next to a loop; the loop reads and writes at its counter.
-    flip = lambda x: tf.gather(x, tf.range(count - 1, -1, -1))  # noqa: E731
+    def flip(x):
+        return tf.gather(x, tf.range(count - 1, -1, -1))
+
     inputs = tuple(
         tf.TensorArray(x.dtype, size=count, element_shape=x.shape[1:]).unstack(
             flip(x) if reverse else x

@@ -77,6 +77,48 @@ def test_loss_and_tags_equal_brute_force_with_masks_anywhere(steps, num_tags, us
         assert np.all(decoded[b, ~valid[b]] == 0)
 
 
+@settings(max_examples=harness.examples(25), deadline=None)
+@given(
+    steps=st.integers(1, 5),
+    num_tags=st.integers(1, 3),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_loss_gradient_equals_brute_force_with_masks_anywhere(steps, num_tags, seed):
+    # d loss / d weight = E[feature] - gold feature: the expected count of
+    # each (step, tag), transition, first and last tag, over all sequences.
+    rng = np.random.default_rng(seed)
+    scores = (rng.normal(size=(3, steps, num_tags)) * 2).astype("float32")
+    valid = rng.random((3, steps)) > 0.35
+    valid[0] = False
+    tags = rng.integers(0, num_tags, size=(3, steps))
+    layer = _random_layer(num_tags, True, seed)
+    x = keras.Variable(scores)
+    weights = [layer.chain_kernel, layer.left_boundary, layer.right_boundary]
+    _, grads = harness.gradients(
+        lambda: CRFLoss(reduction="sum")(tags, layer(x.value, mask=valid)["potentials"]), [x, *weights]
+    )
+    expected = [np.zeros(scores.shape), np.zeros((num_tags, num_tags)), np.zeros(num_tags), np.zeros(num_tags)]
+
+    def add(path, steps_, weight):
+        expected[0][b, steps_, path] += weight
+        for a, c in zip(path, path[1:]):
+            expected[1][a, c] += weight
+        if path:
+            expected[2][path[0]] += weight
+            expected[3][path[-1]] += weight
+
+    for b in range(3):
+        paths = dict(_brute_force(scores[b], valid[b], *_weights(layer)))
+        values = np.array(list(paths.values()), np.float64)
+        probs = np.exp(values - np.logaddexp.reduce(values))
+        steps_ = np.flatnonzero(valid[b])
+        for path, p in zip(paths, probs):
+            add(list(path), steps_, p)
+        add(list(tags[b, valid[b]]), steps_, -1.0)
+    for grad, want in zip(grads, expected):
+        np.testing.assert_allclose(harness.to_numpy(grad), want, rtol=1e-4, atol=1e-5)
+
+
 def test_matches_the_tensorflow_addons_functions_on_right_padding():
     rng = np.random.default_rng(1)
     scores = rng.normal(size=(4, 6, 5)).astype("float32")

@@ -103,7 +103,7 @@ def crf_forward(inputs, state, transition_params, sequence_lengths):
     lengths = _lengths(sequence_lengths)
     if scores.shape[1] == 0:  # one step in all: nothing to loop over
         return ops.cast(alpha, dtype)
-    alpha, _ = _forward(
+    alpha = _forward(
         alpha,
         ops.transpose(scores, (1, 0, 2)),
         ops.transpose(_valid(scores, lengths - 1)),
@@ -112,38 +112,39 @@ def crf_forward(inputs, state, transition_params, sequence_lengths):
     return ops.cast(alpha, dtype)
 
 
-def _forward(alpha, steps, active, edges_of=lambda edges: edges, tags=None):
+def _forward(alpha, steps, active, edges_of=lambda edges: edges, keep=False):
     """The forward algorithm over time-major `steps` (a tensor or a tuple).
 
     `alpha` `(batch, num_tags)` are the log-scores before the first step;
     `edges_of(*steps[t])` the `(batch, previous, next)` log-potentials of
     step `t`; `active` `(time, batch)` bool, False where a step is skipped
-    (`alpha` passes it unchanged). With `tags` `(time, batch)` int32, also
-    the score of that tag sequence, summed over the active steps (its tag
-    before the first active step is 0). Returns `(alpha, score)`.
+    (`alpha` passes it unchanged). Returns `alpha` after the last step and,
+    with `keep`, the `(time, batch, num_tags)` log-scores before each step.
     """
     steps = steps if isinstance(steps, tuple) else (steps,)
     count = len(steps)
-    batch = ops.shape(alpha)[0]
 
-    def step(carry, x):
-        alpha, previous, score = carry
-        edges = edges_of(*x[:count])
-        active = x[count]
-        new = ops.logsumexp(ops.expand_dims(alpha, 2) + edges, axis=1)
-        alpha = ops.where(ops.expand_dims(active, 1), new, alpha)
-        if tags is not None:
-            tag = x[count + 1]
-            row = ops.take_along_axis(edges, ops.reshape(previous, (-1, 1, 1)), axis=1)[:, 0]
-            picked = ops.take_along_axis(row, ops.expand_dims(tag, 1), axis=1)[:, 0]
-            score = score + ops.where(active, picked, 0.0)
-            previous = ops.where(active, tag, previous)
-        return (alpha, previous, score), ()
+    def step(alpha, x):
+        new = ops.logsumexp(ops.expand_dims(alpha, 2) + edges_of(*x[:count]), axis=1)
+        return ops.where(ops.expand_dims(x[count], 1), new, alpha), (alpha,) if keep else ()
 
-    carry = (alpha, ops.zeros((batch,), "int32"), ops.zeros((batch,), alpha.dtype))
-    xs = steps + (active,) + (() if tags is None else (tags,))
-    (alpha, _, score), _ = _xla.scan(step, carry, xs, outputs=())
-    return alpha, score
+    outputs = ((keras.backend.standardize_dtype(alpha.dtype), alpha),) if keep else ()
+    alpha, kept = _xla.scan(step, alpha, steps + (active,), outputs=outputs)
+    return (alpha, *kept) if keep else alpha
+
+
+def _backward(edges, active):
+    """The backward algorithm: the `(time, batch, num_tags)` log-scores of
+    the steps after each step `t` given its tag (0 after the last)."""
+    beta = ops.zeros_like(edges[0, :, 0])
+
+    def step(beta, x):
+        new = ops.logsumexp(x[0] + ops.expand_dims(beta, 1), axis=2)
+        return ops.where(ops.expand_dims(x[1], 1), new, beta), (beta,)
+
+    dtype = keras.backend.standardize_dtype(beta.dtype)
+    _, (betas,) = _xla.scan(step, beta, (edges, active), outputs=((dtype, beta),), reverse=True)
+    return betas
 
 
 def _viterbi(alpha, steps, active, edges_of=lambda edges: edges):
@@ -341,10 +342,11 @@ def _chain(potentials):
     first unmasked step's identical rows make irrelevant."""
     potentials = _numerics.widen(_tensor(potentials))
     num_tags = potentials.shape[-1]
-    by_time = ops.transpose(potentials, (1, 0, 2, 3))
-    valid = by_time[:, :, num_tags, 0] > 0.5
+    # A split, not a slice: TensorFlow's gradient of a strided slice of a
+    # 4-d tensor takes 8x as long.
+    edges, flags = ops.split(ops.transpose(potentials, (1, 0, 2, 3)), [num_tags], axis=2)
     alpha = _virtual_start(ops.shape(potentials)[0], num_tags, potentials.dtype)
-    return by_time[:, :, :num_tags], valid, alpha
+    return edges, flags[:, :, 0, 0] > 0.5, alpha
 
 
 def _chain_log_likelihood(potentials, tags):
@@ -354,8 +356,65 @@ def _chain_log_likelihood(potentials, tags):
     edges, valid, alpha = _chain(potentials)
     # Masked steps' tags are never read, whatever they hold (-1, num_tags).
     tags = ops.where(valid, ops.transpose(ops.cast(tags, "int32")), 0)
-    alpha, score = _forward(alpha, edges, valid, tags=tags)
-    return score - ops.logsumexp(alpha, axis=-1)
+    # The gold path's potentials, entry [previous tag, tag] of each step.
+    num_tags = edges.shape[-1]
+    flat = ops.reshape(edges, (ops.shape(edges)[0], -1, num_tags * num_tags))
+    pairs = _previous_tags(tags, valid) * num_tags + tags
+    # Picked by a comparison and a select, whose gradient is a select too
+    # (a gather's is a scatter, 2.5x as long in a TensorFlow graph).
+    chosen = ops.logical_and(
+        ops.expand_dims(valid, -1),
+        ops.expand_dims(pairs, -1) == ops.arange(num_tags * num_tags, dtype="int32"),
+    )
+    score = ops.sum(ops.where(chosen, flat, 0.0), axis=(0, 2))
+    return score - _chain_log_norm(edges, valid, alpha)
+
+
+def _previous_tags(tags, valid):
+    """The tag of the last valid step before each step of `(time, batch)`
+    `tags` (0 before the first): the valid steps' tags in order (a sort of
+    the step indices, valid ones first), read one back."""
+    steps = ops.shape(tags)[0]
+    index = ops.expand_dims(ops.arange(steps, dtype="int32"), 1)
+    order = ops.argsort(ops.where(valid, index, index + steps), axis=0)
+    in_order = ops.take_along_axis(tags, ops.cast(order, "int32"), axis=0)
+    before = ops.cumsum(ops.cast(valid, "int32"), axis=0) - ops.cast(valid, "int32")
+    previous = ops.take_along_axis(in_order, ops.maximum(before - 1, 0), axis=0)
+    return ops.where(before > 0, previous, 0)
+
+
+def _chain_log_norm(edges, valid, alpha):
+    """`(batch,)` log-partition of the chain from the log-scores `alpha`.
+
+    Its gradient is the probability of each transition, from the forward
+    and backward algorithms (`_transition_probs`): one loop back over the
+    steps and one vectorized pass, where the autodiff of the forward loop
+    writes each step's gradient through its own loop.
+    """
+
+    @ops.custom_gradient
+    def log_norm(edges):
+        last, alphas = _forward(alpha, edges, valid, keep=True)
+        log_z = ops.logsumexp(last, axis=-1)
+
+        def grad(*args, upstream=None):
+            if upstream is None:  # TensorFlow and JAX; torch passes it by name
+                (upstream,) = args
+            probs = _transition_probs(edges, valid, alphas, _backward(edges, valid), log_z)
+            return probs * ops.reshape(upstream, (1, -1, 1, 1))
+
+        return log_z, grad
+
+    return log_norm(edges)
+
+
+def _transition_probs(edges, valid, alphas, betas, log_z):
+    """`(time, batch, previous, next)` posterior probability of each
+    transition (0 at skipped steps and where no sequence is possible)."""
+    log_p = (ops.expand_dims(alphas, 3) + edges + ops.expand_dims(betas, 2)
+             - ops.reshape(log_z, (1, -1, 1, 1)))
+    keep = ops.logical_and(valid, ops.expand_dims(log_z > _numerics.FLOAT32_MIN, 0))
+    return ops.where(ops.reshape(keep, ops.shape(keep) + (1, 1)), ops.exp(log_p), 0.0)
 
 
 def _chain_decode(potentials):
