@@ -22,11 +22,13 @@ test: $(STAMP)
 # The same suite on Keras's JAX and PyTorch backends (CPU builds). TORCH is
 # the PyTorch requirement: the CPU-only wheel, so no CUDA libraries come
 # along on a CPU machine (override it where another build is wanted).
+# pytorch-crf (no dependencies of its own) is the peer the CRF is tested and
+# benchmarked against on torch.
 TORCH ?= torch==2.13.0+cpu
 BACKENDS_STAMP := $(VENV)/.installed-backends
 
 $(BACKENDS_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -e ".[test,jax]" "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[test,jax]" "$(TORCH)" pytorch-crf==0.7.2
 	touch $@
 
 test-backends: $(BACKENDS_STAMP)

@@ -605,6 +605,10 @@ def main(argv=None):
 
     print("CRF functions against a Python loop over time:", flush=True)
     markdown += "\n\n" + crf.run(tiny=args.tiny)
+    from benchmarks import crf_scaling
+
+    print("the CRF against the length and its peers:", flush=True)
+    markdown += "\n\n" + crf_scaling.run(tiny=args.tiny)
     from benchmarks import attention_kernel
 
     print("ops.attention against its goals:", flush=True)

@@ -52,9 +52,20 @@ def test_cpu_suite_runs_at_tiny_sizes(tmp_path):
     torch = importlib.util.find_spec("torch") is not None
     assert len(decode) == 2 + 2 + jax
     assert all(row.rstrip().endswith("| yes |") for row in decode[2:])  # exact paths
+    crf, crf_scaling = crf.split("CRF against the length")
     crf = [l for l in crf.splitlines() if l.startswith("| ")]
     assert len(crf) == 2 + 4  # (log-likelihood + gradient, decode) x (graph, XLA)
     assert all(row.rstrip().endswith("| yes |") for row in crf[2:])  # same results as the loop
+    scaling, *peers = crf_scaling.split("torch, ours / theirs")
+    scaling = [l for l in scaling.splitlines() if l.startswith("| ")]
+    # 3 paths x (TF graph, TF XLA, JAX, torch); 3 lengths at tiny sizes
+    assert len(scaling) == 2 + 3 * (2 + jax + torch)
+    for row in scaling[2:]:
+        assert all(float(c) > 0 for c in row.strip("| ").split("|")[2:])
+    assert len(peers) == (torch and importlib.util.find_spec("torchcrf") is not None)
+    for part in peers:
+        rows = [l for l in part.splitlines() if l.startswith("| ")]
+        assert len(rows) == 2 + 3 and all(float(c) > 0 for r in rows[2:] for c in r.strip("| ").split("|"))
     kernel_cases, goals = kernel.split("| target |")
     kernel_cases = [l for l in kernel_cases.splitlines() if l.startswith("| ")]
     # blockwise and full at 3 lengths, JAX at 2 (and its full path at 1),
