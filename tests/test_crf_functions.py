@@ -13,12 +13,14 @@ from keras_addons_qa import text
 from tests import harness
 
 
-def _all_paths(scores, transitions, length):
+def _all_paths(scores, transitions, length, start=None, end=None):
     """Every tag sequence of `length` and its score."""
     num_tags = scores.shape[-1]
     for path in itertools.product(range(num_tags), repeat=length):
         unary = sum(scores[t, tag] for t, tag in enumerate(path))
         binary = sum(transitions[a, b] for a, b in zip(path, path[1:]))
+        if path and start is not None:
+            binary += start[path[0]] + end[path[-1]]
         yield path, float(unary + binary)
 
 
@@ -34,18 +36,23 @@ def _case(seed, batch, steps, num_tags, with_zero=True):
 @given(
     steps=st.integers(1, 4),
     num_tags=st.integers(1, 4),
+    boundaries=st.booleans(),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_log_norm_score_and_decode_equal_brute_force(steps, num_tags, seed):
+def test_log_norm_score_and_decode_equal_brute_force(steps, num_tags, boundaries, seed):
     scores, transitions, lengths = _case(seed, 3, steps, num_tags)
     rng = np.random.default_rng(seed + 1)
     tags = rng.integers(0, num_tags, size=(3, steps))
-    log_norm = harness.to_numpy(text.crf_log_norm(scores, lengths, transitions))
-    score = harness.to_numpy(text.crf_sequence_score(scores, tags, lengths, transitions))
-    decoded, best = (harness.to_numpy(t) for t in text.crf_decode(scores, transitions, lengths))
+    ends = {}
+    if boundaries:  # start and end scores, as pytorch-crf's
+        ends = dict(zip(("start_transitions", "end_transitions"), rng.normal(size=(2, num_tags)).astype("float32")))
+    log_norm = harness.to_numpy(text.crf_log_norm(scores, lengths, transitions, **ends))
+    score = harness.to_numpy(text.crf_sequence_score(scores, tags, lengths, transitions, **ends))
+    likelihood = harness.to_numpy(text.crf_log_likelihood(scores, tags, lengths, transitions, **ends)[0])
+    decoded, best = (harness.to_numpy(t) for t in text.crf_decode(scores, transitions, lengths, **ends))
     assert decoded.dtype == np.int32 and decoded.shape == (3, steps)
     for b, length in enumerate(lengths):
-        paths = list(_all_paths(scores[b], transitions, length))
+        paths = list(_all_paths(scores[b], transitions, length, *ends.values()))
         values = np.array([v for _, v in paths])
         if length == 0:
             assert log_norm[b] == 0 and score[b] == 0
@@ -54,10 +61,46 @@ def test_log_norm_score_and_decode_equal_brute_force(steps, num_tags, seed):
         np.testing.assert_allclose(log_norm[b], np.logaddexp.reduce(values), rtol=1e-5, atol=1e-5)
         own = dict(paths)[tuple(tags[b, :length])]
         np.testing.assert_allclose(score[b], own, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(likelihood[b], own - np.logaddexp.reduce(values), rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(best[b], values.max(), rtol=1e-5, atol=1e-5)
         path = tuple(decoded[b, :length])
         np.testing.assert_allclose(dict(paths)[path], values.max(), rtol=1e-5, atol=1e-5)
         assert np.all(decoded[b, length:] == 0)  # nothing beyond the length
+
+
+@pytest.mark.skipif(harness.BACKEND != "torch", reason="pytorch-crf runs on torch tensors")
+def test_equals_pytorch_crf_in_values_gradients_and_paths():
+    torchcrf = pytest.importorskip("torchcrf", reason="pytorch-crf is installed by make test-backends")
+    import torch
+
+    rng = np.random.default_rng(7)
+    batch, steps, num_tags = 6, 9, 5
+    emissions = rng.normal(size=(batch, steps, num_tags)).astype("float32") * 2
+    tags = rng.integers(0, num_tags, size=(batch, steps))
+    lengths = np.array([9, 9, 5, 1, 7, 2])
+    peer = torchcrf.CRF(num_tags, batch_first=True)
+    ours = [torch.tensor(emissions, requires_grad=True)] + [
+        p.detach().clone().requires_grad_(True)
+        for p in (peer.transitions, peer.start_transitions, peer.end_transitions)
+    ]
+    theirs = torch.tensor(emissions, requires_grad=True)
+    mask = torch.arange(steps)[None] < torch.tensor(lengths)[:, None]
+    value_theirs = peer(theirs, torch.tensor(tags), mask, reduction="none")
+    value_ours, _ = text.crf_log_likelihood(
+        ours[0], torch.tensor(tags), torch.tensor(lengths), ours[1],
+        start_transitions=ours[2], end_transitions=ours[3],
+    )
+    np.testing.assert_allclose(value_ours.detach().numpy(), value_theirs.detach().numpy(), rtol=1e-5, atol=1e-5)
+    value_ours.sum().backward()
+    value_theirs.sum().backward()
+    for mine, other in zip(ours, (theirs, peer.transitions, peer.start_transitions, peer.end_transitions)):
+        np.testing.assert_allclose(mine.grad.numpy(), other.grad.numpy(), rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        decoded, _ = text.crf_decode(
+            ours[0], ours[1], torch.tensor(lengths), start_transitions=ours[2], end_transitions=ours[3]
+        )
+        for row, length, path in zip(decoded.numpy(), lengths, peer.decode(theirs, mask)):
+            assert list(row[:length]) == path
 
 
 def test_log_likelihoods_of_all_sequences_sum_to_one():

@@ -57,6 +57,19 @@ def _valid(scores, lengths):
     return ops.expand_dims(steps, 0) < ops.expand_dims(lengths, 1)
 
 
+def _with_ends(scores, lengths, start, end):
+    """float32 unary `scores` plus the `start` scores at the first step and
+    the `end` scores at each example's last (neither for a length of 0)."""
+    steps = ops.expand_dims(ops.arange(ops.shape(scores)[1], dtype="int32"), 0)
+    lengths = _lengths(lengths)
+    for at, extra in ((ops.logical_and(steps == 0, ops.expand_dims(lengths > 0, 1)), start),
+                      (steps == ops.expand_dims(lengths - 1, 1), end)):
+        if extra is not None:
+            extra = _numerics.widen(ops.convert_to_tensor(extra))
+            scores = scores + ops.where(ops.expand_dims(at, -1), ops.cast(extra, scores.dtype), 0.0)
+    return scores
+
+
 def crf_unary_score(tag_indices, sequence_lengths, inputs):
     """Sum of the unary scores of the tags, `(batch,)`."""
     scores, _, dtype = _prepare(inputs)
@@ -81,14 +94,17 @@ def crf_binary_score(tag_indices, sequence_lengths, transition_params):
     return ops.cast(ops.sum(ops.where(valid, picked, 0.0), axis=-1), dtype)
 
 
-def crf_sequence_score(inputs, tag_indices, sequence_lengths, transition_params):
+def crf_sequence_score(inputs, tag_indices, sequence_lengths, transition_params,
+                       start_transitions=None, end_transitions=None):
     """The unnormalized score of each tag sequence, `(batch,)`: the sum of
-    its unary scores and of its transitions, within each length (0 for a
-    length of 0)."""
+    its unary scores and of its transitions (and of the start and end
+    scores of its first and last tag, if given), within each length (0 for
+    a length of 0)."""
     inputs = _tensor(inputs)
     dtype = keras.backend.standardize_dtype(inputs.dtype)
     tag_indices = ops.convert_to_tensor(tag_indices)[:, : ops.shape(inputs)[1]]
-    unary = crf_unary_score(tag_indices, sequence_lengths, _numerics.widen(inputs))
+    scores = _with_ends(_numerics.widen(inputs), sequence_lengths, start_transitions, end_transitions)
+    unary = crf_unary_score(tag_indices, sequence_lengths, scores)
     binary = crf_binary_score(tag_indices, sequence_lengths, _numerics.widen(_tensor(transition_params)))
     return ops.cast(unary + binary, dtype)
 
@@ -199,17 +215,20 @@ def _virtual_start(batch, num_tags, dtype):
     return ops.zeros((batch, num_tags), dtype) + ops.cast(before, dtype)
 
 
-def crf_log_norm(inputs, sequence_lengths, transition_params):
+def crf_log_norm(inputs, sequence_lengths, transition_params,
+                 start_transitions=None, end_transitions=None):
     """The log of the partition function, `(batch,)`: log-sum-exp of the
     scores of all tag sequences of each length (0 for a length of 0)."""
     scores, transitions, dtype = _prepare(inputs, transition_params)
     lengths = _lengths(sequence_lengths)
+    scores = _with_ends(scores, lengths, start_transitions, end_transitions)
     alpha = crf_forward(scores[:, 1:], scores[:, 0], transitions, lengths)
     log_norm = ops.logsumexp(alpha, axis=1)
     return ops.cast(ops.where(lengths <= 0, 0.0, log_norm), dtype)
 
 
-def crf_log_likelihood(inputs, tag_indices, sequence_lengths, transition_params=None):
+def crf_log_likelihood(inputs, tag_indices, sequence_lengths, transition_params=None,
+                       start_transitions=None, end_transitions=None):
     """The log-likelihood of each tag sequence under the CRF.
 
     Args:
@@ -218,6 +237,10 @@ def crf_log_likelihood(inputs, tag_indices, sequence_lengths, transition_params=
         sequence_lengths: `(batch,)` lengths.
         transition_params: `(num_tags, num_tags)` transition scores; if
             None, a new `keras.Variable` initialized with Glorot uniform.
+        start_transitions: Optional `(num_tags,)` scores of each tag as
+            the first of a sequence (pytorch-crf's `start_transitions`).
+        end_transitions: Optional `(num_tags,)` scores of each tag as the
+            last of a sequence.
 
     Returns:
         `(log_likelihood, transition_params)`, the first `(batch,)`.
@@ -228,8 +251,9 @@ def crf_log_likelihood(inputs, tag_indices, sequence_lengths, transition_params=
         transition_params = keras.Variable(
             keras.initializers.GlorotUniform()((num_tags, num_tags)), name="transitions"
         )
-    score = crf_sequence_score(inputs, tag_indices, sequence_lengths, transition_params)
-    log_norm = crf_log_norm(inputs, sequence_lengths, transition_params)
+    ends = (start_transitions, end_transitions)
+    score = crf_sequence_score(inputs, tag_indices, sequence_lengths, transition_params, *ends)
+    log_norm = crf_log_norm(inputs, sequence_lengths, transition_params, *ends)
     return score - log_norm, transition_params
 
 
@@ -240,19 +264,24 @@ def crf_filtered_inputs(inputs, tag_bitmap):
     return ops.where(ops.cast(tag_bitmap, "bool"), inputs, ops.cast(float("-inf"), inputs.dtype))
 
 
-def crf_multitag_sequence_score(inputs, tag_bitmap, sequence_lengths, transition_params):
+def crf_multitag_sequence_score(inputs, tag_bitmap, sequence_lengths, transition_params,
+                                start_transitions=None, end_transitions=None):
     """log-sum-exp of the scores of every tag sequence that `tag_bitmap`
     allows (several allowed tags per step), `(batch,)`."""
-    return crf_log_norm(crf_filtered_inputs(inputs, tag_bitmap), sequence_lengths, transition_params)
+    return crf_log_norm(crf_filtered_inputs(inputs, tag_bitmap), sequence_lengths, transition_params,
+                        start_transitions, end_transitions)
 
 
-def crf_decode(potentials, transition_params, sequence_length):
+def crf_decode(potentials, transition_params, sequence_length,
+               start_transitions=None, end_transitions=None):
     """The highest-scoring tag sequence of each example (Viterbi).
 
     Args:
         potentials: `(batch, time, num_tags)` unary scores.
         transition_params: `(num_tags, num_tags)` transition scores.
         sequence_length: `(batch,)` lengths.
+        start_transitions: Optional `(num_tags,)` scores of the first tag.
+        end_transitions: Optional `(num_tags,)` scores of the last tag.
 
     Returns:
         `(decode_tags, best_score)`: int32 `(batch, time)` tags (0 beyond
@@ -261,6 +290,7 @@ def crf_decode(potentials, transition_params, sequence_length):
     """
     scores, transitions, dtype = _prepare(potentials, transition_params)
     lengths = _lengths(sequence_length)
+    scores = _with_ends(scores, lengths, start_transitions, end_transitions)
     valid = _valid(scores, lengths)
     # From the virtual start, the first step is always taken (a length of 0
     # scores the first step's best tag, as in TensorFlow Addons) and has no
@@ -277,9 +307,11 @@ def crf_decode(potentials, transition_params, sequence_length):
     return path, ops.cast(ops.max(alpha, axis=-1), dtype)
 
 
-def crf_constrained_decode(potentials, tag_bitmap, transition_params, sequence_length):
+def crf_constrained_decode(potentials, tag_bitmap, transition_params, sequence_length,
+                           start_transitions=None, end_transitions=None):
     """`crf_decode` among the tags that `tag_bitmap` allows at each step."""
-    return crf_decode(crf_filtered_inputs(potentials, tag_bitmap), transition_params, sequence_length)
+    return crf_decode(crf_filtered_inputs(potentials, tag_bitmap), transition_params, sequence_length,
+                      start_transitions, end_transitions)
 
 
 def viterbi_decode(score, transition_params):
