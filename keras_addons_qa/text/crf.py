@@ -123,17 +123,21 @@ def crf_forward(inputs, state, transition_params, sequence_lengths):
         alpha,
         ops.transpose(scores, (1, 0, 2)),
         ops.transpose(_valid(scores, lengths - 1)),
-        edges_of=lambda unary: transitions + ops.expand_dims(unary, 1),
+        edges_of=lambda unary: transitions,
+        unary_of=lambda unary: unary,
     )
     return ops.cast(alpha, dtype)
 
 
-def _forward(alpha, steps, active, edges_of=lambda edges: edges, keep=False):
+def _forward(alpha, steps, active, edges_of=lambda edges: edges, unary_of=None, keep=False):
     """The forward algorithm over time-major `steps` (a tensor or a tuple).
 
     `alpha` `(batch, num_tags)` are the log-scores before the first step;
     `edges_of(*steps[t])` the `(batch, previous, next)` log-potentials of
-    step `t`; `active` `(time, batch)` bool, False where a step is skipped
+    step `t` (or `(previous, next)`), plus `unary_of(*steps[t])` `(batch,
+    next)` if given (added after the sum over the previous tag: one pass
+    over `(batch, previous, next)` fewer); `active` `(time, batch)` bool,
+    False where a step is skipped
     (`alpha` passes it unchanged). Returns `alpha` after the last step and,
     with `keep`, the `(time, batch, num_tags)` log-scores before each step.
     """
@@ -142,6 +146,8 @@ def _forward(alpha, steps, active, edges_of=lambda edges: edges, keep=False):
 
     def step(alpha, x):
         new = ops.logsumexp(ops.expand_dims(alpha, 2) + edges_of(*x[:count]), axis=1)
+        if unary_of is not None:
+            new = new + unary_of(*x[:count])
         return ops.where(ops.expand_dims(x[count], 1), new, alpha), (alpha,) if keep else ()
 
     outputs = ((keras.backend.standardize_dtype(alpha.dtype), alpha),) if keep else ()
@@ -163,47 +169,52 @@ def _backward(edges, active):
     return betas
 
 
-def _viterbi(alpha, steps, active, edges_of=lambda edges: edges):
-    """Viterbi decoding over time-major `steps`: `_forward` with max for
-    log-sum-exp, except that `edges_of(*steps[t])` gives the log-potentials
-    in `(batch, next, previous)` order, and `alpha` is the virtual start
-    (`_virtual_start`), which the first step must leave. Returns `(path,
-    alpha)`: the int32 `(batch, time)` best tags (at a skipped step, the
-    tag of the next active one) and the final scores. Ties go to the
-    smaller tag.
+def _viterbi(alpha, edges, active, unary=None):
+    """Viterbi decoding: `_forward` with max for log-sum-exp, over
+    time-major log-potentials `edges` `(time, [batch,] next, previous)`,
+    plus `unary` `(time, batch, next)` if given; `alpha` is the virtual
+    start (`_virtual_start`), which the first step must leave. Returns
+    `(path, alpha)`: the int32 `(batch, time)` best tags (at a skipped
+    step, the tag of the next active one) and the final scores. Ties go to
+    the smaller tag.
     """
-    steps = steps if isinstance(steps, tuple) else (steps,)
-    count = len(steps)
     num_tags = alpha.shape[-1]
     tags_axis = ops.arange(num_tags, dtype="int32")
+    # Shapes are made once, outside the loops: on torch, which runs them
+    # in Python, each operation inside costs about as much as its work.
+    active = ops.expand_dims(active, -1)
+    xs = (edges, active, ops.expand_dims(active, -1))
+    xs += () if unary is None else (ops.expand_dims(unary, 2),)
 
-    def forward(alpha, x):
-        # alpha[b, j] <- max_i(alpha[b, i] + edges[b, j, i]), and the first i
-        # that gives it. A skipped step keeps alpha and points each tag to
-        # itself.
-        candidates = ops.expand_dims(alpha, 1) + edges_of(*x[:count])
-        top = ops.max(candidates, axis=-1)
-        came = ops.min(ops.where(candidates >= ops.expand_dims(top, -1), tags_axis, num_tags), axis=-1)
-        active = ops.expand_dims(x[count], 1)
-        return ops.where(active, top, alpha), (ops.where(active, came, tags_axis),)
+    def forward(scores, x):
+        # scores[b, 0, j] <- max_i(scores[b, 0, i] + edges[b, j, i]), and
+        # the first i that gives it. A skipped step keeps the scores and
+        # points each tag to itself.
+        candidates = scores + x[0]
+        top = ops.max(candidates, axis=-1, keepdims=True)
+        came = ops.min(ops.where(candidates >= top, tags_axis, num_tags), axis=-1)
+        top = ops.reshape(top, (-1, 1, num_tags))
+        if unary is not None:
+            top = top + x[3]
+        return ops.where(x[2], top, scores), (ops.where(x[1], came, tags_axis),)
 
-    alpha, (pointers,) = _xla.scan(
-        forward, alpha, steps + (active,), outputs=(("int32", alpha),)
+    scores, (pointers,) = _xla.scan(
+        forward, ops.expand_dims(alpha, 1), xs, outputs=(("int32", alpha),)
     )
-    last = _buffers.first_argmax(alpha, tags_axis, num_tags)
+    alpha = ops.reshape(scores, (-1, num_tags))
+    last = ops.expand_dims(_buffers.first_argmax(alpha, tags_axis, num_tags), 1)
 
     def backward(tag, x):
         # The tag at step t - 1 is the pointer of step t's tag (a select
         # and a sum, not a gather, for LiteRT's builtins and ONNX).
-        chosen = ops.expand_dims(tag, 1) == tags_axis
-        tag = ops.sum(ops.where(chosen, x[0], 0), axis=-1)
+        tag = ops.sum(ops.where(tag == tags_axis, x[0], 0), axis=-1, keepdims=True)
         return tag, (tag,)
 
     # The tags of steps -1 (the virtual start) to time - 2, then the last.
     _, (path,) = _xla.scan(
         backward, last, (pointers,), outputs=(("int32", last),), reverse=True
     )
-    path = ops.concatenate([path[1:], ops.expand_dims(last, 0)], axis=0)
+    path = ops.concatenate([path[1:, :, 0], ops.transpose(last)], axis=0)
     return ops.transpose(path), alpha
 
 
@@ -295,13 +306,15 @@ def crf_decode(potentials, transition_params, sequence_length,
     # From the virtual start, the first step is always taken (a length of 0
     # scores the first step's best tag, as in TensorFlow Addons) and has no
     # transition.
+    # Each step's transitions, [next, previous], made once (a small
+    # `(time, num_tags, num_tags)`): a select inside the loop costs more.
     chained = ops.arange(ops.shape(scores)[1]) > 0
-    into = ops.transpose(transitions)  # [next, previous]
+    into = ops.where(ops.reshape(chained, (-1, 1, 1)), ops.transpose(transitions), 0.0)
     path, alpha = _viterbi(
         _virtual_start(ops.shape(scores)[0], scores.shape[-1], scores.dtype),
-        (ops.transpose(scores, (1, 0, 2)), chained),
-        ops.transpose(ops.logical_or(valid, ops.logical_not(chained))),
-        edges_of=lambda unary, chained: ops.where(chained, into, 0.0) + ops.expand_dims(unary, 2),
+        into,
+        ops.transpose(ops.logical_or(valid, ops.expand_dims(ops.logical_not(chained), 0))),
+        unary=ops.transpose(scores, (1, 0, 2)),
     )
     path = ops.where(valid, path, 0)
     return path, ops.cast(ops.max(alpha, axis=-1), dtype)
