@@ -50,14 +50,22 @@ def test_log_norm_score_and_decode_equal_brute_force(steps, num_tags, boundaries
     score = harness.to_numpy(text.crf_sequence_score(scores, tags, lengths, transitions, **ends))
     likelihood = harness.to_numpy(text.crf_log_likelihood(scores, tags, lengths, transitions, **ends)[0])
     decoded, best = (harness.to_numpy(t) for t in text.crf_decode(scores, transitions, lengths, **ends))
+    marginals = harness.to_numpy(text.crf_marginals(scores, lengths, transitions, **ends))
     assert decoded.dtype == np.int32 and decoded.shape == (3, steps)
+    assert marginals.shape == (3, steps, num_tags)
     for b, length in enumerate(lengths):
         paths = list(_all_paths(scores[b], transitions, length, *ends.values()))
         values = np.array([v for _, v in paths])
+        assert np.all(marginals[b, length:] == 0)
         if length == 0:
             assert log_norm[b] == 0 and score[b] == 0
             assert np.all(decoded[b] == 0)
             continue
+        probs = np.exp(values - np.logaddexp.reduce(values))
+        expected = np.zeros((length, num_tags))
+        for (path, _), p in zip(paths, probs):
+            expected[np.arange(length), list(path)] += p
+        np.testing.assert_allclose(marginals[b, :length], expected, rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(log_norm[b], np.logaddexp.reduce(values), rtol=1e-5, atol=1e-5)
         own = dict(paths)[tuple(tags[b, :length])]
         np.testing.assert_allclose(score[b], own, rtol=1e-5, atol=1e-5)
@@ -173,24 +181,28 @@ def test_half_precision_inputs_compute_in_float32(policy):
     np.testing.assert_allclose(harness.to_numpy(keras.ops.cast(log_norm, "float32")), want, rtol=1e-2)
 
 
+def _decode_and_marginals(scores, transitions, lengths):
+    return (*text.crf_decode(scores, transitions, lengths), text.crf_marginals(scores, lengths, transitions))
+
+
 def test_compiled_and_dynamic_length():
     scores, transitions, lengths = _case(9, 3, 7, 4)
-    want = [harness.to_numpy(v) for v in text.crf_decode(scores, transitions, lengths)]
+    want = [harness.to_numpy(v) for v in _decode_and_marginals(scores, transitions, lengths)]
     if harness.BACKEND == "tensorflow":
         import tensorflow as tf
 
         signature = (tf.TensorSpec([None, None, 4]), tf.TensorSpec([4, 4]), tf.TensorSpec([None], tf.int32))
         for jit in (False, True):
-            fn = tf.function(text.crf_decode, input_signature=None if jit else signature, jit_compile=jit)
+            fn = tf.function(_decode_and_marginals, input_signature=None if jit else signature, jit_compile=jit)
             got = fn(scores, transitions, lengths.astype("int32"))
             for g, w in zip(got, want):
-                np.testing.assert_allclose(harness.to_numpy(g), w, rtol=1e-6)
+                np.testing.assert_allclose(harness.to_numpy(g), w, rtol=1e-5, atol=1e-6)
     elif harness.BACKEND == "jax":
         import jax
 
-        got = jax.jit(text.crf_decode)(scores, transitions, lengths)
+        got = jax.jit(_decode_and_marginals)(scores, transitions, lengths)
         for g, w in zip(got, want):
-            np.testing.assert_allclose(harness.to_numpy(g), w, rtol=1e-6)
+            np.testing.assert_allclose(harness.to_numpy(g), w, rtol=1e-5, atol=1e-6)
     else:
         pytest.skip("torch has no compiled call to test here; its eager calls are tested above")
 

@@ -38,8 +38,8 @@ def _brute_force(scores, valid, transitions, start, end):
         yield path, float(value)
 
 
-def _random_layer(num_tags, use_boundary, seed):
-    layer = CRF(num_tags, use_kernel=False, use_boundary=use_boundary, name="crf")
+def _random_layer(num_tags, use_boundary, seed, **kwargs):
+    layer = CRF(num_tags, use_kernel=False, use_boundary=use_boundary, name="crf", **kwargs)
     layer.build((None, None, num_tags))
     rng = np.random.default_rng(seed)
     layer.chain_kernel.assign(rng.normal(size=(num_tags, num_tags)).astype("float32"))
@@ -62,11 +62,13 @@ def test_loss_and_tags_equal_brute_force_with_masks_anywhere(steps, num_tags, us
     valid = rng.random((3, steps)) > 0.35  # holes, left and right padding
     valid[0] = False  # an example with no step
     tags = rng.integers(0, num_tags, size=(3, steps))
-    layer = _random_layer(num_tags, use_boundary, seed)
+    layer = _random_layer(num_tags, use_boundary, seed, return_marginals=True)
     out = layer(scores, mask=valid)
     loss = harness.to_numpy(CRFLoss(reduction=None)(tags, out["potentials"]))
     decoded = harness.to_numpy(out["tags"])
+    marginals = harness.to_numpy(out["marginals"])
     assert decoded.dtype == np.int32 and decoded.shape == (3, steps)
+    assert marginals.shape == (3, steps, num_tags)
     for b in range(3):
         paths = dict(_brute_force(scores[b], valid[b], *_weights(layer)))
         values = np.array(list(paths.values()))
@@ -75,6 +77,10 @@ def test_loss_and_tags_equal_brute_force_with_masks_anywhere(steps, num_tags, us
         best = paths[tuple(decoded[b, valid[b]])]
         np.testing.assert_allclose(best, values.max(), rtol=1e-5, atol=1e-5)
         assert np.all(decoded[b, ~valid[b]] == 0)
+        expected = np.zeros((steps, num_tags))
+        for path, p in zip(paths, np.exp(values - np.logaddexp.reduce(values))):
+            expected[np.flatnonzero(valid[b]), list(path)] += p
+        np.testing.assert_allclose(marginals[b], expected, rtol=1e-4, atol=1e-6)
 
 
 @settings(max_examples=harness.examples(25), deadline=None)

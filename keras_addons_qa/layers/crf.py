@@ -76,6 +76,11 @@ class CRF(keras.layers.Layer):
         boundary_initializer: Initializer of the boundary scores.
         kernel_regularizer: Regularizer of the projection's kernel.
         chain_regularizer: Regularizer of the transition scores.
+        return_marginals: Whether to also output `"marginals"`: float32
+            `(batch, time, num_tags)`, the posterior probability of each
+            tag at each step (forward-backward; each unmasked step sums to
+            1, masked steps are 0), confidence scores for a server to
+            return or for active learning to rank by.
         **kwargs: Base layer keyword arguments, such as `name` or `dtype`.
 
     Input shape:
@@ -83,7 +88,8 @@ class CRF(keras.layers.Layer):
 
     Output shape:
         `{"tags": (batch, time), "potentials": (batch, time, num_tags + 1,
-        num_tags)}`.
+        num_tags)}`, and `"marginals": (batch, time, num_tags)` with
+        `return_marginals=True`.
 
     Example:
 
@@ -104,6 +110,7 @@ class CRF(keras.layers.Layer):
         boundary_initializer="zeros",
         kernel_regularizer=None,
         chain_regularizer=None,
+        return_marginals=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -115,6 +122,7 @@ class CRF(keras.layers.Layer):
         self.boundary_initializer = keras.initializers.get(boundary_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         self.chain_regularizer = keras.regularizers.get(chain_regularizer)
+        self.return_marginals = bool(return_marginals)
         self.supports_masking = True
         self.dense = None
         if self.use_kernel:
@@ -172,7 +180,10 @@ class CRF(keras.layers.Layer):
             scores, ops.cast(self.chain_kernel.value, scores.dtype), valid,
             **{k: ops.cast(v, scores.dtype) for k, v in boundaries.items()},
         )
-        return {"tags": crf_functions._chain_decode(potentials), "potentials": potentials}
+        outputs = {"tags": crf_functions._chain_decode(potentials), "potentials": potentials}
+        if self.return_marginals:
+            outputs["marginals"] = crf_functions._chain_marginals(potentials)
+        return outputs
 
     def compute_mask(self, inputs, mask=None):
         # The mask stops here: Keras's metrics reduce `(batch, time)`
@@ -182,10 +193,13 @@ class CRF(keras.layers.Layer):
     def compute_output_spec(self, inputs, mask=None):
         batch, steps = inputs.shape[:2]
         dtype = "float64" if self.compute_dtype == "float64" else "float32"
-        return {
+        outputs = {
             "tags": keras.KerasTensor((batch, steps), dtype="int32"),
             "potentials": keras.KerasTensor((batch, steps, self.num_tags + 1, self.num_tags), dtype=dtype),
         }
+        if self.return_marginals:
+            outputs["marginals"] = keras.KerasTensor((batch, steps, self.num_tags), dtype=dtype)
+        return outputs
 
     def get_config(self):
         return {
@@ -198,4 +212,5 @@ class CRF(keras.layers.Layer):
             "boundary_initializer": keras.initializers.serialize(self.boundary_initializer),
             "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
             "chain_regularizer": keras.regularizers.serialize(self.chain_regularizer),
+            "return_marginals": self.return_marginals,
         }

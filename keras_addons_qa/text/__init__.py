@@ -7,6 +7,7 @@ from keras_addons_qa.text.crf import crf_filtered_inputs
 from keras_addons_qa.text.crf import crf_forward
 from keras_addons_qa.text.crf import crf_log_likelihood
 from keras_addons_qa.text.crf import crf_log_norm
+from keras_addons_qa.text.crf import crf_marginals
 from keras_addons_qa.text.crf import crf_multitag_sequence_score
 from keras_addons_qa.text.crf import crf_sequence_score
 from keras_addons_qa.text.crf import crf_unary_score
@@ -20,6 +21,7 @@ __all__ = [
     "crf_forward",
     "crf_log_likelihood",
     "crf_log_norm",
+    "crf_marginals",
     "crf_multitag_sequence_score",
     "crf_sequence_score",
     "crf_unary_score",

@@ -119,54 +119,68 @@ def crf_forward(inputs, state, transition_params, sequence_lengths):
     lengths = _lengths(sequence_lengths)
     if scores.shape[1] == 0:  # one step in all: nothing to loop over
         return ops.cast(alpha, dtype)
+    steps = ops.shape(scores)[1]
     alpha = _forward(
         alpha,
-        ops.transpose(scores, (1, 0, 2)),
+        ops.broadcast_to(transitions, (steps,) + tuple(transitions.shape)),
         ops.transpose(_valid(scores, lengths - 1)),
-        edges_of=lambda unary: transitions,
-        unary_of=lambda unary: unary,
+        unary=ops.transpose(scores, (1, 0, 2)),
     )
     return ops.cast(alpha, dtype)
 
 
-def _forward(alpha, steps, active, edges_of=lambda edges: edges, unary_of=None, keep=False):
-    """The forward algorithm over time-major `steps` (a tensor or a tuple).
+def _forward(alpha, edges, active, unary=None, keep=False):
+    """The forward algorithm over time-major log-potentials `edges`
+    `(time, [batch,] previous, next)`, plus `unary` `(time, batch, next)`
+    if given (added after the sum over the previous tag: one pass over
+    `(batch, previous, next)` fewer).
 
     `alpha` `(batch, num_tags)` are the log-scores before the first step;
-    `edges_of(*steps[t])` the `(batch, previous, next)` log-potentials of
-    step `t` (or `(previous, next)`), plus `unary_of(*steps[t])` `(batch,
-    next)` if given (added after the sum over the previous tag: one pass
-    over `(batch, previous, next)` fewer); `active` `(time, batch)` bool,
-    False where a step is skipped
-    (`alpha` passes it unchanged). Returns `alpha` after the last step and,
-    with `keep`, the `(time, batch, num_tags)` log-scores before each step.
+    `active` `(time, batch)` bool, False where a step is skipped (`alpha`
+    passes it unchanged). Returns `alpha` after the last step and, with
+    `keep`, the `(time, batch, num_tags)` log-scores after each step.
     """
-    steps = steps if isinstance(steps, tuple) else (steps,)
-    count = len(steps)
+    xs = (edges, ops.expand_dims(active, -1)) + (() if unary is None else (unary,))
 
     def step(alpha, x):
-        new = ops.logsumexp(ops.expand_dims(alpha, 2) + edges_of(*x[:count]), axis=1)
-        if unary_of is not None:
-            new = new + unary_of(*x[:count])
-        return ops.where(ops.expand_dims(x[count], 1), new, alpha), (alpha,) if keep else ()
+        new = ops.logsumexp(ops.expand_dims(alpha, 2) + x[0], axis=1)
+        if unary is not None:
+            new = new + x[2]
+        alpha = ops.where(x[1], new, alpha)
+        return alpha, (alpha,) if keep else ()
 
     outputs = ((keras.backend.standardize_dtype(alpha.dtype), alpha),) if keep else ()
-    alpha, kept = _xla.scan(step, alpha, steps + (active,), outputs=outputs)
+    alpha, kept = _xla.scan(step, alpha, xs, outputs=outputs)
     return (alpha, *kept) if keep else alpha
 
 
-def _backward(edges, active):
-    """The backward algorithm: the `(time, batch, num_tags)` log-scores of
-    the steps after each step `t` given its tag (0 after the last)."""
-    beta = ops.zeros_like(edges[0, :, 0])
+def _backward(edges, active, unary=None):
+    """The backward algorithm (`_forward`'s arguments): the `(time, batch,
+    num_tags)` log-scores of the steps after each step given its tag (0
+    after the last)."""
+    num_tags = edges.shape[-1]
+    beta = ops.zeros((ops.shape(active)[1], num_tags), edges.dtype)
+    xs = (edges, ops.expand_dims(active, -1)) + (() if unary is None else (unary,))
 
     def step(beta, x):
-        new = ops.logsumexp(x[0] + ops.expand_dims(beta, 1), axis=2)
-        return ops.where(ops.expand_dims(x[1], 1), new, beta), (beta,)
+        after = beta if unary is None else beta + x[2]
+        new = ops.logsumexp(x[0] + ops.expand_dims(after, -2), axis=-1)
+        return ops.where(x[1], new, beta), (beta,)
 
     dtype = keras.backend.standardize_dtype(beta.dtype)
-    _, (betas,) = _xla.scan(step, beta, (edges, active), outputs=((dtype, beta),), reverse=True)
+    _, (betas,) = _xla.scan(step, beta, xs, outputs=((dtype, beta),), reverse=True)
     return betas
+
+
+def _tag_probs(alpha, edges, active, unary=None):
+    """`(time, batch, num_tags)` posterior probability of each tag at each
+    active step (0 at the others), from the forward and backward
+    algorithms (`_forward`'s arguments)."""
+    last, after = _forward(alpha, edges, active, unary, keep=True)
+    log_z = ops.logsumexp(last, axis=-1)
+    log_p = after + _backward(edges, active, unary) - ops.reshape(log_z, (1, -1, 1))
+    keep = ops.logical_and(active, ops.expand_dims(log_z > _numerics.FLOAT32_MIN, 0))
+    return ops.where(ops.expand_dims(keep, -1), ops.exp(log_p), 0.0)
 
 
 def _viterbi(alpha, edges, active, unary=None):
@@ -266,6 +280,35 @@ def crf_log_likelihood(inputs, tag_indices, sequence_lengths, transition_params=
     score = crf_sequence_score(inputs, tag_indices, sequence_lengths, transition_params, *ends)
     log_norm = crf_log_norm(inputs, sequence_lengths, transition_params, *ends)
     return score - log_norm, transition_params
+
+
+def crf_marginals(inputs, sequence_lengths, transition_params,
+                  start_transitions=None, end_transitions=None):
+    """The posterior probability of each tag at each step, `(batch, time,
+    num_tags)`: the share of the probability of all tag sequences that
+    pass through that tag there (forward-backward). Each step within an
+    example's length sums to 1; the steps beyond it are 0. For confidence
+    scores, calibration and active learning.
+
+    Args:
+        inputs: `(batch, time, num_tags)` unary scores.
+        sequence_lengths: `(batch,)` lengths.
+        transition_params: `(num_tags, num_tags)` transition scores.
+        start_transitions: Optional `(num_tags,)` scores of the first tag.
+        end_transitions: Optional `(num_tags,)` scores of the last tag.
+    """
+    scores, transitions, dtype = _prepare(inputs, transition_params)
+    lengths = _lengths(sequence_lengths)
+    scores = _with_ends(scores, lengths, start_transitions, end_transitions)
+    # From the virtual start, whose first step has no transition.
+    chained = ops.arange(ops.shape(scores)[1]) > 0
+    probs = _tag_probs(
+        _virtual_start(ops.shape(scores)[0], scores.shape[-1], scores.dtype),
+        ops.where(ops.reshape(chained, (-1, 1, 1)), transitions, 0.0),
+        ops.transpose(_valid(scores, lengths)),
+        unary=ops.transpose(scores, (1, 0, 2)),
+    )
+    return ops.cast(ops.transpose(probs, (1, 0, 2)), dtype)
 
 
 def crf_filtered_inputs(inputs, tag_bitmap):
@@ -439,13 +482,14 @@ def _chain_log_norm(edges, valid, alpha):
 
     @ops.custom_gradient
     def log_norm(edges):
-        last, alphas = _forward(alpha, edges, valid, keep=True)
+        last, after = _forward(alpha, edges, valid, keep=True)
         log_z = ops.logsumexp(last, axis=-1)
 
         def grad(*args, upstream=None):
             if upstream is None:  # TensorFlow and JAX; torch passes it by name
                 (upstream,) = args
-            probs = _transition_probs(edges, valid, alphas, _backward(edges, valid), log_z)
+            before = ops.concatenate([ops.expand_dims(alpha, 0), after[:-1]], axis=0)
+            probs = _transition_probs(edges, valid, before, _backward(edges, valid), log_z)
             return probs * ops.reshape(upstream, (1, -1, 1, 1))
 
         return log_z, grad
@@ -460,6 +504,15 @@ def _transition_probs(edges, valid, alphas, betas, log_z):
              - ops.reshape(log_z, (1, -1, 1, 1)))
     keep = ops.logical_and(valid, ops.expand_dims(log_z > _numerics.FLOAT32_MIN, 0))
     return ops.where(ops.reshape(keep, ops.shape(keep) + (1, 1)), ops.exp(log_p), 0.0)
+
+
+def _chain_marginals(potentials):
+    """The float32 `(batch, time, num_tags)` tag posteriors, 0 at masked
+    steps."""
+    if potentials.shape[1] == 0:  # no step at all
+        return ops.zeros(ops.shape(potentials)[:3], _numerics.widen(potentials).dtype)[:, :, :-1]
+    edges, valid, alpha = _chain(potentials)
+    return ops.transpose(_tag_probs(alpha, edges, valid), (1, 0, 2))
 
 
 def _chain_decode(potentials):
