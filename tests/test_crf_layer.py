@@ -262,6 +262,24 @@ def test_config_round_trip():
     assert isinstance(clone.chain_regularizer, keras.regularizers.L2)
     loss = CRFLoss.from_config(CRFLoss(reduction="sum").get_config())
     assert loss.reduction == "sum"
+    loss = CRFLoss.from_config(CRFLoss(reduction="token_mean").get_config())
+    assert loss.get_config()["reduction"] == "token_mean" and loss.token_mean
+
+
+def test_token_mean_is_the_loss_per_unmasked_step():
+    rng = np.random.default_rng(5)
+    scores = rng.normal(size=(3, 6, 4)).astype("float32")
+    valid = np.array([[1, 1, 1, 1, 1, 1], [0, 1, 1, 0, 0, 0], [0, 0, 0, 0, 0, 0]], bool)
+    tags = rng.integers(0, 4, size=(3, 6))
+    potentials = _random_layer(4, True, 6)(scores, mask=valid)["potentials"]
+    per_example = harness.to_numpy(CRFLoss(reduction=None)(tags, potentials))
+    weights = np.array([0.5, 2.0, 1.0], "float32")
+    for sample_weight, factor in ((None, np.ones(3)), (weights, weights)):
+        got = harness.to_numpy(CRFLoss(reduction="token_mean")(tags, potentials, sample_weight=sample_weight))
+        np.testing.assert_allclose(got, np.sum(per_example * factor) / valid.sum(), rtol=1e-6)
+    # No unmasked step at all: 0, not a division by zero.
+    none = _random_layer(4, True, 6)(scores, mask=np.zeros_like(valid))["potentials"]
+    assert harness.to_numpy(CRFLoss(reduction="token_mean")(tags, none)) == 0
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])

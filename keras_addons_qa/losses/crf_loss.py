@@ -17,7 +17,10 @@ class CRFLoss(keras.losses.Loss):
     over the unmasked steps (the tags at masked steps are ignored; an
     example with no unmasked step has loss 0), computed in float32 with the
     forward algorithm. The default reduction averages over the batch, as
-    TensorFlow Addons users write `-reduce_mean(log_likelihood)`.
+    TensorFlow Addons users write `-reduce_mean(log_likelihood)`;
+    `reduction="token_mean"` divides the batch's sum by its number of
+    unmasked steps instead (pytorch-crf's `token_mean`: the loss per tag,
+    which does not grow with the length of the sentences).
 
     ```python
     model.compile("adam", loss={"potentials": kaq.losses.CRFLoss()})
@@ -25,14 +28,15 @@ class CRFLoss(keras.losses.Loss):
 
     Args:
         name: Name of the loss.
-        reduction: Keras reduction over the batch.
+        reduction: Keras reduction over the batch, or `"token_mean"`.
         dtype: Dtype `y_pred` is cast to on the way in (float32 by
             default); the forward algorithm runs in float32 (float64 for
             float64).
     """
 
     def __init__(self, name="crf_loss", reduction="sum_over_batch_size", dtype=None):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.token_mean = reduction == "token_mean"
+        super().__init__(name=name, reduction="sum" if self.token_mean else reduction, dtype=dtype)
 
     def call(self, y_true, y_pred):
         shape = _checks.static_shape(y_pred.shape)
@@ -48,8 +52,15 @@ class CRFLoss(keras.losses.Loss):
                 f"potentials' time steps. Received: y_true.shape={tags_shape}, "
                 f"y_pred.shape={shape}"
             )
-        return -crf_functions._chain_log_likelihood(y_pred, ops.cast(y_true, "int32"))
+        loss = -crf_functions._chain_log_likelihood(y_pred, ops.cast(y_true, "int32"))
+        if self.token_mean:  # summed by the "sum" reduction
+            tokens = ops.sum(ops.cast(y_pred[:, :, -1, 0] > 0.5, loss.dtype))
+            loss = loss / ops.maximum(tokens, 1.0)
+        return loss
 
     def get_config(self):
         config = super().get_config()
-        return {k: config[k] for k in ("name", "reduction", "dtype") if k in config}
+        config = {k: config[k] for k in ("name", "reduction", "dtype") if k in config}
+        if self.token_mean:
+            config["reduction"] = "token_mean"
+        return config
