@@ -8,6 +8,8 @@ import math
 import numbers
 import warnings
 
+import numpy as np
+
 
 def non_negative_float(name, value):
     """Returns `value` as a float; it must be finite and >= 0."""
@@ -121,3 +123,26 @@ def check_mask_shape(mask_shape, input_shape, input_name="inputs"):
             f"{input_shape[: max(len(mask_shape), 1)]}. Received: "
             f"mask.shape={mask_shape}, {input_name}.shape={input_shape}"
         )
+
+
+def known_value(x):
+    """`x` as a NumPy array when its value is known now (eager code), else
+    None (a graph, `jax.jit` or an export is being traced): for checks of
+    call-time values, which only eager code can raise."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        from keras_addons_qa import _xla
+
+        return _xla.eager_value(x)
+    if backend == "jax":
+        import jax
+
+        return None if isinstance(x, jax.core.Tracer) else np.asarray(x)
+    if backend == "torch":
+        import torch
+
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return None
+    return keras.ops.convert_to_numpy(x)

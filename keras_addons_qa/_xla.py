@@ -195,6 +195,13 @@ def fori_loop(lower, upper, body_fun, init_val, parallel_iterations=10):
     )[1]
 
 
+def eager_value(x):
+    """`x` as a NumPy array when TensorFlow runs eagerly, else None."""
+    import tensorflow as tf
+
+    return x.numpy() if tf.executing_eagerly() and hasattr(x, "numpy") else None
+
+
 def _tensorflow_xla_context():
     try:  # pragma: no cover - depends on the installed TensorFlow
         from tensorflow.python.framework import ops as tf_ops

@@ -111,6 +111,9 @@ def _image_model(body):
 MODELS = {
     "activity_penalty": lambda: _token_model(lambda x: L.ActivityPenalty(l1=0.1, l2=0.1)(x)),
     "crf": lambda: _token_model(lambda x: L.CRF(3)(x)["tags"]),
+    "crf_constrained": lambda: _token_model(
+        lambda x: L.CRF(3, allowed_transitions=("BIO", ["O", "B-X", "I-X"]))(x)["tags"]
+    ),
     "decomposed_conv2d": lambda: _image_model(lambda x: L.DecomposedConv2D(4, 3, padding="same")(x)),
     "gaussian_sampling": lambda: _dense_model(
         lambda x: L.GaussianSampling()([keras.layers.Dense(3)(x), keras.layers.Dense(3)(x)])
@@ -224,7 +227,7 @@ def test_litert_with_builtin_ops_only(name, tmp_path):
 def test_onnx(name, tmp_path):
     import onnxruntime
 
-    if name == "crf" and harness.BACKEND == "torch":
+    if name.startswith("crf") and harness.BACKEND == "torch":
         pytest.skip(
             "On torch, the CRF's loop over time is a Python loop, which the ONNX export unrolls "
             "for the traced length; test_crf_layer exports a fixed-length CRF model from torch"

@@ -4,6 +4,7 @@ from keras import ops
 from keras_addons_qa import _checks
 from keras_addons_qa import _numerics
 from keras_addons_qa.text import crf as crf_functions
+from keras_addons_qa.text import tagging
 
 
 @keras.saving.register_keras_serializable(package="keras_addons_qa")
@@ -76,6 +77,16 @@ class CRF(keras.layers.Layer):
         boundary_initializer: Initializer of the boundary scores.
         kernel_regularizer: Regularizer of the projection's kernel.
         chain_regularizer: Regularizer of the transition scores.
+        allowed_transitions: None, or a span tagging scheme and the label
+            of each tag, `("BIO", ["O", "B-PER", "I-PER", ...])` (the
+            schemes of `keras_addons_qa.text.allowed_transitions`). Then
+            the transitions, first and last tags the scheme rules out get
+            no probability, in training (the partition function) as in
+            decoding, so the tags are always a valid sequence, exported
+            models included. Gold tags that break the scheme are a data
+            error: `CRFLoss` raises in eager code; in a compiled step their
+            loss is about 1e30 (the ruled-out transition's score), finite,
+            with the gradients of any other example.
         return_marginals: Whether to also output `"marginals"`: float32
             `(batch, time, num_tags)`, the posterior probability of each
             tag at each step (forward-backward; each unmasked step sums to
@@ -110,6 +121,7 @@ class CRF(keras.layers.Layer):
         boundary_initializer="zeros",
         kernel_regularizer=None,
         chain_regularizer=None,
+        allowed_transitions=None,
         return_marginals=False,
         **kwargs,
     ):
@@ -123,6 +135,23 @@ class CRF(keras.layers.Layer):
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         self.chain_regularizer = keras.regularizers.get(chain_regularizer)
         self.return_marginals = bool(return_marginals)
+        self.allowed_transitions = None
+        if allowed_transitions is not None:
+            try:
+                constraint_type, labels = allowed_transitions
+            except (TypeError, ValueError):
+                raise ValueError(
+                    "allowed_transitions must be None or (constraint_type, labels), e.g. "
+                    f"('BIO', ['O', 'B-PER', 'I-PER']). Received: allowed_transitions={allowed_transitions!r}"
+                ) from None
+            labels = list(labels.values()) if isinstance(labels, dict) else list(labels)
+            self._allowed = tagging.allowed_transitions(constraint_type, labels)
+            if len(labels) != self.num_tags:
+                raise ValueError(
+                    f"allowed_transitions needs a label for each of the num_tags={self.num_tags} "
+                    f"tags. Received: {len(labels)} labels"
+                )
+            self.allowed_transitions = (str(constraint_type), labels)
         self.supports_masking = True
         self.dense = None
         if self.use_kernel:
@@ -156,6 +185,15 @@ class CRF(keras.layers.Layer):
             regularizer=self.chain_regularizer,
             autocast=False,
         )
+        if self.allowed_transitions is not None:
+            # Weights, not constants in the graph; not trained.
+            self.allowed_chain, self.allowed_start, self.allowed_end = (
+                self.add_weight(
+                    name=name, shape=allowed.shape, trainable=False, autocast=False,
+                    initializer=keras.initializers.Constant(allowed.astype("float32")),
+                )
+                for name, allowed in zip(("allowed_chain", "allowed_start", "allowed_end"), self._allowed)
+            )
         self.left_boundary = self.right_boundary = None
         if self.use_boundary:
             self.left_boundary, self.right_boundary = (
@@ -173,13 +211,17 @@ class CRF(keras.layers.Layer):
         else:
             _checks.check_mask_shape(mask.shape, inputs.shape)
             valid = ops.cast(mask, "bool")
+        transitions = ops.cast(self.chain_kernel.value, scores.dtype)
         boundaries = {}
         if self.use_boundary:
             boundaries = {"start": self.left_boundary.value, "end": self.right_boundary.value}
-        potentials = crf_functions._chain_potentials(
-            scores, ops.cast(self.chain_kernel.value, scores.dtype), valid,
-            **{k: ops.cast(v, scores.dtype) for k, v in boundaries.items()},
-        )
+        boundaries = {k: ops.cast(v, scores.dtype) for k, v in boundaries.items()}
+        if self.allowed_transitions is not None:
+            ruled_out = crf_functions.RULED_OUT
+            transitions = ops.where(self.allowed_chain.value > 0.5, transitions, ruled_out)
+            for key, allowed in (("start", self.allowed_start), ("end", self.allowed_end)):
+                boundaries[key] = ops.where(allowed.value > 0.5, boundaries.get(key, 0.0), ruled_out)
+        potentials = crf_functions._chain_potentials(scores, transitions, valid, **boundaries)
         outputs = {"tags": crf_functions._chain_decode(potentials), "potentials": potentials}
         if self.return_marginals:
             outputs["marginals"] = crf_functions._chain_marginals(potentials)
@@ -212,5 +254,6 @@ class CRF(keras.layers.Layer):
             "boundary_initializer": keras.initializers.serialize(self.boundary_initializer),
             "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
             "chain_regularizer": keras.regularizers.serialize(self.chain_regularizer),
+            "allowed_transitions": self.allowed_transitions,
             "return_marginals": self.return_marginals,
         }

@@ -1,4 +1,5 @@
 import keras
+import numpy as np
 from keras import ops
 
 from keras_addons_qa import _checks
@@ -20,7 +21,11 @@ class CRFLoss(keras.losses.Loss):
     TensorFlow Addons users write `-reduce_mean(log_likelihood)`;
     `reduction="token_mean"` divides the batch's sum by its number of
     unmasked steps instead (pytorch-crf's `token_mean`: the loss per tag,
-    which does not grow with the length of the sentences).
+    which does not grow with the length of the sentences). Under a CRF
+    with `allowed_transitions`, gold tags that break the scheme raise a
+    `ValueError` in eager code; a compiled step cannot raise, and there
+    their loss is about 1e30 (finite, the other examples' gradients
+    unchanged).
 
     ```python
     model.compile("adam", loss={"potentials": kaq.losses.CRFLoss()})
@@ -53,6 +58,14 @@ class CRFLoss(keras.losses.Loss):
                 f"y_pred.shape={shape}"
             )
         loss = -crf_functions._chain_log_likelihood(y_pred, ops.cast(y_true, "int32"))
+        known = _checks.known_value(loss)
+        if known is not None and np.any(known > -0.1 * crf_functions.RULED_OUT):
+            raise ValueError(
+                "CRFLoss: the gold tags of the examples at batch indices "
+                f"{np.flatnonzero(known > -0.1 * crf_functions.RULED_OUT).tolist()} take a transition, "
+                "first or last tag that the CRF's allowed_transitions rule out (the tags "
+                "break the tagging scheme, such as I-PER after O under BIO): a data error"
+            )
         if self.token_mean:  # summed by the "sum" reduction
             tokens = ops.sum(ops.cast(y_pred[:, :, -1, 0] > 0.5, loss.dtype))
             loss = loss / ops.maximum(tokens, 1.0)

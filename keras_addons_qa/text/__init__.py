@@ -1,4 +1,5 @@
-"""Sequence functions: the linear-chain CRF of TensorFlow Addons' `tfa.text`."""
+"""Sequence functions: the linear-chain CRF of TensorFlow Addons' `tfa.text`,
+its marginals, and the transitions span tagging schemes allow."""
 
 from keras_addons_qa.text.crf import crf_binary_score
 from keras_addons_qa.text.crf import crf_constrained_decode
@@ -12,8 +13,10 @@ from keras_addons_qa.text.crf import crf_multitag_sequence_score
 from keras_addons_qa.text.crf import crf_sequence_score
 from keras_addons_qa.text.crf import crf_unary_score
 from keras_addons_qa.text.crf import viterbi_decode
+from keras_addons_qa.text.tagging import allowed_transitions
 
 __all__ = [
+    "allowed_transitions",
     "crf_binary_score",
     "crf_constrained_decode",
     "crf_decode",

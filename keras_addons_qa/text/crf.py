@@ -31,6 +31,12 @@ from keras_addons_qa import _numerics
 from keras_addons_qa import _xla
 
 
+# The score of what a constraint rules out (`CRF(allowed_transitions=...)`):
+# finite, so that no sum of scores is inf - inf, and low enough that its
+# exponential is 0 next to any allowed sequence's.
+RULED_OUT = -1e30
+
+
 def _tensor(x):
     x = ops.convert_to_tensor(x)
     # A TensorFlow variable passes through `convert_to_tensor` as it is;
