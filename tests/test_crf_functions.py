@@ -76,6 +76,44 @@ def test_log_norm_score_and_decode_equal_brute_force(steps, num_tags, boundaries
         assert np.all(decoded[b, length:] == 0)  # nothing beyond the length
 
 
+@settings(max_examples=harness.examples(40), deadline=None)
+@given(
+    steps=st.integers(1, 4),
+    num_tags=st.integers(1, 3),
+    k=st.integers(1, 6),
+    ties=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_top_k_decode_equals_brute_force(steps, num_tags, k, ties, seed):
+    scores, transitions, lengths = _case(seed, 3, steps, num_tags)
+    if ties:  # many equal scores: the order among them is the 1-best's
+        scores, transitions = np.round(scores), np.round(transitions)
+    tags, best = (harness.to_numpy(t) for t in text.crf_top_k_decode(scores, transitions, lengths, k))
+    first, first_score = (harness.to_numpy(t) for t in text.crf_decode(scores, transitions, lengths))
+    assert tags.shape == (3, k, steps) and tags.dtype == np.int32 and best.shape == (3, k)
+    np.testing.assert_array_equal(tags[:, 0], first)
+    np.testing.assert_allclose(best[:, 0], first_score, rtol=1e-6)
+    for b, length in enumerate(lengths):
+        # A length of 0 scores its first step, as crf_decode does.
+        paths = dict(_all_paths(scores[b], transitions, max(length, 1)))
+        values = sorted(paths.values(), reverse=True)[:k]
+        found = len(values)
+        np.testing.assert_allclose(best[b, :found], values, rtol=1e-5, atol=1e-5)
+        assert np.all(best[b, found:] == -np.inf) and np.all(tags[b, found:] == 0)
+        assert np.all(tags[b, :, length:] == 0)
+        if length:
+            seen = [tuple(p[:length]) for p in tags[b, :found]]
+            assert len(set(seen)) == found  # distinct sequences
+            for path, value in zip(seen, best[b]):
+                np.testing.assert_allclose(paths[path], value, rtol=1e-5, atol=1e-5)
+
+
+def test_top_k_decode_errors():
+    scores, transitions, lengths = _case(1, 2, 3, 2)
+    with pytest.raises(ValueError, match="Received: k=0"):
+        text.crf_top_k_decode(scores, transitions, lengths, 0)
+
+
 @pytest.mark.skipif(harness.BACKEND != "torch", reason="pytorch-crf runs on torch tensors")
 def test_equals_pytorch_crf_in_values_gradients_and_paths():
     torchcrf = pytest.importorskip("torchcrf", reason="pytorch-crf is installed by make test-backends")
@@ -182,7 +220,11 @@ def test_half_precision_inputs_compute_in_float32(policy):
 
 
 def _decode_and_marginals(scores, transitions, lengths):
-    return (*text.crf_decode(scores, transitions, lengths), text.crf_marginals(scores, lengths, transitions))
+    return (
+        *text.crf_decode(scores, transitions, lengths),
+        text.crf_marginals(scores, lengths, transitions),
+        *text.crf_top_k_decode(scores, transitions, lengths, 3),
+    )
 
 
 def test_compiled_and_dynamic_length():

@@ -11,6 +11,7 @@ from keras_addons_qa.text.crf import crf_log_norm
 from keras_addons_qa.text.crf import crf_marginals
 from keras_addons_qa.text.crf import crf_multitag_sequence_score
 from keras_addons_qa.text.crf import crf_sequence_score
+from keras_addons_qa.text.crf import crf_top_k_decode
 from keras_addons_qa.text.crf import crf_unary_score
 from keras_addons_qa.text.crf import viterbi_decode
 from keras_addons_qa.text.tagging import allowed_transitions
@@ -27,6 +28,7 @@ __all__ = [
     "crf_marginals",
     "crf_multitag_sequence_score",
     "crf_sequence_score",
+    "crf_top_k_decode",
     "crf_unary_score",
     "viterbi_decode",
 ]

@@ -27,6 +27,7 @@ import numpy as np
 from keras import ops
 
 from keras_addons_qa import _buffers
+from keras_addons_qa import _checks
 from keras_addons_qa import _numerics
 from keras_addons_qa import _xla
 
@@ -367,6 +368,82 @@ def crf_decode(potentials, transition_params, sequence_length,
     )
     path = ops.where(valid, path, 0)
     return path, ops.cast(ops.max(alpha, axis=-1), dtype)
+
+
+def crf_top_k_decode(potentials, transition_params, sequence_length, k,
+                     start_transitions=None, end_transitions=None):
+    """The `k` highest-scoring tag sequences of each example, best first.
+
+    k-best Viterbi: each tag keeps the `k` best partial sequences that end
+    in it. Exact; the first sequence is `crf_decode`'s, and ties go, as
+    there, to the smaller tags. An example with fewer than `k` sequences
+    (a short one, or one a constraint narrows) fills the rest with score
+    -inf.
+
+    Args:
+        potentials: `(batch, time, num_tags)` unary scores.
+        transition_params: `(num_tags, num_tags)` transition scores.
+        sequence_length: `(batch,)` lengths.
+        k: Number of sequences, an int >= 1.
+        start_transitions: Optional `(num_tags,)` scores of the first tag.
+        end_transitions: Optional `(num_tags,)` scores of the last tag.
+
+    Returns:
+        `(tags, scores)`: int32 `(batch, k, time)` tags (0 beyond each
+        length, and for the -inf fillers) and their `(batch, k)` scores.
+    """
+    k = _checks.integer_at_least("k", k, 1)
+    scores, transitions, dtype = _prepare(potentials, transition_params)
+    lengths = _lengths(sequence_length)
+    scores = _with_ends(scores, lengths, start_transitions, end_transitions)
+    valid = _valid(scores, lengths)
+    batch, num_tags = ops.shape(scores)[0], scores.shape[-1]
+    states = num_tags * k  # (tag, rank) pairs, flattened tag-major
+    state_axis = ops.arange(states, dtype="int32")
+    # The virtual start: tag 0, rank 0; nothing else exists yet.
+    alpha = ops.where(state_axis == 0, 0.0, float("-inf"))
+    alpha = ops.zeros((batch, 1, states), scores.dtype) + ops.cast(alpha, scores.dtype)
+    chained = ops.arange(ops.shape(scores)[1]) > 0
+    # [next, previous state]: step 0 has no transitions.
+    into = ops.repeat(ops.transpose(transitions), k, axis=1)
+    into = ops.where(ops.reshape(chained, (-1, 1, 1)), into, 0.0)
+    active = ops.logical_or(valid, ops.expand_dims(ops.logical_not(chained), 0))
+    xs = (into, ops.expand_dims(ops.transpose(scores, (1, 0, 2)), 2),
+          ops.reshape(ops.transpose(active), (-1, batch, 1, 1)))
+
+    def best(values):
+        """The `k` largest of the last axis and their first positions."""
+        tops, picks = [], []
+        for _ in range(k):
+            top = ops.max(values, axis=-1, keepdims=True)
+            pick = ops.min(ops.where(values >= top, state_axis, states), axis=-1, keepdims=True)
+            values = ops.where(state_axis == pick, float("-inf"), values)
+            tops.append(top)
+            picks.append(pick)
+        return ops.concatenate(tops, -1), ops.concatenate(picks, -1)
+
+    def forward(alpha, x):
+        # For each next tag, the k best (previous state + transition).
+        top, came = best(alpha + x[0])  # (batch, tags, k)
+        top = ops.reshape(top + ops.reshape(x[1], (-1, num_tags, 1)), (-1, 1, states))
+        came = ops.reshape(came, (-1, states))
+        # A skipped step keeps each state where it is.
+        return ops.where(x[2], top, alpha), (ops.where(x[2][:, 0], came, state_axis),)
+
+    alpha, (pointers,) = _xla.scan(forward, alpha, xs, outputs=(("int32", alpha[:, 0]),))
+    final, last = best(alpha[:, 0])  # (batch, k)
+
+    def backward(state, x):
+        state = ops.sum(ops.where(ops.expand_dims(state, -1) == state_axis,
+                                  ops.expand_dims(x[0], 1), 0), axis=-1)
+        return state, (state,)
+
+    _, (path,) = _xla.scan(backward, last, (pointers,), outputs=(("int32", last),), reverse=True)
+    path = ops.concatenate([path[1:], ops.expand_dims(last, 0)], axis=0) // k  # states to tags
+    path = ops.transpose(path, (1, 2, 0))
+    exists = ops.expand_dims(final > float("-inf"), -1)
+    path = ops.where(ops.logical_and(exists, ops.expand_dims(valid, 1)), path, 0)
+    return path, ops.cast(final, dtype)
 
 
 def crf_constrained_decode(potentials, tag_bitmap, transition_params, sequence_length,
