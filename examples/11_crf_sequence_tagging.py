@@ -3,11 +3,12 @@
 #
 # **Author:** keras_addons_qa contributors<br>
 # **Date created:** 2026-11-30<br>
-# **Last modified:** 2026-11-30<br>
+# **Last modified:** 2026-12-06<br>
 # **Description:** A BiLSTM tagger with a per-token softmax against the
-# same BiLSTM with a `CRF` layer on top, on synthetic named-entity data in
-# BIO tags: token accuracy, span F1, and how many invalid tag transitions
-# each produces.
+# same BiLSTM with a `CRF` layer on top, learned and constrained to BIO,
+# on synthetic named-entity data: token accuracy, span F1, invalid tag
+# transitions, the best few readings of an ambiguous sentence, and how far
+# each tag's probability can be trusted.
 #
 # In BIO tagging, `I-X` may only follow `B-X` or `I-X`. A per-token
 # softmax picks each tag on its own and can break that rule, splitting or
@@ -16,7 +17,10 @@
 # Viterbi. This is the BiLSTM + CRF of the Keras Q&A threads, which used
 # TensorFlow Addons (`tfa.layers.CRF`, `tfa.text.crf_log_likelihood`);
 # `keras_addons_qa.layers.CRF` trains with a plain `compile` and `fit`,
-# and its decoding is part of the model.
+# and its decoding is part of the model. Told the tagging scheme
+# (`allowed_transitions=("BIO", TAGS)`), it cannot produce an invalid
+# sequence at all, and its per-tag probabilities (`return_marginals=True`)
+# say how sure it is.
 #
 # Run it as a script (`python examples/11_crf_sequence_tagging.py
 # [--quick] [--output-dir DIR]`) or open it as a notebook.
@@ -30,6 +34,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import keras_addons_qa as kaq
+from keras_addons_qa import text
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--quick", action="store_true", help="small run, < 60 s")
@@ -90,13 +95,15 @@ print(f"{count} sentences, {int((tokens != PAD).sum())} tokens, "
       f"{int(np.isin(tags, (1, 3, 5)).sum())} entities")
 
 # %% [markdown]
-# ## Two taggers
+# ## Three taggers
 #
 # The same embedding and bidirectional LSTM. One ends in a `Dense` softmax
-# over the tags, trained with cross-entropy; the other in `CRF`, trained
+# over the tags, trained with cross-entropy; the others in `CRF`, trained
 # with `CRFLoss` on the layer's `"potentials"` output. The CRF layer also
 # returns `"tags"`, the Viterbi path, which is what `predict` (and an
-# exported model) gives.
+# exported model) gives. The third CRF knows the BIO scheme: the moves it
+# forbids get no probability in training and are never decoded; it also
+# returns `"marginals"`, each tag's posterior probability.
 
 # %%
 
@@ -118,8 +125,16 @@ inputs, x = encoder()
 crf_model = keras.Model(inputs, kaq.layers.CRF(len(TAGS), name="crf")(x))
 crf_model.compile(keras.optimizers.Adam(5e-3), loss={"potentials": kaq.losses.CRFLoss()})
 
+keras.utils.set_random_seed(1)
+inputs, x = encoder()
+constrained = kaq.layers.CRF(len(TAGS), allowed_transitions=("BIO", TAGS), return_marginals=True,
+                             name="constrained_crf")
+constrained_model = keras.Model(inputs, constrained(x))
+features = keras.Model(inputs, x)  # the encoder the constrained CRF reads
+constrained_model.compile(keras.optimizers.Adam(5e-3), loss={"potentials": kaq.losses.CRFLoss()})
+
 epochs = 6 if QUICK else 12
-for model in (softmax_model, crf_model):
+for model in (softmax_model, crf_model, constrained_model):
     model.fit(tokens[:split], tags[:split], epochs=epochs, batch_size=32, verbose=0)
 
 # %% [markdown]
@@ -169,14 +184,15 @@ def scores(predicted, gold, words):
 
 
 test_tokens, test_tags = tokens[split:], tags[split:]
+softmax_probs = softmax_model.predict(test_tokens, verbose=0)
+constrained_out = constrained_model.predict(test_tokens, verbose=0)
 results = {
-    "BiLSTM + softmax": scores(
-        np.argmax(softmax_model.predict(test_tokens, verbose=0), axis=-1), test_tags, test_tokens
-    ),
+    "BiLSTM + softmax": scores(np.argmax(softmax_probs, axis=-1), test_tags, test_tokens),
     "BiLSTM + CRF": scores(crf_model.predict(test_tokens, verbose=0)["tags"], test_tags, test_tokens),
+    "BiLSTM + BIO-constrained CRF": scores(constrained_out["tags"], test_tags, test_tokens),
 }
 for name, result in results.items():
-    print(f"{name:>16}: token accuracy {result['token accuracy']:.4f}, span F1 "
+    print(f"{name:>28}: token accuracy {result['token accuracy']:.4f}, span F1 "
           f"{result['span F1']:.4f}, invalid transitions {result['invalid transitions']}")
 
 # %% [markdown]
@@ -193,6 +209,73 @@ forbidden = np.array([[TAGS[j].startswith("I-") and TAGS[i][2:] != TAGS[j][2:] f
                       for i in range(7)])
 print(f"mean transition score: forbidden {transitions[forbidden].mean():.2f}, "
       f"allowed {transitions[~forbidden].mean():.2f}")
+
+# %% [markdown]
+# ## Several readings of an ambiguous sentence
+#
+# A name without a cue could be of any type. `text.crf_top_k_decode`
+# gives the best few tag sequences with their scores; divided by the
+# partition function (`text.crf_log_norm`) they are probabilities. The
+# functions take the constrained layer's own scores: its `Dense` tag
+# scores, and its transitions with what BIO forbids set to -1e30
+# (`text.allowed_transitions`). Below, the held-out sentence whose decoded
+# tags the model is least sure of (its lowest marginal).
+
+# %%
+layer = constrained_model.get_layer("constrained_crf")
+allowed, start_ok, end_ok = text.allowed_transitions("BIO", TAGS)
+transitions_bio = np.where(allowed, keras.ops.convert_to_numpy(layer.chain_kernel), -1e30)
+start_bio = np.where(start_ok, keras.ops.convert_to_numpy(layer.left_boundary), -1e30)
+end_bio = np.where(end_ok, keras.ops.convert_to_numpy(layer.right_boundary), -1e30)
+words_mask = test_tokens != PAD
+decoded = constrained_out["tags"]
+picked = np.take_along_axis(constrained_out["marginals"], decoded[..., None], axis=-1)[..., 0]
+unsure = int(np.argmin(np.where(words_mask, picked, 1.0).min(axis=1)))
+length = int(words_mask[unsure].sum())
+unary = keras.ops.convert_to_numpy(layer.dense(features.predict(test_tokens[unsure:unsure + 1], verbose=0)))
+best_paths, best_scores = text.crf_top_k_decode(unary, transitions_bio, [length], 3, start_bio, end_bio)
+log_z = text.crf_log_norm(unary, [length], transitions_bio, start_bio, end_bio)
+best_paths, probabilities = (keras.ops.convert_to_numpy(a)[0] for a in (
+    best_paths, keras.ops.exp(best_scores - log_z[:, None])))
+print("gold:  ", " ".join(TAGS[t] for t in test_tags[unsure, :length]))
+for rank, (path, probability) in enumerate(zip(best_paths, probabilities), 1):
+    print(f"top {rank} (p = {probability:.3f}):", " ".join(TAGS[t] for t in path[:length]))
+
+# %% [markdown]
+# ## How far to trust a tag: the marginals
+#
+# `"marginals"` is each tag's posterior probability under the whole
+# sequence model. Grouping the held-out tags by the probability the model
+# gave its chosen tag, a calibrated model is right that often: 90 % of
+# the tags it gives 0.9 are correct. The same for the softmax's
+# probability of its arg-max. The expected calibration error (the mean
+# gap, weighted by the tags in each bin) sums it up: what a confidence
+# threshold, or an active-learning loop that asks for labels where the
+# model is least sure, relies on.
+
+# %%
+bins = np.linspace(0.0, 1.0, 11)
+
+
+def reliability(confidence, correct):
+    which = np.clip(np.digitize(confidence, bins) - 1, 0, len(bins) - 2)
+    counts = np.bincount(which, minlength=len(bins) - 1)
+    accuracy = np.bincount(which, correct, minlength=len(bins) - 1) / np.maximum(counts, 1)
+    mean_confidence = np.bincount(which, confidence, minlength=len(bins) - 1) / np.maximum(counts, 1)
+    error = np.sum(counts * np.abs(accuracy - mean_confidence)) / counts.sum()
+    return mean_confidence, accuracy, counts, error
+
+
+calibration = {
+    "BiLSTM + softmax": reliability(softmax_probs.max(axis=-1)[words_mask],
+                                    (softmax_probs.argmax(axis=-1) == test_tags)[words_mask]),
+    "BiLSTM + BIO-constrained CRF": reliability(picked[words_mask], (decoded == test_tags)[words_mask]),
+}
+for name, (_, _, _, error) in calibration.items():
+    print(f"{name:>28}: expected calibration error {error:.4f}")
+marginal_sums = constrained_out["marginals"].sum(axis=-1)
+print(f"marginals sum to 1 at every word: {np.allclose(marginal_sums[words_mask], 1.0, atol=1e-4)}, "
+      f"0 at padding: {np.all(marginal_sums[~words_mask] == 0)}")
 
 # %% [markdown]
 # ## Deploying: the decoding is part of the model
@@ -215,28 +298,27 @@ from matplotlib.ticker import MaxNLocator
 
 plt.rcParams.update({"font.size": 11, "axes.titlesize": 11, "legend.fontsize": 10,
                      "figure.facecolor": "white", "savefig.facecolor": "white"})
-fig, (bars, moves, heat) = plt.subplots(
-    1, 3, figsize=(12, 5), layout="constrained",
-    gridspec_kw={"width_ratios": [1.1, 0.7, 1.2]},
+fig, ((bars, moves), (heat, trust)) = plt.subplots(
+    2, 2, figsize=(12, 10), layout="constrained", gridspec_kw={"width_ratios": [1.3, 1]},
 )
 names = list(results)
-colors = ["tab:blue", "tab:orange"]
+colors = ["tab:blue", "tab:orange", "tab:green"]
 metrics = ["token accuracy", "span F1"]
-width = 0.38
+width = 0.27
 for k, name in enumerate(names):
     values = [results[name][m] for m in metrics]
-    drawn = bars.bar(np.arange(2) + (k - 0.5) * width, values, width, label=name, color=colors[k])
-    bars.bar_label(drawn, fmt="%.3f", padding=2)
+    drawn = bars.bar(np.arange(2) + (k - 1) * width, values, width, label=name, color=colors[k])
+    bars.bar_label(drawn, fmt="%.3f", padding=3, fontsize=9, rotation=90)
 bars.set_xticks(np.arange(2), metrics)
-bars.set_ylim(0, 1.25)
+bars.set_ylim(0, 1.4)
 bars.set_yticks(np.arange(0, 1.01, 0.2))
 bars.set_ylabel("score on held-out sentences")
 bars.legend(loc="upper center", ncol=1)
 bars.set_title(f"Scores on {len(test_tokens)} held-out sentences")
 counts = [results[n]["invalid transitions"] for n in names]
-drawn = moves.bar(range(2), counts, color=colors)
+drawn = moves.bar(range(3), counts, color=colors)
 moves.bar_label(drawn)
-moves.set_xticks(range(2), ["BiLSTM\n+ softmax", "BiLSTM\n+ CRF"])
+moves.set_xticks(range(3), ["BiLSTM\n+ softmax", "BiLSTM\n+ CRF", "BiLSTM + CRF\nconstrained to BIO"])
 moves.set_ylabel("invalid transitions (count)")
 moves.set_ylim(0, max(counts) * 1.2 + 1)
 moves.yaxis.set_major_locator(MaxNLocator(integer=True))
@@ -251,8 +333,20 @@ heat.set_ylabel("previous tag")
 for i, j in zip(*np.nonzero(forbidden)):
     heat.text(j, i, "x", ha="center", va="center", fontsize=11, color="black")
 heat.set_title("CRF transition scores learned from data\n(x: a move BIO forbids)")
+trust.plot([0, 1], [0, 1], color="gray", linestyle=":", label="calibrated")
+for (name, (confidence, accuracy, counts, error)), color in zip(calibration.items(), ["tab:blue", "tab:green"]):
+    seen = counts > 0
+    trust.plot(confidence[seen], accuracy[seen], marker="o", color=color,
+               label=f"{name.removeprefix('BiLSTM + ')}\n(calibration error {error:.3f})")
+trust.set_xlim(0, 1.02)
+trust.set_ylim(0, 1.02)
+trust.set_xlabel("probability given to the chosen tag (bin mean)")
+trust.set_ylabel("share of those tags that are right")
+trust.legend(loc="upper left")
+trust.set_title("How far to trust a tag: reliability on held-out words\n"
+                "(CRF: its marginals; softmax: its arg-max probability)")
 fig.suptitle("BiLSTM tagger on synthetic named-entity sentences (BIO tags): "
-             "per-token softmax vs CRF", fontsize=12)
+             "per-token softmax vs CRF, learned and constrained", fontsize=12)
 path = os.path.join(args.output_dir, "11_crf_sequence_tagging.png")
 fig.savefig(path, dpi=120)
 print("figure:", path)
@@ -266,10 +360,17 @@ print("figure:", path)
 # - The CRF learns which tag moves never happen and its Viterbi decoding
 #   avoids them; the per-token softmax has no notion of a move. The
 #   printed numbers above give the difference on this data.
+# - `allowed_transitions=("BIO", TAGS)` makes an invalid sequence
+#   impossible, in training and in the exported model alike.
+# - `text.crf_top_k_decode` lists the next-best readings with their
+#   probabilities, and `return_marginals=True` gives each tag's
+#   probability, for thresholds and active learning.
 
 # %%
 softmax, crf = results["BiLSTM + softmax"], results["BiLSTM + CRF"]
+bio = results["BiLSTM + BIO-constrained CRF"]
 print(
     f"RESULT span F1 softmax {softmax['span F1']:.3f} vs CRF {crf['span F1']:.3f}; "
-    f"invalid transitions {softmax['invalid transitions']} vs {crf['invalid transitions']}"
+    f"invalid transitions {softmax['invalid transitions']} vs {crf['invalid transitions']}; "
+    f"constrained CRF span F1 {bio['span F1']:.3f}, invalid transitions {bio['invalid transitions']}"
 )

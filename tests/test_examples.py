@@ -136,6 +136,12 @@ def _check_11(out):
     forbidden = _number(r"forbidden ([-\d.]+)", out)
     allowed = _number(r"allowed ([-\d.]+)", out)
     assert forbidden < allowed
+    # The constrained CRF: no invalid sequence, at least the learned CRF's F1.
+    assert _number(r"constrained CRF span F1 [\d.]+, invalid transitions (\d+)", out) == 0
+    assert _number(r"constrained CRF span F1 ([\d.]+)", out) > f1_crf - 0.02
+    readings = [float(p) for p in re.findall(r"top \d \(p = ([\d.]+)\)", out)]
+    assert len(readings) == 3 and readings == sorted(readings, reverse=True) and sum(readings) <= 1.0 + 1e-3
+    assert "marginals sum to 1 at every word: True, 0 at padding: True" in out
 
 
 CHECKS = {

@@ -222,7 +222,9 @@ class CRF(keras.layers.Layer):
             for key, allowed in (("start", self.allowed_start), ("end", self.allowed_end)):
                 boundaries[key] = ops.where(allowed.value > 0.5, boundaries.get(key, 0.0), ruled_out)
         potentials = crf_functions._chain_potentials(scores, transitions, valid, **boundaries)
-        outputs = {"tags": crf_functions._chain_decode(potentials), "potentials": potentials}
+        # The decoding has no gradient: it records none (on torch, it would).
+        tags = crf_functions._chain_decode(ops.stop_gradient(potentials))
+        outputs = {"tags": tags, "potentials": potentials}
         if self.return_marginals:
             outputs["marginals"] = crf_functions._chain_marginals(potentials)
         return outputs
