@@ -313,20 +313,25 @@ def test_mixed_precision_computes_the_chain_in_float32(policy):
     harness.assert_finite(harness.to_numpy(grad))
 
 
-def test_compiled_with_one_trace_for_several_lengths_and_masks():
-    layer = _random_layer(3, use_boundary=True, seed=11)
+@pytest.mark.parametrize("constrained", [False, True])
+def test_compiled_with_one_trace_for_several_lengths_and_masks(constrained):
+    kwargs = dict(allowed_transitions=("BIO", ["O", "B-A", "I-A"]), return_marginals=True) if constrained else {}
+    layer = _random_layer(3, use_boundary=True, seed=11, **kwargs)
     loss = CRFLoss(reduction=None)
 
     def both(scores, mask, tags):
         out = layer(scores, mask=mask)
-        return out["tags"], loss(tags, out["potentials"])
+        return out["tags"], loss(tags, out["potentials"]), out.get("marginals", out["tags"])
 
     cases = []
     for seed, steps in ((12, 5), (13, 8)):
         rng = np.random.default_rng(seed)
         mask = rng.random((4, steps)) > 0.3
-        cases.append((rng.normal(size=(4, steps, 3)).astype("float32"), mask,
-                      rng.integers(0, 3, size=(4, steps)).astype("int32")))
+        scores = rng.normal(size=(4, steps, 3)).astype("float32")
+        tags = rng.integers(0, 3, size=(4, steps)).astype("int32")
+        if constrained:  # gold tags the scheme allows: decoded ones
+            tags = harness.to_numpy(layer(scores, mask=mask)["tags"]).astype("int32")
+        cases.append((scores, mask, tags))
     if harness.BACKEND == "tensorflow":
         import tensorflow as tf
 
@@ -345,6 +350,7 @@ def test_compiled_with_one_trace_for_several_lengths_and_masks():
             got = [harness.to_numpy(v) for v in fn(scores, mask, tags)]
             np.testing.assert_array_equal(got[0], want[0])
             np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(got[2], want[2], rtol=1e-5, atol=1e-6)
 
 
 def test_no_steps_at_all():
