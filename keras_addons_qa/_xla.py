@@ -98,13 +98,13 @@ def scan(step, init, xs, outputs, reverse=False):
     if backend == "torch":
         import torch
 
-        return _python_scan(step, init, xs, reverse, torch.unbind, torch.stack)
+        return _python_scan(step, init, xs, outputs, reverse, torch.unbind, torch.stack)
     if backend != "tensorflow":
         return keras.ops.scan(step, init, xs, reverse=reverse)
     import tensorflow as tf
 
     if tf.executing_eagerly():
-        return _python_scan(step, init, xs, reverse, tf.unstack, tf.stack)
+        return _python_scan(step, init, xs, outputs, reverse, tf.unstack, tf.stack)
     count = tf.shape(xs[0])[0]
     # Reversed with a gather, not `reverse`: tf2onnx's rewriters misread a
     # `ReverseV2` next to a loop; the loop reads and writes at its counter.
@@ -148,8 +148,10 @@ def scan(step, init, xs, outputs, reverse=False):
     return carry, tuple(flip(y) for y in ys) if reverse else ys
 
 
-def _python_scan(step, init, xs, reverse, unstack, stack):
+def _python_scan(step, init, xs, outputs, reverse, unstack, stack):
     slices = list(zip(*(unstack(x) for x in xs)))
+    if not slices:  # no step: empty outputs of the given shapes
+        return init, tuple(keras.ops.zeros((0,) + tuple(like.shape), dtype) for dtype, like in outputs)
     carry, ys = init, []
     for x in reversed(slices) if reverse else slices:
         carry, y = step(carry, x)

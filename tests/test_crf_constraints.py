@@ -60,15 +60,15 @@ def test_allowed_transitions_accept_exactly_the_schemes_sequences(scheme):
 def test_allowed_transitions_errors():
     with pytest.raises(ValueError, match="constraint_type must be one of .* Received: constraint_type='BILOU2'"):
         text.allowed_transitions("BILOU2", ["O"])
-    with pytest.raises(ValueError, match="Received: label='X-PER'"):
+    with pytest.raises(ValueError, match=r"Received: labels\[1\]='X-PER'"):
         text.allowed_transitions("BIO", ["O", "X-PER"])
-    with pytest.raises(ValueError, match="Received: label='O'"):
+    with pytest.raises(ValueError, match=r"Received: labels\[0\]='O'"):
         text.allowed_transitions("BMES", ["O", "S-PER"])  # BMES has no O
-    with pytest.raises(ValueError, match="Received: label='B'"):
+    with pytest.raises(ValueError, match=r"Received: labels\[1\]='B'"):
         text.allowed_transitions("BIO", ["O", "B"])
     with pytest.raises(ValueError, match="non-empty list of strings"):
         text.allowed_transitions("BIO", "B-PER")
-    with pytest.raises(ValueError, match="num_tags=3 tags. Received: 2 labels"):
+    with pytest.raises(ValueError, match=r"CRF: allowed_transitions needs a label for each of the num_tags=3 tags. Received: allowed_transitions=\('BIO', \['O', 'B-A'\]\) \(2 labels\)"):
         kaq.layers.CRF(3, allowed_transitions=("BIO", ["O", "B-A"]))
     with pytest.raises(ValueError, match="allowed_transitions must be None or"):
         kaq.layers.CRF(3, allowed_transitions="BIO")
@@ -189,3 +189,15 @@ def test_constrained_crf_saves_and_loads(tmp_path):
     assert layer.allowed_transitions == ("BIO", LABELS["BIO"]) or layer.allowed_transitions == [
         "BIO", LABELS["BIO"]
     ]
+
+
+def test_labels_as_a_dict_and_a_float64_layer_without_boundaries():
+    labels = {1: "B-A", 0: "O", 2: "I-A"}  # read in index order
+    layer = kaq.layers.CRF(3, use_kernel=False, use_boundary=False, dtype="float64",
+                           allowed_transitions=("BIO", labels))
+    assert list(layer.allowed_transitions[1]) == ["O", "B-A", "I-A"]
+    scores = np.random.default_rng(0).normal(size=(4, 6, 3)) * 3
+    scores[..., 2] += 5.0  # I-A everywhere, were it allowed
+    decoded = harness.to_numpy(layer(scores)["tags"])
+    for row in decoded:
+        assert _grammatical("BIO", ["O", "B-A", "I-A"], row), row

@@ -249,6 +249,37 @@ def test_compiled_and_dynamic_length():
         pytest.skip("torch has no compiled call to test here; its eager calls are tested above")
 
 
+def test_bad_shapes_and_values_raise():
+    scores, transitions, lengths = _case(2, 2, 5, 3, with_zero=False)
+    for bad in (np.zeros((1, 1)), np.zeros(3), np.zeros((3, 3, 1)), np.zeros(())):
+        for call in (lambda t: text.crf_decode(scores, t, lengths),
+                     lambda t: text.crf_log_likelihood(scores, np.zeros((2, 5), "int32"), lengths, t),
+                     lambda t: text.crf_marginals(scores, lengths, t)):
+            with pytest.raises(ValueError, match=r"`transition_params` must have shape \(num_tags, num_tags\)"):
+                call(bad.astype("float32"))
+    with pytest.raises(ValueError, match=r"`sequence_lengths` must have shape \(batch,\) = \(2,\)"):
+        text.crf_decode(scores, transitions, lengths[:1])
+    with pytest.raises(ValueError, match=r"must be >= 0. Received: sequence_lengths=\[5, -2\]"):
+        text.crf_log_norm(scores, np.array([5, -2]), transitions)
+    tags = np.zeros((2, 5), "int32")
+    tags[1, 1] = -1
+    with pytest.raises(ValueError, match=r"tags in \[0, 3\) within each length. Received: tag_indices values \[-1\]"):
+        text.crf_sequence_score(scores, tags, lengths, transitions)
+    # Beyond an example's length a tag is never read, whatever it holds.
+    tags = np.zeros((2, 5), "int32")
+    tags[0, 4] = 99
+    short = np.array([4, 5])
+    np.testing.assert_allclose(
+        harness.to_numpy(text.crf_sequence_score(scores, tags, short, transitions)),
+        harness.to_numpy(text.crf_sequence_score(scores, np.zeros((2, 5), "int32"), short, transitions)),
+    )
+
+
+def test_marginals_of_no_step():
+    probs = text.crf_marginals(np.zeros((2, 0, 3), "float32"), np.array([0, 0]), np.zeros((3, 3), "float32"))
+    assert tuple(probs.shape) == (2, 0, 3)
+
+
 def test_tags_beyond_the_inputs_steps_are_ignored():
     scores = np.array([[[-1.0, 2.0, 1.0]]], "float32")
     tags = np.array([[1, 0]])  # one tag more than the inputs have steps

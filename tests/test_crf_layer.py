@@ -173,6 +173,62 @@ def test_masked_steps_change_nothing_and_get_no_gradient():
     assert np.all(grad[~valid] == 0) and np.any(grad[valid] != 0)
 
 
+@pytest.mark.parametrize("padding", [np.nan, np.inf, -np.inf, 1e38])
+def test_inf_and_nan_features_at_masked_steps_reach_nothing(padding):
+    # The features of masked steps go through the layer's projection: they
+    # are replaced by zeros first, so the kernel's gradient stays finite.
+    rng = np.random.default_rng(8)
+    features = rng.normal(size=(2, 6, 5)).astype("float32")
+    valid = np.array([[1, 1, 1, 1, 0, 0], [0, 1, 1, 1, 1, 1]], bool)
+    tags = rng.integers(0, 3, size=(2, 6))
+    layer = CRF(3, name="crf")
+    clean = layer(features, mask=valid)
+    noisy = features.copy()
+    noisy[~valid] = padding
+    x = keras.Variable(noisy)
+    loss = CRFLoss()
+    value, grads = harness.gradients(lambda: loss(tags, layer(x.value, mask=valid)["potentials"]),
+                                     [x, layer.dense.kernel, layer.chain_kernel])
+    np.testing.assert_allclose(harness.to_numpy(value), harness.to_numpy(loss(tags, clean["potentials"])), rtol=1e-6)
+    for grad in grads:
+        harness.assert_finite(harness.to_numpy(grad))
+    assert np.all(harness.to_numpy(grads[0])[~valid] == 0)
+    decoded = harness.to_numpy(layer(noisy, mask=valid)["tags"])
+    np.testing.assert_array_equal(decoded, harness.to_numpy(clean["tags"]))
+
+
+def test_tags_out_of_range():
+    layer = _random_layer(3, use_boundary=True, seed=9)
+    scores = np.random.default_rng(9).normal(size=(2, 4, 3)).astype("float32")
+    valid = np.array([[1, 1, 1, 0], [1, 1, 1, 1]], bool)
+    potentials = layer(scores, mask=valid)["potentials"]
+    good = np.array([[0, 1, 2, 7], [2, 2, 0, 1]])  # 7 at a masked step: never read
+    np.testing.assert_allclose(
+        harness.to_numpy(CRFLoss(reduction=None)(good, potentials)),
+        harness.to_numpy(CRFLoss(reduction=None)(np.where(valid, good, 0), potentials)), rtol=1e-6,
+    )
+    for bad_tag in (3, -1, 100):
+        bad = good.copy()
+        bad[1, 2] = bad_tag
+        with pytest.raises(ValueError, match=rf"y_true values \[{bad_tag}\]"):
+            CRFLoss()(bad, potentials)  # eager
+    # Compiled: the example with the bad tag gets loss 0; the other its own.
+    bad = good.copy()
+    bad[1, 2] = 3
+    want = harness.to_numpy(CRFLoss(reduction=None)(good, potentials))
+    if harness.BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        got = tf.function(lambda p: CRFLoss(reduction=None)(bad, p))(potentials)
+    elif harness.BACKEND == "jax":
+        import jax
+
+        got = jax.jit(lambda p: CRFLoss(reduction=None)(bad, p))(potentials)
+    else:
+        pytest.skip("torch runs eagerly: the error above is what it gives")
+    np.testing.assert_allclose(harness.to_numpy(got), [want[0], 0.0], rtol=1e-6)
+
+
 def _tagging_data(seed, batch=96, steps=10, vocabulary=12):
     """Tokens whose tag is the token modulo 4, except that tag 3 may only
     follow tag 3 or 2 (and otherwise becomes 2): transitions matter."""

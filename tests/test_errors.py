@@ -100,6 +100,24 @@ CASES = {
     "crf-inputs": lambda: L.CRF(4)(np.zeros((2, 3), "float32")),
     "crf-use_kernel": lambda: L.CRF(4, use_kernel=False)(X3),
     "crf-loss": lambda: kaq.losses.CRFLoss()(np.zeros((2, 5)), X3),
+    "crf-allowed_transitions": lambda: L.CRF(3, allowed_transitions=("BIO", ["O", "B-A"])),
+    "crf-loss-tags": lambda: kaq.losses.CRFLoss()(
+        np.array([[0, 1, 4, 0, 0], [0] * 5]), L.CRF(3, use_kernel=False)(X3)["potentials"]
+    ),
+    "crf-loss-scheme": lambda: kaq.losses.CRFLoss()(
+        np.array([[0, 2, 0, 0, 0], [0] * 5]),
+        L.CRF(3, use_kernel=False, allowed_transitions=("BIO", ["O", "B-A", "I-A"]))(X3)["potentials"],
+    ),
+    "text-inputs": lambda: kaq.text.crf_decode(np.zeros((2, 3), "float32"), np.zeros((3, 3)), [1, 1]),
+    "text-transitions": lambda: kaq.text.crf_decode(X3, np.zeros((1, 1), "float32"), [5, 5]),
+    "text-lengths": lambda: kaq.text.crf_log_norm(X3, np.array([5]), np.zeros((3, 3), "float32")),
+    "text-negative": lambda: kaq.text.crf_log_norm(X3, np.array([5, -1]), np.zeros((3, 3), "float32")),
+    "text-tags": lambda: kaq.text.crf_log_likelihood(
+        X3, np.array([[0, 1, 3, 0, 0], [0] * 5]), [5, 5], np.zeros((3, 3), "float32")
+    ),
+    "text-k": lambda: kaq.text.crf_top_k_decode(X3, np.zeros((3, 3), "float32"), [5, 5], 0),
+    "tag-scheme": lambda: kaq.text.allowed_transitions("BILOU2", ["O"]),
+    "tag-label": lambda: kaq.text.allowed_transitions("BIO", ["O", "X-PER"]),
     "wn-layer": lambda: L.WeightNormalization("dense"),
     "wn-kernel": lambda: L.WeightNormalization(keras.layers.MaxPooling1D(2))(X3),
 }

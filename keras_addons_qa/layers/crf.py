@@ -53,13 +53,14 @@ class CRF(keras.layers.Layer):
     name the outputs, `{k: keras.layers.Identity(name=k)(v) for k, v in
     crf(x).items()}`.
 
-    Both dynamic programs are loops over time with fixed-shape buffers: one
-    graph for every length on TensorFlow and JAX, under XLA too (on torch
-    the loop is a Python loop, so an ONNX export from torch fixes the
-    length). Costs: `"potentials"` holds `time * (num_tags + 1) *
-    num_tags` floats per example, and the Viterbi decoding also runs in
+    The dynamic programs are loops over time whose steps cost the same at
+    any length: one graph for every length on TensorFlow and JAX, under XLA
+    too (on torch the loop is a Python loop, so an ONNX export from torch
+    fixes the length). Costs: `"potentials"` holds `time * (num_tags + 1)
+    * num_tags` floats per example, and the Viterbi decoding also runs in
     each training step (a loop like the forward algorithm's, with no
-    gradient); the model a server runs, `keras.Model(inputs,
+    gradient), as do the marginals' forward and backward loops with
+    `return_marginals=True`; the model a server runs, `keras.Model(inputs,
     outputs["tags"])`, returns the tags alone.
 
     Args:
@@ -144,12 +145,14 @@ class CRF(keras.layers.Layer):
                     "allowed_transitions must be None or (constraint_type, labels), e.g. "
                     f"('BIO', ['O', 'B-PER', 'I-PER']). Received: allowed_transitions={allowed_transitions!r}"
                 ) from None
-            labels = list(labels.values()) if isinstance(labels, dict) else list(labels)
             self._allowed = tagging.allowed_transitions(constraint_type, labels)
+            if isinstance(labels, dict):  # in index order, as the function read them
+                labels = [labels[i] for i in range(len(labels))]
+            labels = [str(label) for label in labels]
             if len(labels) != self.num_tags:
                 raise ValueError(
-                    f"allowed_transitions needs a label for each of the num_tags={self.num_tags} "
-                    f"tags. Received: {len(labels)} labels"
+                    f"CRF: allowed_transitions needs a label for each of the num_tags={self.num_tags} "
+                    f"tags. Received: allowed_transitions={allowed_transitions!r} ({len(labels)} labels)"
                 )
             self.allowed_transitions = (str(constraint_type), labels)
         self.supports_masking = True
@@ -204,13 +207,17 @@ class CRF(keras.layers.Layer):
             )
 
     def call(self, inputs, mask=None):
-        scores = self.dense(inputs) if self.use_kernel else inputs
-        scores = _numerics.widen(ops.convert_to_tensor(scores))
+        inputs = ops.convert_to_tensor(inputs)
         if mask is None:
-            valid = ops.ones(ops.shape(scores)[:2], "bool")
+            valid = ops.ones(ops.shape(inputs)[:2], "bool")
         else:
             _checks.check_mask_shape(mask.shape, inputs.shape)
             valid = ops.cast(mask, "bool")
+            # Whatever masked steps hold (inf, NaN) reaches neither the
+            # projection nor any gradient.
+            inputs = _numerics.sanitize(inputs, valid)
+        scores = self.dense(inputs) if self.use_kernel else inputs
+        scores = _numerics.widen(ops.convert_to_tensor(scores))
         transitions = ops.cast(self.chain_kernel.value, scores.dtype)
         boundaries = {}
         if self.use_boundary:
@@ -220,7 +227,8 @@ class CRF(keras.layers.Layer):
             ruled_out = crf_functions.RULED_OUT
             transitions = ops.where(self.allowed_chain.value > 0.5, transitions, ruled_out)
             for key, allowed in (("start", self.allowed_start), ("end", self.allowed_end)):
-                boundaries[key] = ops.where(allowed.value > 0.5, boundaries.get(key, 0.0), ruled_out)
+                scores_of = ops.where(allowed.value > 0.5, boundaries.get(key, 0.0), ruled_out)
+                boundaries[key] = ops.cast(scores_of, scores.dtype)
         potentials = crf_functions._chain_potentials(scores, transitions, valid, **boundaries)
         # The decoding has no gradient: it records none (on torch, it would).
         tags = crf_functions._chain_decode(ops.stop_gradient(potentials))

@@ -25,7 +25,9 @@ class CRFLoss(keras.losses.Loss):
     with `allowed_transitions`, gold tags that break the scheme raise a
     `ValueError` in eager code; a compiled step cannot raise, and there
     their loss is about 1e30 (finite, the other examples' gradients
-    unchanged).
+    unchanged). Tags outside `[0, num_tags)` at unmasked steps raise a
+    `ValueError` in eager code; in a compiled step, such an example's loss
+    is 0.
 
     ```python
     model.compile("adam", loss={"potentials": kaq.losses.CRFLoss()})
@@ -57,12 +59,20 @@ class CRFLoss(keras.losses.Loss):
                 f"potentials' time steps. Received: y_true.shape={tags_shape}, "
                 f"y_pred.shape={shape}"
             )
-        loss = -crf_functions._chain_log_likelihood(y_pred, ops.cast(y_true, "int32"))
+        tags = ops.cast(y_true, "int32")
+        num_tags = shape[3] if shape[3] is not None else ops.shape(y_pred)[3]
+        valid = y_pred[:, :, -1, 0] > 0.5
+        in_range = crf_functions._in_range(tags, num_tags, valid, "CRFLoss", "y_true", "at unmasked steps")
+        loss = -crf_functions._chain_log_likelihood(y_pred, ops.where(in_range, tags, 0))
+        # Compiled code cannot raise: an example with a tag out of range at
+        # an unmasked step gets loss 0 (and no gradient).
+        loss = ops.where(ops.all(ops.logical_or(in_range, ops.logical_not(valid)), axis=1), loss, 0.0)
         known = _checks.known_value(loss)
-        if known is not None and np.any(known > -0.1 * crf_functions.RULED_OUT):
+        broke = None if known is None else np.isfinite(known) & (known > crf_functions._BROKE_RULE)
+        if broke is not None and np.any(broke):
             raise ValueError(
                 "CRFLoss: the gold tags of the examples at batch indices "
-                f"{np.flatnonzero(known > -0.1 * crf_functions.RULED_OUT).tolist()} take a transition, "
+                f"{np.flatnonzero(broke).tolist()} take a transition, "
                 "first or last tag that the CRF's allowed_transitions rule out (the tags "
                 "break the tagging scheme, such as I-PER after O under BIO): a data error"
             )

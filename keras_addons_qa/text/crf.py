@@ -12,12 +12,14 @@ num_tags)`; `tag_indices` `(batch, time)` ints; `sequence_lengths`
 `[i, j]` scores tag `i` followed by tag `j`. Steps at or beyond an
 example's length change nothing.
 
-The two dynamic programs, the forward algorithm (`_forward`) and Viterbi
-(`_viterbi`), are written once and shared with the `CRF` layer. They are
-scans over time (`_xla.scan`: on TensorFlow and JAX the traced graph does
-not grow with the length; on torch the loop runs in Python), each step
-O(1) in the length, in its gradient too, and compute in float32 under
-every dtype (the results are cast back to the inputs' dtype). Decoding
+The dynamic programs, the forward and backward algorithms and Viterbi,
+are written once and shared with the `CRF` layer. They are scans over
+time (`_xla.scan`: on TensorFlow and JAX the traced graph does not grow
+with the length; on torch the loop runs in Python), each step O(1) in the
+length, in its gradient too, and compute in at least float32 (float64
+stays float64; the results are cast back to the inputs' dtype). The
+layer's log-partition has its gradient from the forward and backward
+algorithms (a custom gradient: first order only). Decoding
 picks back-pointers with comparisons, selects and sums only, so a model
 that decodes exports to SavedModel, LiteRT's builtin ops and ONNX.
 """
@@ -36,6 +38,8 @@ from keras_addons_qa import _xla
 # finite, so that no sum of scores is inf - inf, and low enough that its
 # exponential is 0 next to any allowed sequence's.
 RULED_OUT = -1e30
+# A loss above this (finite) took a ruled-out transition.
+_BROKE_RULE = -0.1 * RULED_OUT
 
 
 def _tensor(x):
@@ -45,17 +49,68 @@ def _tensor(x):
     return x if hasattr(x, "ndim") else ops.copy(x)
 
 
-def _prepare(inputs, transition_params=None):
+def _prepare(inputs, transition_params=None, function="", name="inputs"):
+    """float32 (or float64) scores, transitions and the inputs' dtype;
+    raises if the shapes do not fit (`function` names the caller)."""
     inputs = _tensor(inputs)
+    shape = _checks.static_shape(inputs.shape)
+    if len(shape) != 3 or shape[-1] is None:
+        raise ValueError(
+            f"{function}: `{name}` must have shape (batch, time, num_tags), with a known "
+            f"number of tags. Received: {name}.shape={shape}"
+        )
     dtype = keras.backend.standardize_dtype(inputs.dtype)
     scores = _numerics.widen(inputs)
     if transition_params is not None:
-        transition_params = _numerics.widen(ops.convert_to_tensor(transition_params))
+        transition_params = _transitions(transition_params, shape[-1], function)
     return scores, transition_params, dtype
 
 
-def _lengths(sequence_lengths):
-    return ops.cast(ops.convert_to_tensor(sequence_lengths), "int32")
+def _transitions(transition_params, num_tags, function):
+    transitions = _numerics.widen(_tensor(transition_params))
+    shape = _checks.static_shape(transitions.shape)
+    if shape != (num_tags, num_tags):
+        raise ValueError(
+            f"{function}: `transition_params` must have shape (num_tags, num_tags) = "
+            f"({num_tags}, {num_tags}). Received: transition_params.shape={shape}"
+        )
+    return transitions
+
+
+def _lengths(sequence_lengths, scores=None, function=""):
+    """int32 `(batch,)` lengths; raises on a shape that does not fit the
+    scores' batch, and (eager code) on a negative length. A length past
+    the steps counts them all, as in TensorFlow Addons."""
+    lengths = ops.cast(ops.convert_to_tensor(sequence_lengths), "int32")
+    if scores is None:
+        return lengths
+    shape = _checks.static_shape(lengths.shape)
+    batch = _checks.static_shape(scores.shape)[0]
+    if len(shape) != 1 or None not in (shape[0], batch) and shape[0] != batch:
+        raise ValueError(
+            f"{function}: `sequence_lengths` must have shape (batch,) = ({batch},). "
+            f"Received: sequence_lengths.shape={shape}"
+        )
+    known = _checks.known_value(lengths)
+    if known is not None and np.any(known < 0):
+        raise ValueError(
+            f"{function}: `sequence_lengths` must be >= 0. Received: sequence_lengths={known.tolist()}"
+        )
+    return lengths
+
+
+def _in_range(tags, num_tags, valid, function, name="tag_indices", where="within each length"):
+    """Bool: where `tags` are tags; raises (eager code) if one at a `valid`
+    step is not. Compiled code cannot raise: there such a tag scores 0."""
+    in_range = ops.logical_and(tags >= 0, tags < num_tags)
+    known = _checks.known_value(ops.logical_and(valid, ops.logical_not(in_range)))
+    if known is not None and np.any(known):
+        bad = _checks.known_value(tags)[known]
+        raise ValueError(
+            f"{function}: `{name}` must be tags in [0, {num_tags}) {where}. "
+            f"Received: {name} values {sorted(set(bad.tolist()))[:10]}"
+        )
+    return in_range
 
 
 def _valid(scores, lengths):
@@ -79,25 +134,32 @@ def _with_ends(scores, lengths, start, end):
 
 def crf_unary_score(tag_indices, sequence_lengths, inputs):
     """Sum of the unary scores of the tags, `(batch,)`."""
-    scores, _, dtype = _prepare(inputs)
+    scores, _, dtype = _prepare(inputs, function="crf_unary_score")
+    num_tags = scores.shape[-1]
     # Tags beyond the inputs' steps are ignored, as in TensorFlow Addons.
     tags = ops.cast(tag_indices, "int32")[:, : ops.shape(scores)[1]]
+    valid = _valid(scores, _lengths(sequence_lengths, scores, "crf_unary_score"))
+    valid = ops.logical_and(valid, _in_range(tags, num_tags, valid, "crf_unary_score"))
+    tags = ops.clip(tags, 0, num_tags - 1)
     picked = ops.take_along_axis(scores, ops.expand_dims(tags, -1), axis=-1)[..., 0]
-    valid = _valid(scores, _lengths(sequence_lengths))
     return ops.cast(ops.sum(ops.where(valid, picked, 0.0), axis=-1), dtype)
 
 
 def crf_binary_score(tag_indices, sequence_lengths, transition_params):
     """Sum of the transition scores between consecutive tags, `(batch,)`."""
-    transitions = _numerics.widen(ops.convert_to_tensor(transition_params))
     dtype = keras.backend.standardize_dtype(ops.convert_to_tensor(transition_params).dtype)
-    tags = ops.cast(tag_indices, "int32")
+    num_tags = _checks.static_shape(ops.convert_to_tensor(transition_params).shape)[-1:] or (None,)
+    transitions = _transitions(transition_params, num_tags[0], "crf_binary_score")
     num_tags = transitions.shape[0]
+    tags = ops.cast(tag_indices, "int32")
+    lengths = _lengths(sequence_lengths)
+    valid = ops.expand_dims(ops.arange(ops.shape(tags)[1], dtype="int32"), 0) < ops.expand_dims(lengths, 1)
+    in_range = _in_range(tags, num_tags, valid, "crf_binary_score")
+    tags = ops.clip(tags, 0, num_tags - 1)
     pairs = tags[:, :-1] * num_tags + tags[:, 1:]
     picked = ops.take(ops.reshape(transitions, (-1,)), pairs)
-    # Pair (t, t + 1) counts when t + 1 is inside the length.
-    steps = ops.arange(1, ops.shape(tags)[1], dtype="int32")
-    valid = ops.expand_dims(steps, 0) < ops.expand_dims(_lengths(sequence_lengths), 1)
+    # Pair (t, t + 1) counts when t + 1 is inside the length (and both are tags).
+    valid = ops.logical_and(valid[:, 1:], ops.logical_and(in_range[:, :-1], in_range[:, 1:]))
     return ops.cast(ops.sum(ops.where(valid, picked, 0.0), axis=-1), dtype)
 
 
@@ -121,9 +183,9 @@ def crf_forward(inputs, state, transition_params, sequence_lengths):
     num_tags)` of the first step, over the later steps `inputs` `(batch,
     time - 1, num_tags)`; returns the log-scores at each example's last
     step (`state` where the length is 0 or 1)."""
-    scores, transitions, dtype = _prepare(inputs, transition_params)
+    scores, transitions, dtype = _prepare(inputs, transition_params, "crf_forward", "inputs")
     alpha = _numerics.widen(ops.convert_to_tensor(state))
-    lengths = _lengths(sequence_lengths)
+    lengths = _lengths(sequence_lengths, scores, "crf_forward")
     if scores.shape[1] == 0:  # one step in all: nothing to loop over
         return ops.cast(alpha, dtype)
     steps = ops.shape(scores)[1]
@@ -251,8 +313,8 @@ def crf_log_norm(inputs, sequence_lengths, transition_params,
                  start_transitions=None, end_transitions=None):
     """The log of the partition function, `(batch,)`: log-sum-exp of the
     scores of all tag sequences of each length (0 for a length of 0)."""
-    scores, transitions, dtype = _prepare(inputs, transition_params)
-    lengths = _lengths(sequence_lengths)
+    scores, transitions, dtype = _prepare(inputs, transition_params, "crf_log_norm", "inputs")
+    lengths = _lengths(sequence_lengths, scores, "crf_log_norm")
     scores = _with_ends(scores, lengths, start_transitions, end_transitions)
     alpha = crf_forward(scores[:, 1:], scores[:, 0], transitions, lengths)
     log_norm = ops.logsumexp(alpha, axis=1)
@@ -304,8 +366,8 @@ def crf_marginals(inputs, sequence_lengths, transition_params,
         start_transitions: Optional `(num_tags,)` scores of the first tag.
         end_transitions: Optional `(num_tags,)` scores of the last tag.
     """
-    scores, transitions, dtype = _prepare(inputs, transition_params)
-    lengths = _lengths(sequence_lengths)
+    scores, transitions, dtype = _prepare(inputs, transition_params, "crf_marginals", "inputs")
+    lengths = _lengths(sequence_lengths, scores, "crf_marginals")
     scores = _with_ends(scores, lengths, start_transitions, end_transitions)
     # From the virtual start, whose first step has no transition.
     chained = ops.arange(ops.shape(scores)[1]) > 0
@@ -349,8 +411,8 @@ def crf_decode(potentials, transition_params, sequence_length,
         each length; ties go to the smaller tag) and the `(batch,)` score
         of the best sequence.
     """
-    scores, transitions, dtype = _prepare(potentials, transition_params)
-    lengths = _lengths(sequence_length)
+    scores, transitions, dtype = _prepare(potentials, transition_params, "crf_decode", "potentials")
+    lengths = _lengths(sequence_length, scores, "crf_decode")
     scores = _with_ends(scores, lengths, start_transitions, end_transitions)
     valid = _valid(scores, lengths)
     # From the virtual start, the first step is always taken (a length of 0
@@ -377,8 +439,11 @@ def crf_top_k_decode(potentials, transition_params, sequence_length, k,
     k-best Viterbi: each tag keeps the `k` best partial sequences that end
     in it. Exact; the first sequence is `crf_decode`'s, and ties go, as
     there, to the smaller tags. An example with fewer than `k` sequences
-    (a short one, or one a constraint narrows) fills the rest with score
-    -inf.
+    (a short one, or one transitions of -inf rule out) fills the rest with
+    score -inf and tags 0; with ruled-out transitions scored -1e30, as
+    `allowed_transitions`' example does, the sequences that break them
+    come next, with scores near -1e30. A length of 0 scores the first
+    step, as `crf_decode` does (TensorFlow Addons' convention).
 
     Args:
         potentials: `(batch, time, num_tags)` unary scores.
@@ -393,8 +458,8 @@ def crf_top_k_decode(potentials, transition_params, sequence_length, k,
         length, and for the -inf fillers) and their `(batch, k)` scores.
     """
     k = _checks.integer_at_least("k", k, 1)
-    scores, transitions, dtype = _prepare(potentials, transition_params)
-    lengths = _lengths(sequence_length)
+    scores, transitions, dtype = _prepare(potentials, transition_params, "crf_top_k_decode", "potentials")
+    lengths = _lengths(sequence_length, scores, "crf_top_k_decode")
     scores = _with_ends(scores, lengths, start_transitions, end_transitions)
     valid = _valid(scores, lengths)
     batch, num_tags = ops.shape(scores)[0], scores.shape[-1]
@@ -514,7 +579,7 @@ def _chain(potentials):
     potentials = _numerics.widen(_tensor(potentials))
     num_tags = potentials.shape[-1]
     # A split, not a slice: TensorFlow's gradient of a strided slice of a
-    # 4-d tensor takes 8x as long.
+    # 4-d tensor is several times slower.
     edges, flags = ops.split(ops.transpose(potentials, (1, 0, 2, 3)), [num_tags], axis=2)
     alpha = _virtual_start(ops.shape(potentials)[0], num_tags, potentials.dtype)
     return edges, flags[:, :, 0, 0] > 0.5, alpha
@@ -532,7 +597,7 @@ def _chain_log_likelihood(potentials, tags):
     flat = ops.reshape(edges, (ops.shape(edges)[0], -1, num_tags * num_tags))
     pairs = _previous_tags(tags, valid) * num_tags + tags
     # Picked by a comparison and a select, whose gradient is a select too
-    # (a gather's is a scatter, 2.5x as long in a TensorFlow graph).
+    # (a gather's is a scatter, slower in a TensorFlow graph).
     chosen = ops.logical_and(
         ops.expand_dims(valid, -1),
         ops.expand_dims(pairs, -1) == ops.arange(num_tags * num_tags, dtype="int32"),

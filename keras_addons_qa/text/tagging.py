@@ -27,7 +27,7 @@ _SCHEMES = {
 }
 
 
-def _split(label, scheme, prefixes):
+def _split(index, label, scheme, prefixes):
     if label == "O" and "O" in prefixes:
         return "O", ""
     prefix, dash, entity = str(label).partition("-")
@@ -36,7 +36,7 @@ def _split(label, scheme, prefixes):
             f"allowed_transitions: the labels of {scheme} are "
             + ("'O' and " if "O" in prefixes else "")
             + f"'<prefix>-<type>' with a prefix in {sorted(set(prefixes) - {'O'})}. "
-            f"Received: label={label!r}"
+            f"Received: labels[{index}]={label!r}"
         )
     return prefix, entity
 
@@ -87,7 +87,7 @@ def allowed_transitions(constraint_type, labels):
         labels = [labels[i] for i in range(len(labels))]
     if isinstance(labels, str) or not len(labels):
         raise ValueError(f"allowed_transitions: labels must be a non-empty list of strings. Received: labels={labels!r}")
-    tags = [_split(label, constraint_type, scheme["prefixes"]) for label in labels]
+    tags = [_split(i, label, constraint_type, scheme["prefixes"]) for i, label in enumerate(labels)]
     transitions = np.zeros((len(tags), len(tags)), bool)
     for j, (prefix, entity) in enumerate(tags):
         kind, before = scheme["after"][prefix]
