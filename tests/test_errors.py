@@ -96,6 +96,25 @@ CASES = {
     "qkv-cache": lambda: L.QKVAttention(2, 4)(
         X3, X3, cache=np.zeros((2, 2, 8, 1, 4), "float32"), cache_update_index=0
     ),
+    "qkv-cache-batch": lambda: L.QKVAttention(2, 4)(
+        X3[:1], X3[:1], cache=np.zeros((3, 2, 8, 2, 4), "float32"), cache_update_index=0
+    ),
+    "qkv-cache-dtype": lambda: L.QKVAttention(2, 4)(
+        X3, X3, cache=np.zeros((2, 2, 8, 2, 4), "int32"), cache_update_index=0
+    ),
+    "qkv-cache-max_length": lambda: L.QKVAttention(2, 4)(
+        X3, X3, cache=np.zeros((2, 2, 0, 2, 4), "float32"), cache_update_index=0
+    ),
+    "qkv-cache-index": lambda: L.QKVAttention(2, 4)(
+        X3, X3, cache=np.zeros((2, 2, 8, 2, 4), "float32"), cache_update_index=4
+    ),
+    "qkv-cache-index-negative": lambda: L.QKVAttention(2, 4)(
+        X3, X3, cache=np.zeros((2, 2, 8, 2, 4), "float32"), cache_update_index=-1
+    ),
+    "qkv-cache-index-dtype": lambda: L.QKVAttention(2, 4)(
+        X3, X3, cache=np.zeros((2, 2, 8, 2, 4), "float32"), cache_update_index=1.0
+    ),
+    "qkv-sliding_window-bool": lambda: L.QKVAttention(2, 4, sliding_window=True),
     "crf-num_tags": lambda: L.CRF(0),
     "crf-inputs": lambda: L.CRF(4)(np.zeros((2, 3), "float32")),
     "crf-use_kernel": lambda: L.CRF(4, use_kernel=False)(X3),
@@ -115,6 +134,14 @@ CASES = {
     "text-tags": lambda: kaq.text.crf_log_likelihood(
         X3, np.array([[0, 1, 3, 0, 0], [0] * 5]), [5, 5], np.zeros((3, 3), "float32")
     ),
+    "text-tag_bitmap": lambda: kaq.text.crf_multitag_sequence_score(
+        X3, np.ones((2, 5, 1), bool), [5, 5], np.zeros((3, 3), "float32")
+    ),
+    "text-viterbi-score": lambda: kaq.text.viterbi_decode(np.zeros((0, 3)), np.zeros((3, 3))),
+    "text-viterbi-transitions": lambda: kaq.text.viterbi_decode(np.zeros((4, 3)), np.zeros(3)),
+    "decode-group_size": lambda: L.monotone_decode(np.zeros((2, 3, 0), "float32")),
+    "loss-embedding_shape": lambda: kaq.losses.AlmostOneHotEmbeddingLoss(embedding_shape=[0, 3]),
+    "loss-y_true-batch": lambda: _loss(np.zeros((1, 3)), np.full((2, 4), 0.25)),
     "text-k": lambda: kaq.text.crf_top_k_decode(X3, np.zeros((3, 3), "float32"), [5, 5], 0),
     "tag-scheme": lambda: kaq.text.allowed_transitions("BILOU2", ["O"]),
     "tag-label": lambda: kaq.text.allowed_transitions("BIO", ["O", "X-PER"]),

@@ -217,12 +217,14 @@ class CRF(keras.layers.Layer):
             # projection nor any gradient.
             inputs = _numerics.sanitize(inputs, valid)
         scores = self.dense(inputs) if self.use_kernel else inputs
-        scores = _numerics.widen(ops.convert_to_tensor(scores))
-        transitions = ops.cast(self.chain_kernel.value, scores.dtype)
+        # Clipped to +-1e20 (crf_functions.SCORE_LIMIT): sums of scores
+        # near float32's end would overflow.
+        scores = crf_functions._bounded(_numerics.widen(ops.convert_to_tensor(scores)))
+        transitions = crf_functions._bounded(ops.cast(self.chain_kernel.value, scores.dtype))
         boundaries = {}
         if self.use_boundary:
             boundaries = {"start": self.left_boundary.value, "end": self.right_boundary.value}
-        boundaries = {k: ops.cast(v, scores.dtype) for k, v in boundaries.items()}
+        boundaries = {k: crf_functions._bounded(ops.cast(v, scores.dtype)) for k, v in boundaries.items()}
         if self.allowed_transitions is not None:
             ruled_out = crf_functions.RULED_OUT
             transitions = ops.where(self.allowed_chain.value > 0.5, transitions, ruled_out)

@@ -50,7 +50,7 @@ def monotone_decode(probs, direction="increasing"):
     `sum_g log p[g, k_g]` subject to `k_0 <= k_1 <= ... <= k_{G-1}` (or `>=`
     for `direction="decreasing"`): the exact maximum a-posteriori decoding
     under the monotonicity constraint, unlike a per-group `argmax`. On ties
-    the smaller index wins.
+    the smaller index wins; a NaN probability counts as 0.
 
     It is a dynamic program over groups (Viterbi with a running max): a
     forward loop over groups (`keras.ops.fori_loop`) that records where
@@ -95,13 +95,22 @@ def _groups(shape):
             "`probs` must have shape (..., num_groups, group_size), with a "
             f"known number of groups. Received: probs.shape={shape}"
         )
+    if shape[-1] == 0:
+        raise ValueError(
+            "`probs` must have a class to choose in each group (group_size >= 1). "
+            f"Received: probs.shape={shape}"
+        )
     return shape[-2:]
 
 
 def _decode(probs, direction, num_groups, group_size):
     """`monotone_decode` with the group count and size as Python ints."""
     rank = len(probs.shape)
-    log_probs = _numerics.safe_log(probs)
+    if num_groups == 0 or 0 in _checks.static_shape(probs.shape):  # nothing to decode
+        return ops.zeros(ops.shape(probs)[:-1], "int32")
+    # A NaN probability counts as 0 (it fails the comparison), so the path
+    # stays in range, the same in every mode.
+    log_probs = _numerics.safe_log(ops.where(probs >= 0, probs, 0.0))
     # Groups first, for the loops: (G, ..., K). A decreasing path is an
     # increasing one read from the last group to the first.
     log_probs = ops.transpose(log_probs, (rank - 2,) + tuple(range(rank - 2)) + (rank - 1,))

@@ -108,7 +108,11 @@ class QKVAttention(keras.layers.MultiHeadAttention):
             counting positions from `cache_update_index`. Earlier steps'
             padding is an `attention_mask` of shape `(B, T, max_length)`.
         cache_update_index: Where the new steps go in the cache (an int or
-            a scalar tensor); None reads the cache as it is.
+            a scalar int tensor); None reads the cache as it is. The steps
+            must fit: `0 <= cache_update_index <= max_length - T`, checked
+            in eager code. Compiled code cannot raise: there a step whose
+            slot falls outside the cache is not written (nothing is
+            clamped), and positions still count from the index given.
 
     Example:
 
@@ -162,6 +166,13 @@ class QKVAttention(keras.layers.MultiHeadAttention):
                     f"output_shape={given!r}"
                 )
             arguments["output_shape"] = output_dim
+        # A NumPy int is an int; True is not (Keras's own check reads both
+        # the other way).
+        for given in (arguments, provided):
+            if given.get("sliding_window") is not None:
+                given["sliding_window"] = _checks.integer_at_least(
+                    "sliding_window", given["sliding_window"], 1
+                )
         dropout = arguments.get("dropout", 0.0)
         if _checks.non_negative_float("dropout", dropout) >= 1.0:
             raise ValueError(
@@ -178,13 +189,7 @@ class QKVAttention(keras.layers.MultiHeadAttention):
         if "use_gate" in provided:
             self._use_gate = provided["use_gate"]
         if "sliding_window" in provided:
-            window = provided["sliding_window"]
-            if window is not None and (not isinstance(window, int) or window <= 0):
-                raise ValueError(
-                    "`sliding_window` must be `None` or a positive integer. "
-                    f"Received: sliding_window={window}"
-                )
-            self._sliding_window = window
+            self._sliding_window = provided["sliding_window"]
         heads = self._num_heads
         if num_key_value_heads is None:
             num_key_value_heads = heads
@@ -400,16 +405,14 @@ class QKVAttention(keras.layers.MultiHeadAttention):
                 key_valid = None
                 offset = 0
             else:
-                start = [0, cache_update_index, 0, 0]
-                k = ops.slice_update(cache[:, 0], start, ops.cast(k, cache.dtype))
-                v = ops.slice_update(cache[:, 1], start, ops.cast(v, cache.dtype))
+                index = ops.cast(cache_update_index, "int32")
+                k = _write_steps(cache[:, 0], ops.cast(k, cache.dtype), index)
+                v = _write_steps(cache[:, 1], ops.cast(v, cache.dtype), index)
                 cache = ops.stack((k, v), axis=1)
                 if key_valid is not None:  # the new steps' padding
-                    everywhere = ops.ones(ops.shape(cache)[:1] + (cache.shape[2],), "int32")
-                    key_valid = ops.cast(ops.slice_update(
-                        everywhere, [0, cache_update_index], ops.cast(key_valid, "int32")
-                    ), "bool")
-                offset = cache_update_index
+                    everywhere = ops.ones(ops.shape(cache)[:1] + (cache.shape[2],), "bool")
+                    key_valid = _write_steps(everywhere, ops.cast(key_valid, "bool"), index)
+                offset = index
         query_valid = None if query_mask is None else ops.cast(query_mask, "bool")
         rank = len(q.shape) - 1 + len(self._attention_axes)  # the scores'
         mask = None
@@ -480,6 +483,24 @@ class QKVAttention(keras.layers.MultiHeadAttention):
                 f"num_key_value_heads={self.num_key_value_heads}, "
                 f"key_dim={self._key_dim}). Received: cache.shape={shape}"
             )
+        if shape[2] == 0:
+            raise ValueError(
+                f"`cache` must have room for a step (max_length >= 1). Received: cache.shape={shape}"
+            )
+        batch = _checks.static_shape(query.shape)[0]
+        if None not in (batch, shape[0]) and batch != shape[0]:
+            raise ValueError(
+                "`cache` must have the query's batch size (no broadcast). Received: "
+                f"cache.shape={shape}, query.shape={tuple(query.shape)}"
+            )
+        dtype = keras.backend.standardize_dtype(cache.dtype)
+        if "float" not in dtype:
+            raise ValueError(
+                "`cache` must hold floats (keys and values would be truncated). "
+                f"Received: cache.dtype={dtype}"
+            )
+        if cache_update_index is not None:
+            self._check_cache_index(cache_update_index, query, shape[2])
         if len(query.shape) != 3 or self._value_dim != self._key_dim:
             raise ValueError(
                 "A cache needs rank-3 inputs and `value_dim == key_dim` (keys "
@@ -489,6 +510,32 @@ class QKVAttention(keras.layers.MultiHeadAttention):
         if return_attention_scores:
             raise ValueError(
                 "`return_attention_scores` is not supported with a `cache`."
+            )
+
+    def _check_cache_index(self, index, query, max_length):
+        """Raises unless `index` is a scalar int and, where its value is
+        known (eager code), the query's steps fit in the cache from it."""
+        if isinstance(index, (bool, np.bool_)) or isinstance(index, float):
+            raise ValueError(
+                "`cache_update_index` must be a scalar int. "
+                f"Received: cache_update_index={index!r}"
+            )
+        if not isinstance(index, numbers.Integral):
+            dtype = keras.backend.standardize_dtype(getattr(index, "dtype", "int32"))
+            if "int" not in dtype or len(getattr(index, "shape", ())) != 0:
+                raise ValueError(
+                    "`cache_update_index` must be a scalar int. Received: "
+                    f"cache_update_index with dtype {dtype} and shape {tuple(index.shape)}"
+                )
+            index = _checks.known_value(index)
+        steps = _checks.static_shape(query.shape)[1]
+        if index is None or None in (steps, max_length):
+            return
+        if not 0 <= int(index) <= max_length - steps:
+            raise ValueError(
+                f"`cache_update_index` must leave room for the query's {steps} step(s) "
+                f"in the cache of max_length={max_length}: 0 <= cache_update_index <= "
+                f"{max_length - steps}. Received: cache_update_index={int(index)}"
             )
 
     def _compute_attention(
@@ -713,6 +760,23 @@ def _check_output_shape(output_shape):
             "`output_shape` should be a positive int or a non-empty tuple or "
             f"list of them. Received: output_shape={output_shape!r}"
         )
+
+
+def _write_steps(buffer, steps, index):
+    """`buffer[:, index:index + T] = steps` for `(B, T, ...)` steps, as a
+    select: a step whose slot falls outside the buffer is not written, where
+    `slice_update` would move the whole block back inside (compiled code
+    cannot raise on an index out of range; eager code has raised already)."""
+    length, count = buffer.shape[1], _checks.static_shape(steps.shape)[1]
+    if count == 0:
+        return buffer
+    if count is None:
+        count = ops.shape(steps)[1]
+    relative = ops.arange(length, dtype="int32") - index
+    inside = ops.logical_and(relative >= 0, relative < count)
+    picked = ops.take(steps, ops.minimum(ops.maximum(relative, 0), count - 1), axis=1)
+    inside = ops.reshape(inside, (1, length) + (1,) * (len(buffer.shape) - 2))
+    return ops.where(inside, picked, buffer)
 
 
 def _and_masks(*masks):

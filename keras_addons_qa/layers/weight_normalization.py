@@ -6,6 +6,10 @@ from keras import ops
 from keras_addons_qa import _numerics
 
 
+# The variance over the first batch below which a unit keeps its length.
+_VARIANCE_FLOOR = 1e-6
+
+
 @keras.saving.register_keras_serializable(package="keras_addons_qa")
 class WeightNormalization(keras.layers.Wrapper):
     """Weight normalization (Salimans and Kingma, 2016) of a wrapped layer.
@@ -28,7 +32,9 @@ class WeightNormalization(keras.layers.Wrapper):
     `predict`, `evaluate` or a direct call if those come first (the paper's
     section 3): the pre-activations of the unit-norm kernel get zero mean
     and unit variance over that batch, each unit's length becoming
-    `1 / std` and its bias `-mean / std`. This happens once: the layer
+    `1 / std` and its bias `-mean / std`. A unit whose pre-activations
+    vary less than that (variance <= 1e-6: a batch of one, a constant
+    input) keeps its length `||v||` and is only centred. This happens once: the layer
     keeps an `initialized` flag, and a saved and reloaded model does not
     initialize again. Call the model on representative data before
     exporting it.
@@ -102,12 +108,16 @@ class WeightNormalization(keras.layers.Wrapper):
             self.initialized.assign(1.0)
 
     def _norm(self, kernel):
+        """Each unit's `||v||`, at least 1e-12: floored under the square
+        root, so that a zero kernel has a finite gradient (sqrt's is inf at
+        0, and inf * 0 is NaN)."""
         kernel = _numerics.widen(ops.convert_to_tensor(kernel))
-        return ops.sqrt(ops.sum(ops.square(kernel), axis=self.kernel_norm_axes))
+        squares = ops.sum(ops.square(kernel), axis=self.kernel_norm_axes)
+        return ops.sqrt(ops.maximum(squares, 1e-24))
 
     def _direction(self):
         v = _numerics.widen(ops.convert_to_tensor(self._v))
-        return v / ops.maximum(self._norm(v), 1e-12)
+        return v / self._norm(v)
 
     def _wrapped(self, kernel, bias, inputs, training, linear=False):
         """The wrapped layer with `kernel` (and `bias`) in place of its own."""
@@ -150,11 +160,18 @@ class WeightNormalization(keras.layers.Wrapper):
             ))
             axes = tuple(range(len(pre.shape) - 1))
             mean = ops.mean(pre, axis=axes)
-            scale = 1.0 / ops.sqrt(ops.var(pre, axis=axes) + 1e-10)
+            variance = ops.var(pre, axis=axes)
             # Fused recurrent kernels hold several gates per unit.
-            repeats = self.g.shape[0] // scale.shape[0]
+            repeats = self.g.shape[0] // mean.shape[0]
             if repeats > 1:
-                scale, mean = ops.tile(scale, (repeats,)), ops.tile(mean, (repeats,))
+                variance, mean = ops.tile(variance, (repeats,)), ops.tile(mean, (repeats,))
+            # A unit that hardly varies over the batch (a batch of one, a
+            # constant input) says nothing of its scale: it keeps its
+            # length and is only centred, instead of a length of 1 / std
+            # (1e5 and more, then inf under float16).
+            varies = variance > _VARIANCE_FLOOR
+            g = _numerics.widen(self.g.value)
+            scale = ops.where(varies, 1.0 / ops.sqrt(ops.maximum(variance, _VARIANCE_FLOOR)), g)
             # Offsets that bring the current g and bias to the targets.
             bias = 0.0 if self._bias is None else _numerics.widen(self._bias.value)
             return scale - self.g, -mean * scale - bias

@@ -1,3 +1,5 @@
+import numbers
+
 import keras
 import numpy as np
 from keras import ops
@@ -97,7 +99,15 @@ class AlmostOneHotEmbeddingLoss(keras.losses.Loss):
         if embedding is not None:
             self._set_embedding(embedding)
             self._embedding_shape = tuple(self.embedding.shape)
-        elif embedding_shape is not None and len(embedding_shape) == 2:
+        elif embedding_shape is not None:
+            if not isinstance(embedding_shape, (tuple, list)) or len(embedding_shape) != 2 or any(
+                isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1
+                for d in embedding_shape
+            ):
+                raise ValueError(
+                    "Argument `embedding_shape` must be a pair of ints >= 1, "
+                    f"(vocab, dim). Received: embedding_shape={embedding_shape!r}"
+                )
             self._embedding_shape = tuple(int(d) for d in embedding_shape)
         else:
             raise ValueError(
@@ -117,9 +127,9 @@ class AlmostOneHotEmbeddingLoss(keras.losses.Loss):
             else embedding,
             dtype="float32",
         )
-        if matrix.ndim != 2:
+        if matrix.ndim != 2 or 0 in matrix.shape:
             raise ValueError(
-                "Argument `embedding` must be a 2-D (vocab, dim) matrix. "
+                "Argument `embedding` must be a non-empty 2-D (vocab, dim) matrix. "
                 f"Received: embedding.shape={tuple(matrix.shape)}"
             )
         if self.embedding is not None and tuple(self.embedding.shape) == matrix.shape:
@@ -237,6 +247,16 @@ class AlmostOneHotEmbeddingLoss(keras.losses.Loss):
                 "The last axis of `y_true` must be the embedding size "
                 f"{self.embedding_dim} of `embedding`. Received: "
                 f"y_true.shape={tuple(y_true.shape)}"
+            )
+        true_shape = _checks.static_shape(y_true.shape)[:-1]
+        pred_shape = _checks.static_shape(y_pred.shape)[:-1]
+        if len(true_shape) != len(pred_shape) or any(
+            None not in (t, p) and t != p for t, p in zip(true_shape, pred_shape)
+        ):
+            raise ValueError(
+                "`y_true` must have the leading shape of `y_pred` (no broadcast): "
+                f"(..., dim) targets for (..., vocab) predictions. Received: "
+                f"y_true.shape={tuple(y_true.shape)}, y_pred.shape={tuple(y_pred.shape)}"
             )
         predicted = self._embed(y_pred)
         target = ops.cast(y_true, predicted.dtype)

@@ -40,6 +40,15 @@ from keras_addons_qa import _xla
 RULED_OUT = -1e30
 # A loss above this (finite) took a ruled-out transition.
 _BROKE_RULE = -0.1 * RULED_OUT
+# Scores are clipped to +-SCORE_LIMIT (their gradient is 0 beyond it):
+# float32 ends at 3.4e38, and a chain of scores near it sums to inf, whose
+# differences are NaN. No learned score comes near it; -inf scores (ruled
+# out, `crf_filtered_inputs`) become finite, so no sum is inf - inf.
+SCORE_LIMIT = 1e20
+
+
+def _bounded(scores):
+    return ops.clip(scores, -SCORE_LIMIT, SCORE_LIMIT)
 
 
 def _tensor(x):
@@ -60,7 +69,7 @@ def _prepare(inputs, transition_params=None, function="", name="inputs"):
             f"number of tags. Received: {name}.shape={shape}"
         )
     dtype = keras.backend.standardize_dtype(inputs.dtype)
-    scores = _numerics.widen(inputs)
+    scores = _bounded(_numerics.widen(inputs))
     if transition_params is not None:
         transition_params = _transitions(transition_params, shape[-1], function)
     return scores, transition_params, dtype
@@ -74,7 +83,7 @@ def _transitions(transition_params, num_tags, function):
             f"{function}: `transition_params` must have shape (num_tags, num_tags) = "
             f"({num_tags}, {num_tags}). Received: transition_params.shape={shape}"
         )
-    return transitions
+    return _bounded(transitions)
 
 
 def _lengths(sequence_lengths, scores=None, function=""):
@@ -127,7 +136,7 @@ def _with_ends(scores, lengths, start, end):
     for at, extra in ((ops.logical_and(steps == 0, ops.expand_dims(lengths > 0, 1)), start),
                       (steps == ops.expand_dims(lengths - 1, 1), end)):
         if extra is not None:
-            extra = _numerics.widen(ops.convert_to_tensor(extra))
+            extra = _bounded(_numerics.widen(ops.convert_to_tensor(extra)))
             scores = scores + ops.where(ops.expand_dims(at, -1), ops.cast(extra, scores.dtype), 0.0)
     return scores
 
@@ -184,7 +193,7 @@ def crf_forward(inputs, state, transition_params, sequence_lengths):
     time - 1, num_tags)`; returns the log-scores at each example's last
     step (`state` where the length is 0 or 1)."""
     scores, transitions, dtype = _prepare(inputs, transition_params, "crf_forward", "inputs")
-    alpha = _numerics.widen(ops.convert_to_tensor(state))
+    alpha = _bounded(_numerics.widen(ops.convert_to_tensor(state)))
     lengths = _lengths(sequence_lengths, scores, "crf_forward")
     if scores.shape[1] == 0:  # one step in all: nothing to loop over
         return ops.cast(alpha, dtype)
@@ -384,6 +393,8 @@ def crf_filtered_inputs(inputs, tag_bitmap):
     """`inputs` with the tags that `tag_bitmap` (bool, same shape) rules
     out set to -inf."""
     inputs = ops.convert_to_tensor(inputs)
+    tag_bitmap = ops.convert_to_tensor(tag_bitmap)
+    _checks.check_shape("tag_bitmap", tag_bitmap.shape, inputs.shape)
     return ops.where(ops.cast(tag_bitmap, "bool"), inputs, ops.cast(float("-inf"), inputs.dtype))
 
 
@@ -531,6 +542,17 @@ def viterbi_decode(score, transition_params):
     """
     score = np.asarray(score)
     transitions = np.asarray(transition_params)
+    if score.ndim != 2 or score.shape[0] == 0:
+        raise ValueError(
+            "viterbi_decode: `score` must have shape (time, num_tags), time >= 1. "
+            f"Received: score.shape={score.shape}"
+        )
+    num_tags = score.shape[1]
+    if transitions.shape != (num_tags, num_tags):
+        raise ValueError(
+            f"viterbi_decode: `transition_params` must have shape (num_tags, num_tags) = "
+            f"({num_tags}, {num_tags}). Received: transition_params.shape={transitions.shape}"
+        )
     best = score[0]
     pointers = []
     for unary in score[1:]:
