@@ -256,9 +256,12 @@ def _tag_probs(alpha, edges, active, unary=None):
     algorithms (`_forward`'s arguments)."""
     last, after = _forward(alpha, edges, active, unary, keep=True)
     log_z = ops.logsumexp(last, axis=-1)
-    log_p = after + _backward(edges, active, unary) - ops.reshape(log_z, (1, -1, 1))
+    # Normalized at each step (the same as subtracting log_z, exactly):
+    # with scores of 1e10 and more, rounding moves the log-scores by more
+    # than 1, and the probabilities must still sum to 1.
+    probs = ops.softmax(after + _backward(edges, active, unary), axis=-1)
     keep = ops.logical_and(active, ops.expand_dims(log_z > _numerics.FLOAT32_MIN, 0))
-    return ops.where(ops.expand_dims(keep, -1), ops.exp(log_p), 0.0)
+    return ops.where(ops.expand_dims(keep, -1), probs, 0.0)
 
 
 def _viterbi(alpha, edges, active, unary=None):
@@ -673,7 +676,9 @@ def _transition_probs(edges, valid, alphas, betas, log_z):
     log_p = (ops.expand_dims(alphas, 3) + edges + ops.expand_dims(betas, 2)
              - ops.reshape(log_z, (1, -1, 1, 1)))
     keep = ops.logical_and(valid, ops.expand_dims(log_z > _numerics.FLOAT32_MIN, 0))
-    return ops.where(ops.reshape(keep, ops.shape(keep) + (1, 1)), ops.exp(log_p), 0.0)
+    # At most 0: with scores of 1e10 and more, rounding can lift a
+    # log-probability above 0, and its exponential to inf.
+    return ops.where(ops.reshape(keep, ops.shape(keep) + (1, 1)), ops.exp(ops.minimum(log_p, 0.0)), 0.0)
 
 
 def _chain_marginals(potentials):
