@@ -108,9 +108,12 @@ def _decode(probs, direction, num_groups, group_size):
     rank = len(probs.shape)
     if num_groups == 0 or 0 in _checks.static_shape(probs.shape):  # nothing to decode
         return ops.zeros(ops.shape(probs)[:-1], "int32")
-    # A NaN probability counts as 0 (it fails the comparison), so the path
-    # stays in range, the same in every mode.
-    log_probs = _numerics.safe_log(ops.where(probs >= 0, probs, 0.0))
+    # `safe_log` with a select for its floor: a NaN probability fails the
+    # comparison and counts as 0, so the path stays in range, the same in
+    # every mode (a max passes NaN on under XLA, not in a graph).
+    probs = _numerics.widen(probs)
+    tiny = _numerics.FLOAT32_TINY
+    log_probs = ops.log(ops.where(probs >= tiny, probs, tiny))
     # Groups first, for the loops: (G, ..., K). A decreasing path is an
     # increasing one read from the last group to the first.
     log_probs = ops.transpose(log_probs, (rank - 2,) + tuple(range(rank - 2)) + (rank - 1,))
