@@ -276,6 +276,70 @@ def test_crf_function_properties(batch, steps, num_tags, scale, ruled_out, seed)
     np.testing.assert_array_equal(marginals[~inside], 0.0)
 
 
+@pytest.mark.parametrize("shape", [(2, 0, 3), (0, 4, 3), (0, 0, 3)])
+def test_no_step_or_no_example(shape):
+    """Scores with no step score the empty sequence (0, probability 1);
+    an empty batch gives empty results (both crashed in a max or a slice)."""
+    scores = np.zeros(shape, "float32")
+    transitions = np.random.default_rng(0).normal(size=(3, 3)).astype("float32")
+    batch, steps = shape[:2]
+    lengths = np.zeros(batch, "int32")
+    tags = np.zeros((batch, steps), "int32")
+    log_likelihood, _ = text.crf_log_likelihood(scores, tags, lengths, transitions)
+    np.testing.assert_array_equal(harness.to_numpy(log_likelihood), np.zeros(batch))
+    np.testing.assert_array_equal(harness.to_numpy(text.crf_log_norm(scores, lengths, transitions)), np.zeros(batch))
+    decoded, best = text.crf_decode(scores, transitions, lengths)
+    assert harness.to_numpy(decoded).shape == (batch, steps)
+    np.testing.assert_array_equal(harness.to_numpy(best), np.zeros(batch))
+    assert harness.to_numpy(text.crf_marginals(scores, lengths, transitions)).shape == shape
+    top, top_scores = text.crf_top_k_decode(scores, transitions, lengths, 2)
+    assert harness.to_numpy(top).shape == (batch, 2, steps)
+    np.testing.assert_array_equal(harness.to_numpy(top_scores), np.tile([[0.0, -np.inf]], (batch, 1)))
+    outputs = kaq.layers.CRF(3, return_marginals=True)(scores)
+    assert harness.to_numpy(outputs["tags"]).shape == (batch, steps)
+    np.testing.assert_array_equal(
+        harness.to_numpy(kaq.losses.CRFLoss(reduction=None)(tags, outputs["potentials"])), np.zeros(batch)
+    )
+
+
+def test_nan_scores_decode_to_tags():
+    """A NaN score counts as the lowest: the decoded tag is a tag (it was
+    `num_tags`), in the functions and the layer."""
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(2, 4, 3)).astype("float32")
+    scores[0, 1] = np.nan
+    scores[1, :, 2] = np.nan
+    transitions = rng.normal(size=(3, 3)).astype("float32")
+    decoded = harness.to_numpy(text.crf_decode(scores, transitions, [4, 4])[0])
+    assert decoded.min() >= 0 and decoded.max() < 3
+    assert np.all(decoded[1] != 2)  # never the NaN tag
+    tags = harness.to_numpy(kaq.layers.CRF(3, use_kernel=False)(scores)["tags"])
+    assert tags.min() >= 0 and tags.max() < 3
+    path, _ = text.viterbi_decode(scores[1], transitions)
+    assert 2 not in path
+
+
+def test_int_scores_give_float_results():
+    """Int scores are scores: the results were cast back to int."""
+    scores = np.ones((1, 2, 3), "int32")
+    log_likelihood, _ = text.crf_log_likelihood(scores, np.zeros((1, 2), "int32"), [2], np.zeros((3, 3), "float32"))
+    np.testing.assert_allclose(harness.to_numpy(log_likelihood), [-2 * np.log(3.0)], rtol=1e-6)
+
+
+def test_an_empty_first_batch_leaves_weight_normalization_uninitialized():
+    """The mean of no rows is NaN: an empty first batch made every later
+    output NaN."""
+    layer = _weight_normalized(4)
+    layer.build((None, 5))
+    layer(np.zeros((0, 5), "float32"))
+    assert float(harness.to_numpy(layer.initialized)) == 0.0
+    x = np.random.default_rng(0).normal(size=(8, 5)).astype("float32")
+    out = harness.to_numpy(layer(x))
+    harness.assert_finite(out)
+    np.testing.assert_allclose(out.mean(0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(out.std(0), 1.0, rtol=1e-3)
+
+
 @CRF_SETTINGS
 @given(
     steps=st.integers(1, 5),

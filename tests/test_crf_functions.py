@@ -259,7 +259,7 @@ def test_bad_shapes_and_values_raise():
                 call(bad.astype("float32"))
     with pytest.raises(ValueError, match=r"`sequence_lengths` must have shape \(batch,\) = \(2,\)"):
         text.crf_decode(scores, transitions, lengths[:1])
-    with pytest.raises(ValueError, match=r"must be >= 0. Received: sequence_lengths=\[5, -2\]"):
+    with pytest.raises(ValueError, match=r"must be whole numbers >= 0. Received: sequence_lengths=\[5, -2\]"):
         text.crf_log_norm(scores, np.array([5, -2]), transitions)
     tags = np.zeros((2, 5), "int32")
     tags[1, 1] = -1

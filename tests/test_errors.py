@@ -28,6 +28,12 @@ def _mha_unbuilt():
     )
 
 
+def _qkv_built_on_rank_3():
+    layer = L.QKVAttention(2, 4)
+    layer(X3, X3)
+    return layer(X3[0], X3[0])
+
+
 def _loss(y_true, y_pred):
     return kaq.losses.AlmostOneHotEmbeddingLoss(np.eye(4, 3))(y_true, y_pred)
 
@@ -140,8 +146,34 @@ CASES = {
     "text-viterbi-score": lambda: kaq.text.viterbi_decode(np.zeros((0, 3)), np.zeros((3, 3))),
     "text-viterbi-transitions": lambda: kaq.text.viterbi_decode(np.zeros((4, 3)), np.zeros(3)),
     "decode-group_size": lambda: L.monotone_decode(np.zeros((2, 3, 0), "float32")),
+    "loss-embedding-finite": lambda: kaq.losses.AlmostOneHotEmbeddingLoss(
+        np.array([[np.nan, 0.0, 0.0]] + [[0.0, 0.0, 1.0]] * 3)
+    ),
     "loss-embedding_shape": lambda: kaq.losses.AlmostOneHotEmbeddingLoss(embedding_shape=[0, 3]),
     "loss-y_true-batch": lambda: _loss(np.zeros((1, 3)), np.full((2, 4), 0.25)),
+    "text-lengths-whole": lambda: kaq.text.crf_log_norm(X3, np.array([3.5, 2.0]), np.zeros((3, 3), "float32")),
+    "text-tags-batch": lambda: kaq.text.crf_log_likelihood(
+        X3, np.zeros((1, 5), "int32"), [5, 5], np.zeros((3, 3), "float32")
+    ),
+    "text-tags-dtype": lambda: kaq.text.crf_log_likelihood(
+        X3, np.zeros((2, 5), "float32"), [5, 5], np.zeros((3, 3), "float32")
+    ),
+    "text-ends": lambda: kaq.text.crf_log_norm(
+        X3, [5, 5], np.zeros((3, 3), "float32"), np.zeros(1, "float32"), np.zeros(3, "float32")
+    ),
+    "text-state": lambda: kaq.text.crf_forward(X3[:, 1:], X3[:1, 0], np.zeros((3, 3), "float32"), [5, 5]),
+    "text-inputs-dtype": lambda: kaq.text.crf_log_norm(X3 > 0, [5, 5], np.zeros((3, 3), "float32")),
+    "text-none": lambda: kaq.text.crf_log_norm(X3, [5, 5], None),
+    "crf-mask": lambda: L.CRF(3)(X3, mask=np.ones((2,), bool)),
+    "crf-loss-batch": lambda: kaq.losses.CRFLoss()(np.zeros((3, 5)), L.CRF(3)(X3)["potentials"]),
+    "crf-loss-whole": lambda: kaq.losses.CRFLoss()(
+        np.array([[0, 0.5, 0, 0, 0], [0] * 5]), L.CRF(3)(X3)["potentials"]
+    ),
+    "qkv-rank": _qkv_built_on_rank_3,
+    "qkv-cache-index-list": lambda: L.QKVAttention(2, 4)(
+        X3, X3, cache=np.zeros((2, 2, 8, 2, 4), "float32"), cache_update_index=[1]
+    ),
+    "tag-labels": lambda: kaq.text.allowed_transitions("BIO", None),
     "text-k": lambda: kaq.text.crf_top_k_decode(X3, np.zeros((3, 3), "float32"), [5, 5], 0),
     "tag-scheme": lambda: kaq.text.allowed_transitions("BILOU2", ["O"]),
     "tag-label": lambda: kaq.text.allowed_transitions("BIO", ["O", "X-PER"]),

@@ -211,7 +211,7 @@ class CRF(keras.layers.Layer):
         if mask is None:
             valid = ops.ones(ops.shape(inputs)[:2], "bool")
         else:
-            _checks.check_mask_shape(mask.shape, inputs.shape)
+            _checks.check_shape("mask", mask.shape, tuple(inputs.shape[:2]))
             valid = ops.cast(mask, "bool")
             # Whatever masked steps hold (inf, NaN) reaches neither the
             # projection nor any gradient.

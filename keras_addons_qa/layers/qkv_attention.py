@@ -103,7 +103,8 @@ class QKVAttention(keras.layers.MultiHeadAttention):
         training: Whether dropout is active.
         use_causal_mask: Whether query `i` sees only keys `j <= i`.
         cache: Optional `(B, 2, max_length, num_key_value_heads, key_dim)`
-            keys and values; the call then returns `(output, cache)` and
+            keys and values (finite, zeros where nothing is written yet);
+            the call then returns `(output, cache)` and
             attends over the whole cache, causal order, window and penalty
             counting positions from `cache_update_index`. Earlier steps'
             padding is an `attention_mask` of shape `(B, T, max_length)`.
@@ -236,6 +237,7 @@ class QKVAttention(keras.layers.MultiHeadAttention):
                 f"{self._attention_axes} for query.shape={tuple(query_shape)}"
             )
         super().build(query_shape, value_shape, key_shape)
+        self._qkv_rank = len(query_shape)  # what the projections' equations were made for
         if "use_gate" in _PROVIDED and self._use_gate:
             self._build_gate(query_shape)
         if self.num_key_value_heads != self._num_heads:
@@ -345,6 +347,13 @@ class QKVAttention(keras.layers.MultiHeadAttention):
         cache=None,
         cache_update_index=None,
     ):
+        rank = getattr(self, "_qkv_rank", None)
+        for name, tensor in (("query", query), ("value", value), ("key", key)):
+            if tensor is not None and rank is not None and len(tensor.shape) != rank:
+                raise ValueError(
+                    f"QKVAttention was built for `{name}` of rank {rank}. "
+                    f"Received: {name}.shape={tuple(tensor.shape)}"
+                )
         if key is None:
             key, key_mask = value, None  # the value mask covers the key
         steps = (
@@ -521,8 +530,13 @@ class QKVAttention(keras.layers.MultiHeadAttention):
                 f"Received: cache_update_index={index!r}"
             )
         if not isinstance(index, numbers.Integral):
-            dtype = keras.backend.standardize_dtype(getattr(index, "dtype", "int32"))
-            if "int" not in dtype or len(getattr(index, "shape", ())) != 0:
+            if not hasattr(index, "dtype") or not hasattr(index, "shape"):  # a list, a string
+                raise ValueError(
+                    "`cache_update_index` must be a scalar int. "
+                    f"Received: cache_update_index={index!r}"
+                )
+            dtype = keras.backend.standardize_dtype(index.dtype)
+            if "int" not in dtype or len(index.shape) != 0:
                 raise ValueError(
                     "`cache_update_index` must be a scalar int. Received: "
                     f"cache_update_index with dtype {dtype} and shape {tuple(index.shape)}"

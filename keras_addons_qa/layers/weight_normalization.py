@@ -34,7 +34,8 @@ class WeightNormalization(keras.layers.Wrapper):
     and unit variance over that batch, each unit's length becoming
     `1 / std` and its bias `-mean / std`. A unit whose pre-activations
     vary less than that (variance <= 1e-6: a batch of one, a constant
-    input) keeps its length `||v||` and is only centred. This happens once: the layer
+    input) keeps its length `||v||` and is only centred; an empty batch
+    leaves the initialization to the next one. This happens once: the layer
     keeps an `initialized` flag, and a saved and reloaded model does not
     initialize again. Call the model on representative data before
     exporting it.
@@ -159,8 +160,11 @@ class WeightNormalization(keras.layers.Wrapper):
                 linear=not self.is_rnn,
             ))
             axes = tuple(range(len(pre.shape) - 1))
-            mean = ops.mean(pre, axis=axes)
-            variance = ops.var(pre, axis=axes)
+            # An empty batch initializes nothing (its mean would be NaN).
+            rows = ops.sum(ops.ones_like(pre[..., 0]))
+            empty = rows < 0.5
+            mean = ops.sum(pre, axis=axes) / ops.maximum(rows, 1.0)
+            variance = ops.sum(ops.square(pre - mean), axis=axes) / ops.maximum(rows, 1.0)
             # Fused recurrent kernels hold several gates per unit.
             repeats = self.g.shape[0] // mean.shape[0]
             if repeats > 1:
@@ -174,14 +178,20 @@ class WeightNormalization(keras.layers.Wrapper):
             scale = ops.where(varies, 1.0 / ops.sqrt(ops.maximum(variance, _VARIANCE_FLOOR)), g)
             # Offsets that bring the current g and bias to the targets.
             bias = 0.0 if self._bias is None else _numerics.widen(self._bias.value)
-            return scale - self.g, -mean * scale - bias
+            return (
+                ops.where(empty, self.g_init.value, scale - self.g),
+                ops.where(empty, self.bias_init.value, -mean * scale - bias),
+                ops.where(empty, 0.0, 1.0),
+            )
 
-        scale, shift = ops.cond(
-            done, lambda: (self.g_init.value, self.bias_init.value), measure
+        scale, shift, initialized = ops.cond(
+            done,
+            lambda: (self.g_init.value, self.bias_init.value, self.initialized.value),
+            measure,
         )
         self.g_init.assign(scale)
         self.bias_init.assign(shift)
-        self.initialized.assign(1.0)
+        self.initialized.assign(initialized)
 
     def remove(self):
         """The wrapped layer with its kernel (and bias) set to the

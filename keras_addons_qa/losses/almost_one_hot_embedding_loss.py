@@ -132,6 +132,11 @@ class AlmostOneHotEmbeddingLoss(keras.losses.Loss):
                 "Argument `embedding` must be a non-empty 2-D (vocab, dim) matrix. "
                 f"Received: embedding.shape={tuple(matrix.shape)}"
             )
+        if not np.all(np.isfinite(matrix)):
+            raise ValueError(
+                "Argument `embedding` must be finite. Received: embedding with "
+                f"non-finite entries ({int(np.sum(~np.isfinite(matrix)))} of {matrix.size})"
+            )
         if self.embedding is not None and tuple(self.embedding.shape) == matrix.shape:
             self.embedding.assign(matrix)
             return
@@ -258,6 +263,8 @@ class AlmostOneHotEmbeddingLoss(keras.losses.Loss):
                 f"(..., dim) targets for (..., vocab) predictions. Received: "
                 f"y_true.shape={tuple(y_true.shape)}, y_pred.shape={tuple(y_pred.shape)}"
             )
+        if 0 in pred_shape:  # no example: nothing to compare (a max of nothing fails)
+            return ops.zeros(ops.shape(y_pred)[:-1], _numerics.widen(y_pred).dtype)
         predicted = self._embed(y_pred)
         target = ops.cast(y_true, predicted.dtype)
         if self.distance == "mse":

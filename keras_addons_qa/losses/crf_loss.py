@@ -53,11 +53,20 @@ class CRFLoss(keras.losses.Loss):
                 f"(batch, time, num_tags + 1, num_tags). Received: y_pred.shape={shape}"
             )
         tags_shape = _checks.static_shape(y_true.shape)
-        if len(tags_shape) != 2 or None not in (tags_shape[1], shape[1]) and tags_shape[1] != shape[1]:
+        if len(tags_shape) != 2 or any(
+            None not in (t, p) and t != p for t, p in zip(tags_shape, shape[:2])
+        ):
             raise ValueError(
                 "CRFLoss expects (batch, time) int tags as y_true, with the "
-                f"potentials' time steps. Received: y_true.shape={tags_shape}, "
+                f"potentials' batch size and time steps. Received: y_true.shape={tags_shape}, "
                 f"y_pred.shape={shape}"
+            )
+        # Keras hands y_true over as floats: a fraction would be truncated.
+        known = _checks.known_value(y_true)
+        if known is not None and np.any(known != np.floor(known)):
+            raise ValueError(
+                "CRFLoss: `y_true` must be whole tags. Received: y_true values "
+                f"{sorted(set(known[known != np.floor(known)].tolist()))[:10]}"
             )
         tags = ops.cast(y_true, "int32")
         num_tags = shape[3] if shape[3] is not None else ops.shape(y_pred)[3]

@@ -43,40 +43,64 @@ _BROKE_RULE = -0.1 * RULED_OUT
 # Scores are clipped to +-SCORE_LIMIT (their gradient is 0 beyond it):
 # float32 ends at 3.4e38, and a chain of scores near it sums to inf, whose
 # differences are NaN. No learned score comes near it; -inf scores (ruled
-# out, `crf_filtered_inputs`) become finite, so no sum is inf - inf.
+# out, `crf_filtered_inputs`) become finite, so no sum is inf - inf, and a
+# NaN score counts as the lowest, so a decoded tag is always a tag.
 SCORE_LIMIT = 1e20
 
 
 def _bounded(scores):
-    return ops.clip(scores, -SCORE_LIMIT, SCORE_LIMIT)
+    return ops.where(scores >= -SCORE_LIMIT, ops.minimum(scores, SCORE_LIMIT), -SCORE_LIMIT)
 
 
-def _tensor(x):
+def _tensor(x, name="inputs", function=""):
+    if x is None:
+        raise ValueError(f"{function}: `{name}` must be a tensor. Received: {name}=None")
     x = ops.convert_to_tensor(x)
     # A TensorFlow variable passes through `convert_to_tensor` as it is;
     # `take_along_axis` needs a tensor.
     return x if hasattr(x, "ndim") else ops.copy(x)
 
 
-def _prepare(inputs, transition_params=None, function="", name="inputs"):
+_NOT_USED = object()
+
+
+def _prepare(inputs, transition_params=_NOT_USED, function="", name="inputs"):
     """float32 (or float64) scores, transitions and the inputs' dtype;
     raises if the shapes do not fit (`function` names the caller)."""
-    inputs = _tensor(inputs)
+    inputs = _tensor(inputs, name, function)
     shape = _checks.static_shape(inputs.shape)
     if len(shape) != 3 or shape[-1] is None:
         raise ValueError(
             f"{function}: `{name}` must have shape (batch, time, num_tags), with a known "
             f"number of tags. Received: {name}.shape={shape}"
         )
-    dtype = keras.backend.standardize_dtype(inputs.dtype)
+    dtype = _score_dtype(inputs, name, function)
     scores = _bounded(_numerics.widen(inputs))
-    if transition_params is not None:
+    if transition_params is not _NOT_USED:
         transition_params = _transitions(transition_params, shape[-1], function)
     return scores, transition_params, dtype
 
 
+def _empty(scores):
+    """Whether `(batch, time, ...)` scores have no step or no example, as
+    far as their static shape tells: the loops and maxima are skipped."""
+    return 0 in _checks.static_shape(scores.shape)[:2]
+
+
+def _score_dtype(x, name, function):
+    """The dtype results take: `x`'s if it holds floats, float32 if ints."""
+    dtype = keras.backend.standardize_dtype(x.dtype)
+    if "float" in dtype:
+        return dtype
+    if "int" in dtype:
+        return "float32"
+    raise ValueError(f"{function}: `{name}` must hold numbers. Received: {name}.dtype={dtype}")
+
+
 def _transitions(transition_params, num_tags, function):
-    transitions = _numerics.widen(_tensor(transition_params))
+    transition_params = _tensor(transition_params, "transition_params", function)
+    _score_dtype(transition_params, "transition_params", function)
+    transitions = _numerics.widen(transition_params)
     shape = _checks.static_shape(transitions.shape)
     if shape != (num_tags, num_tags):
         raise ValueError(
@@ -90,22 +114,43 @@ def _lengths(sequence_lengths, scores=None, function=""):
     """int32 `(batch,)` lengths; raises on a shape that does not fit the
     scores' batch, and (eager code) on a negative length. A length past
     the steps counts them all, as in TensorFlow Addons."""
-    lengths = ops.cast(ops.convert_to_tensor(sequence_lengths), "int32")
-    if scores is None:
-        return lengths
-    shape = _checks.static_shape(lengths.shape)
-    batch = _checks.static_shape(scores.shape)[0]
+    given = _tensor(sequence_lengths, "sequence_lengths", function)
+    dtype = keras.backend.standardize_dtype(given.dtype)
+    shape = _checks.static_shape(given.shape)
+    batch = None if scores is None else _checks.static_shape(scores.shape)[0]
     if len(shape) != 1 or None not in (shape[0], batch) and shape[0] != batch:
         raise ValueError(
             f"{function}: `sequence_lengths` must have shape (batch,) = ({batch},). "
             f"Received: sequence_lengths.shape={shape}"
         )
-    known = _checks.known_value(lengths)
-    if known is not None and np.any(known < 0):
+    if "int" not in dtype and "float" not in dtype:
         raise ValueError(
-            f"{function}: `sequence_lengths` must be >= 0. Received: sequence_lengths={known.tolist()}"
+            f"{function}: `sequence_lengths` must hold ints. Received: sequence_lengths.dtype={dtype}"
         )
-    return lengths
+    known = _checks.known_value(given)
+    if known is not None and (np.any(known < 0) or np.any(known != np.floor(known))):
+        raise ValueError(
+            f"{function}: `sequence_lengths` must be whole numbers >= 0. "
+            f"Received: sequence_lengths={known.tolist()}"
+        )
+    return ops.cast(given, "int32")
+
+
+def _tags(tag_indices, scores, function, name="tag_indices"):
+    """int32 `(batch, time)` tags; raises on another batch size, rank or a
+    dtype that is not an int (a float tag would be truncated)."""
+    tags = _tensor(tag_indices, name, function)
+    dtype = keras.backend.standardize_dtype(tags.dtype)
+    shape = _checks.static_shape(tags.shape)
+    batch = _checks.static_shape(scores.shape)[0]
+    if len(shape) != 2 or None not in (shape[0], batch) and shape[0] != batch:
+        raise ValueError(
+            f"{function}: `{name}` must have shape (batch, time) with batch={batch}. "
+            f"Received: {name}.shape={shape}"
+        )
+    if "int" not in dtype:
+        raise ValueError(f"{function}: `{name}` must hold int tags. Received: {name}.dtype={dtype}")
+    return ops.cast(tags, "int32")
 
 
 def _in_range(tags, num_tags, valid, function, name="tag_indices", where="within each length"):
@@ -128,48 +173,67 @@ def _valid(scores, lengths):
     return ops.expand_dims(steps, 0) < ops.expand_dims(lengths, 1)
 
 
-def _with_ends(scores, lengths, start, end):
+def _with_ends(scores, lengths, start, end, function=""):
     """float32 unary `scores` plus the `start` scores at the first step and
     the `end` scores at each example's last (neither for a length of 0)."""
     steps = ops.expand_dims(ops.arange(ops.shape(scores)[1], dtype="int32"), 0)
-    lengths = _lengths(lengths)
-    for at, extra in ((ops.logical_and(steps == 0, ops.expand_dims(lengths > 0, 1)), start),
-                      (steps == ops.expand_dims(lengths - 1, 1), end)):
+    lengths = ops.cast(lengths, "int32")
+    num_tags = scores.shape[-1]
+    for at, extra, name in (
+        (ops.logical_and(steps == 0, ops.expand_dims(lengths > 0, 1)), start, "start_transitions"),
+        (steps == ops.expand_dims(lengths - 1, 1), end, "end_transitions"),
+    ):
         if extra is not None:
-            extra = _bounded(_numerics.widen(ops.convert_to_tensor(extra)))
+            extra = _tensor(extra, name, function)
+            _score_dtype(extra, name, function)
+            _checks.check_shape(name, extra.shape, (num_tags,))
+            extra = _bounded(_numerics.widen(extra))
             scores = scores + ops.where(ops.expand_dims(at, -1), ops.cast(extra, scores.dtype), 0.0)
     return scores
 
 
 def crf_unary_score(tag_indices, sequence_lengths, inputs):
     """Sum of the unary scores of the tags, `(batch,)`."""
-    scores, _, dtype = _prepare(inputs, function="crf_unary_score")
-    num_tags = scores.shape[-1]
+    function = "crf_unary_score"
+    scores, _, dtype = _prepare(inputs, function=function)
     # Tags beyond the inputs' steps are ignored, as in TensorFlow Addons.
-    tags = ops.cast(tag_indices, "int32")[:, : ops.shape(scores)[1]]
-    valid = _valid(scores, _lengths(sequence_lengths, scores, "crf_unary_score"))
-    valid = ops.logical_and(valid, _in_range(tags, num_tags, valid, "crf_unary_score"))
-    tags = ops.clip(tags, 0, num_tags - 1)
+    tags = _tags(tag_indices, scores, function)[:, : ops.shape(scores)[1]]
+    valid = _valid(scores, _lengths(sequence_lengths, scores, function))
+    valid = ops.logical_and(valid, _in_range(tags, scores.shape[-1], valid, function))
+    return ops.cast(_unary(scores, tags, valid), dtype)
+
+
+def _unary(scores, tags, counted):
+    """`crf_unary_score` of checked tags, summed where `counted`."""
+    tags = ops.clip(tags, 0, scores.shape[-1] - 1)
     picked = ops.take_along_axis(scores, ops.expand_dims(tags, -1), axis=-1)[..., 0]
-    return ops.cast(ops.sum(ops.where(valid, picked, 0.0), axis=-1), dtype)
+    return ops.sum(ops.where(counted, picked, 0.0), axis=-1)
 
 
 def crf_binary_score(tag_indices, sequence_lengths, transition_params):
     """Sum of the transition scores between consecutive tags, `(batch,)`."""
-    dtype = keras.backend.standardize_dtype(ops.convert_to_tensor(transition_params).dtype)
-    num_tags = _checks.static_shape(ops.convert_to_tensor(transition_params).shape)[-1:] or (None,)
-    transitions = _transitions(transition_params, num_tags[0], "crf_binary_score")
-    num_tags = transitions.shape[0]
-    tags = ops.cast(tag_indices, "int32")
-    lengths = _lengths(sequence_lengths)
+    function = "crf_binary_score"
+    given = _tensor(transition_params, "transition_params", function)
+    dtype = _score_dtype(given, "transition_params", function)
+    num_tags = _checks.static_shape(given.shape)[-1:] or (None,)
+    transitions = _transitions(given, num_tags[0], function)
+    tags = _tensor(tag_indices, "tag_indices", function)
+    tags = _tags(tags, tags, function)
+    lengths = _lengths(sequence_lengths, tags, function)
     valid = ops.expand_dims(ops.arange(ops.shape(tags)[1], dtype="int32"), 0) < ops.expand_dims(lengths, 1)
-    in_range = _in_range(tags, num_tags, valid, "crf_binary_score")
+    in_range = _in_range(tags, transitions.shape[0], valid, function)
+    return ops.cast(_binary(transitions, tags, valid, in_range), dtype)
+
+
+def _binary(transitions, tags, valid, in_range):
+    """`crf_binary_score` of checked tags: pair (t, t + 1) counts when
+    t + 1 is `valid` and both are tags (`in_range`)."""
+    num_tags = transitions.shape[0]
     tags = ops.clip(tags, 0, num_tags - 1)
     pairs = tags[:, :-1] * num_tags + tags[:, 1:]
     picked = ops.take(ops.reshape(transitions, (-1,)), pairs)
-    # Pair (t, t + 1) counts when t + 1 is inside the length (and both are tags).
     valid = ops.logical_and(valid[:, 1:], ops.logical_and(in_range[:, :-1], in_range[:, 1:]))
-    return ops.cast(ops.sum(ops.where(valid, picked, 0.0), axis=-1), dtype)
+    return ops.sum(ops.where(valid, picked, 0.0), axis=-1)
 
 
 def crf_sequence_score(inputs, tag_indices, sequence_lengths, transition_params,
@@ -178,13 +242,21 @@ def crf_sequence_score(inputs, tag_indices, sequence_lengths, transition_params,
     its unary scores and of its transitions (and of the start and end
     scores of its first and last tag, if given), within each length (0 for
     a length of 0)."""
-    inputs = _tensor(inputs)
-    dtype = keras.backend.standardize_dtype(inputs.dtype)
-    tag_indices = ops.convert_to_tensor(tag_indices)[:, : ops.shape(inputs)[1]]
-    scores = _with_ends(_numerics.widen(inputs), sequence_lengths, start_transitions, end_transitions)
-    unary = crf_unary_score(tag_indices, sequence_lengths, scores)
-    binary = crf_binary_score(tag_indices, sequence_lengths, _numerics.widen(_tensor(transition_params)))
-    return ops.cast(unary + binary, dtype)
+    function = "crf_sequence_score"
+    scores, transitions, dtype = _prepare(inputs, transition_params, function)
+    tags = _tags(tag_indices, scores, function)
+    lengths = _lengths(sequence_lengths, scores, function)
+    scores = _with_ends(scores, lengths, start_transitions, end_transitions, function)
+    return ops.cast(_sequence_score(scores, tags, lengths, transitions, function), dtype)
+
+
+def _sequence_score(scores, tags, lengths, transitions, function):
+    """`crf_sequence_score` of prepared scores (start and end included)."""
+    tags = tags[:, : ops.shape(scores)[1]]
+    valid = _valid(scores, lengths)
+    in_range = _in_range(tags, scores.shape[-1], valid, function)
+    unary = _unary(scores, tags, ops.logical_and(valid, in_range))
+    return unary + _binary(transitions, tags, valid, in_range)
 
 
 def crf_forward(inputs, state, transition_params, sequence_lengths):
@@ -193,18 +265,23 @@ def crf_forward(inputs, state, transition_params, sequence_lengths):
     time - 1, num_tags)`; returns the log-scores at each example's last
     step (`state` where the length is 0 or 1)."""
     scores, transitions, dtype = _prepare(inputs, transition_params, "crf_forward", "inputs")
-    alpha = _bounded(_numerics.widen(ops.convert_to_tensor(state)))
+    state = _tensor(state, "state", "crf_forward")
+    _checks.check_shape("state", state.shape, (scores.shape[0], scores.shape[-1]))
     lengths = _lengths(sequence_lengths, scores, "crf_forward")
+    return ops.cast(_forward_from(_bounded(_numerics.widen(state)), scores, transitions, lengths), dtype)
+
+
+def _forward_from(alpha, scores, transitions, lengths):
+    """`crf_forward` of prepared tensors."""
     if scores.shape[1] == 0:  # one step in all: nothing to loop over
-        return ops.cast(alpha, dtype)
+        return alpha
     steps = ops.shape(scores)[1]
-    alpha = _forward(
+    return _forward(
         alpha,
         ops.broadcast_to(transitions, (steps,) + tuple(transitions.shape)),
         ops.transpose(_valid(scores, lengths - 1)),
         unary=ops.transpose(scores, (1, 0, 2)),
     )
-    return ops.cast(alpha, dtype)
 
 
 def _forward(alpha, edges, active, unary=None, keep=False):
@@ -327,10 +404,16 @@ def crf_log_norm(inputs, sequence_lengths, transition_params,
     scores of all tag sequences of each length (0 for a length of 0)."""
     scores, transitions, dtype = _prepare(inputs, transition_params, "crf_log_norm", "inputs")
     lengths = _lengths(sequence_lengths, scores, "crf_log_norm")
-    scores = _with_ends(scores, lengths, start_transitions, end_transitions)
-    alpha = crf_forward(scores[:, 1:], scores[:, 0], transitions, lengths)
-    log_norm = ops.logsumexp(alpha, axis=1)
-    return ops.cast(ops.where(lengths <= 0, 0.0, log_norm), dtype)
+    if _empty(scores):  # no step (or no example): one empty sequence, of score 0
+        return ops.zeros(ops.shape(scores)[:1], dtype)
+    scores = _with_ends(scores, lengths, start_transitions, end_transitions, "crf_log_norm")
+    return ops.cast(_log_norm(scores, lengths, transitions), dtype)
+
+
+def _log_norm(scores, lengths, transitions):
+    """`crf_log_norm` of prepared scores (start and end included)."""
+    alpha = _forward_from(scores[:, 0], scores[:, 1:], transitions, lengths)
+    return ops.where(lengths <= 0, 0.0, ops.logsumexp(alpha, axis=1))
 
 
 def crf_log_likelihood(inputs, tag_indices, sequence_lengths, transition_params=None,
@@ -351,16 +434,22 @@ def crf_log_likelihood(inputs, tag_indices, sequence_lengths, transition_params=
     Returns:
         `(log_likelihood, transition_params)`, the first `(batch,)`.
     """
-    inputs = _tensor(inputs)
+    function = "crf_log_likelihood"
+    inputs = _tensor(inputs, "inputs", function)
     if transition_params is None:
         num_tags = inputs.shape[-1]
         transition_params = keras.Variable(
             keras.initializers.GlorotUniform()((num_tags, num_tags)), name="transitions"
         )
-    ends = (start_transitions, end_transitions)
-    score = crf_sequence_score(inputs, tag_indices, sequence_lengths, transition_params, *ends)
-    log_norm = crf_log_norm(inputs, sequence_lengths, transition_params, *ends)
-    return score - log_norm, transition_params
+    # Checked and prepared once for both halves.
+    scores, transitions, dtype = _prepare(inputs, transition_params, function)
+    tags = _tags(tag_indices, scores, function)
+    lengths = _lengths(sequence_lengths, scores, function)
+    if _empty(scores):  # no step (or no example): probability 1
+        return ops.zeros(ops.shape(scores)[:1], dtype), transition_params
+    scores = _with_ends(scores, lengths, start_transitions, end_transitions, function)
+    score = _sequence_score(scores, tags, lengths, transitions, function)
+    return ops.cast(score - _log_norm(scores, lengths, transitions), dtype), transition_params
 
 
 def crf_marginals(inputs, sequence_lengths, transition_params,
@@ -380,7 +469,9 @@ def crf_marginals(inputs, sequence_lengths, transition_params,
     """
     scores, transitions, dtype = _prepare(inputs, transition_params, "crf_marginals", "inputs")
     lengths = _lengths(sequence_lengths, scores, "crf_marginals")
-    scores = _with_ends(scores, lengths, start_transitions, end_transitions)
+    if _empty(scores):  # no step (or no example)
+        return ops.zeros(ops.shape(scores), dtype)
+    scores = _with_ends(scores, lengths, start_transitions, end_transitions, "crf_marginals")
     # From the virtual start, whose first step has no transition.
     chained = ops.arange(ops.shape(scores)[1]) > 0
     probs = _tag_probs(
@@ -395,8 +486,9 @@ def crf_marginals(inputs, sequence_lengths, transition_params,
 def crf_filtered_inputs(inputs, tag_bitmap):
     """`inputs` with the tags that `tag_bitmap` (bool, same shape) rules
     out set to -inf."""
-    inputs = ops.convert_to_tensor(inputs)
-    tag_bitmap = ops.convert_to_tensor(tag_bitmap)
+    inputs = _tensor(inputs, "inputs", "crf_filtered_inputs")
+    inputs = ops.cast(inputs, _score_dtype(inputs, "inputs", "crf_filtered_inputs"))
+    tag_bitmap = _tensor(tag_bitmap, "tag_bitmap", "crf_filtered_inputs")
     _checks.check_shape("tag_bitmap", tag_bitmap.shape, inputs.shape)
     return ops.where(ops.cast(tag_bitmap, "bool"), inputs, ops.cast(float("-inf"), inputs.dtype))
 
@@ -427,7 +519,9 @@ def crf_decode(potentials, transition_params, sequence_length,
     """
     scores, transitions, dtype = _prepare(potentials, transition_params, "crf_decode", "potentials")
     lengths = _lengths(sequence_length, scores, "crf_decode")
-    scores = _with_ends(scores, lengths, start_transitions, end_transitions)
+    if _empty(scores):  # no step (or no example): the empty sequence, of score 0
+        return ops.zeros(ops.shape(scores)[:2], "int32"), ops.zeros(ops.shape(scores)[:1], dtype)
+    scores = _with_ends(scores, lengths, start_transitions, end_transitions, "crf_decode")
     valid = _valid(scores, lengths)
     # From the virtual start, the first step is always taken (a length of 0
     # scores the first step's best tag, as in TensorFlow Addons) and has no
@@ -474,7 +568,11 @@ def crf_top_k_decode(potentials, transition_params, sequence_length, k,
     k = _checks.integer_at_least("k", k, 1)
     scores, transitions, dtype = _prepare(potentials, transition_params, "crf_top_k_decode", "potentials")
     lengths = _lengths(sequence_length, scores, "crf_top_k_decode")
-    scores = _with_ends(scores, lengths, start_transitions, end_transitions)
+    if _empty(scores):  # no step (or no example): the empty sequence, of score 0, and no other
+        batch, steps = ops.shape(scores)[0], ops.shape(scores)[1]
+        first = ops.cast(ops.where(ops.arange(k) == 0, 0.0, float("-inf")), dtype)
+        return ops.zeros((batch, k, steps), "int32"), ops.zeros((batch, 1), dtype) + first
+    scores = _with_ends(scores, lengths, start_transitions, end_transitions, "crf_top_k_decode")
     valid = _valid(scores, lengths)
     batch, num_tags = ops.shape(scores)[0], scores.shape[-1]
     states = num_tags * k  # (tag, rank) pairs, flattened tag-major
@@ -543,8 +641,8 @@ def viterbi_decode(score, transition_params):
         `(viterbi, viterbi_score)`: the best tags as a list of ints, and
         their score.
     """
-    score = np.asarray(score)
-    transitions = np.asarray(transition_params)
+    score = np.asarray(score, dtype="float64")
+    transitions = np.asarray(transition_params, dtype="float64")
     if score.ndim != 2 or score.shape[0] == 0:
         raise ValueError(
             "viterbi_decode: `score` must have shape (time, num_tags), time >= 1. "
@@ -556,6 +654,10 @@ def viterbi_decode(score, transition_params):
             f"viterbi_decode: `transition_params` must have shape (num_tags, num_tags) = "
             f"({num_tags}, {num_tags}). Received: transition_params.shape={transitions.shape}"
         )
+    # Bounded as the tensor functions are (NaN the lowest score).
+    score, transitions = (
+        np.where(x >= -SCORE_LIMIT, np.minimum(x, SCORE_LIMIT), -SCORE_LIMIT) for x in (score, transitions)
+    )
     best = score[0]
     pointers = []
     for unary in score[1:]:
@@ -612,7 +714,7 @@ def _chain(potentials):
 
 def _chain_log_likelihood(potentials, tags):
     """`(batch,)` log-likelihood of the `(batch, time)` int tags."""
-    if potentials.shape[1] == 0:  # no step at all: probability 1
+    if _empty(potentials):  # no step (or no example): probability 1
         return ops.zeros(ops.shape(potentials)[:1], _numerics.widen(potentials).dtype)
     edges, valid, alpha = _chain(potentials)
     # Masked steps' tags are never read, whatever they hold (-1, num_tags).
@@ -684,7 +786,7 @@ def _transition_probs(edges, valid, alphas, betas, log_z):
 def _chain_marginals(potentials):
     """The float32 `(batch, time, num_tags)` tag posteriors, 0 at masked
     steps."""
-    if potentials.shape[1] == 0:  # no step at all
+    if _empty(potentials):  # no step (or no example)
         return ops.zeros(ops.shape(potentials)[:3], _numerics.widen(potentials).dtype)[:, :, :-1]
     edges, valid, alpha = _chain(potentials)
     return ops.transpose(_tag_probs(alpha, edges, valid), (1, 0, 2))
@@ -692,7 +794,7 @@ def _chain_marginals(potentials):
 
 def _chain_decode(potentials):
     """The int32 `(batch, time)` Viterbi tags, 0 at masked steps."""
-    if potentials.shape[1] == 0:  # no step at all
+    if _empty(potentials):  # no step (or no example)
         return ops.zeros(ops.shape(potentials)[:2], "int32")
     edges, valid, alpha = _chain(potentials)
     edges = ops.transpose(edges, (0, 1, 3, 2))  # [next, previous]

@@ -85,7 +85,7 @@ def allowed_transitions(constraint_type, labels):
                 f"num_tags - 1 to labels. Received: labels={labels!r}"
             )
         labels = [labels[i] for i in range(len(labels))]
-    if isinstance(labels, str) or not len(labels):
+    if isinstance(labels, str) or not hasattr(labels, "__len__") or not len(labels):
         raise ValueError(f"allowed_transitions: labels must be a non-empty list of strings. Received: labels={labels!r}")
     tags = [_split(i, label, constraint_type, scheme["prefixes"]) for i, label in enumerate(labels)]
     transitions = np.zeros((len(tags), len(tags)), bool)
