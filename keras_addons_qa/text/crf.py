@@ -775,12 +775,15 @@ def _chain_log_norm(edges, valid, alpha):
 def _transition_probs(edges, valid, alphas, betas, log_z):
     """`(time, batch, previous, next)` posterior probability of each
     transition (0 at skipped steps and where no sequence is possible)."""
-    log_p = (ops.expand_dims(alphas, 3) + edges + ops.expand_dims(betas, 2)
-             - ops.reshape(log_z, (1, -1, 1, 1)))
     keep = ops.logical_and(valid, ops.expand_dims(log_z > _numerics.FLOAT32_MIN, 0))
+    # log_z and the skipped steps folded into the small (time, batch,
+    # previous) term (-inf: probability 0; the edges and betas are finite),
+    # so the (time, batch, n, n) work is two sums, a min and an exp.
+    before = ops.where(ops.expand_dims(keep, -1), alphas - ops.reshape(log_z, (1, -1, 1)), float("-inf"))
+    log_p = ops.expand_dims(before, 3) + edges + ops.expand_dims(betas, 2)
     # At most 0: with scores of 1e10 and more, rounding can lift a
     # log-probability above 0, and its exponential to inf.
-    return ops.where(ops.reshape(keep, ops.shape(keep) + (1, 1)), ops.exp(ops.minimum(log_p, 0.0)), 0.0)
+    return ops.exp(ops.minimum(log_p, 0.0))
 
 
 def _chain_marginals(potentials):
