@@ -92,6 +92,38 @@ def test_cache_without_an_update_reads_it_as_it_is():
     np.testing.assert_array_equal(harness.to_numpy(same), harness.to_numpy(cache))
 
 
+@pytest.mark.parametrize("num_key_value_heads", [None, 2])
+def test_scores_with_a_cache(num_key_value_heads):
+    """`return_attention_scores` with a cache returns `(output, scores,
+    cache)`, KerasHub's order: each decoded step's weights over the cache
+    are its row of the full causal pass's, the unwritten slots weighing 0."""
+    x, mask = _left_padded(seed=4)
+    layer = QKVAttention(4, 4, num_key_value_heads=num_key_value_heads)
+    full, full_scores = layer(
+        x, x, query_mask=mask, value_mask=mask, use_causal_mask=True, return_attention_scores=True
+    )
+    _, cache = _decode(layer, x, mask, prompt=4)
+    empty = ops.zeros_like(cache)
+    out, scores, written = layer(
+        x[:, :4], x[:, :4], query_mask=mask[:, :4], value_mask=mask[:, :4],
+        attention_mask=np.repeat(mask[:, None, :], 4, axis=1), use_causal_mask=True,
+        cache=empty, cache_update_index=0, return_attention_scores=True,
+    )
+    assert tuple(scores.shape) == (3, 4, 4, 9)
+    np.testing.assert_allclose(harness.to_numpy(out), harness.to_numpy(full)[:, :4], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        harness.to_numpy(scores), harness.to_numpy(full_scores)[:, :, :4], rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        harness.to_numpy(written)[:, :, :4], harness.to_numpy(cache)[:, :, :4], rtol=1e-6, atol=1e-6
+    )
+    symbolic = layer.compute_output_spec(
+        keras.KerasTensor((3, 1, 8)), keras.KerasTensor((3, 1, 8)), cache=keras.KerasTensor((3, 2, 9, 4, 4)),
+        cache_update_index=0, return_attention_scores=True,
+    )
+    assert [tuple(t.shape) for t in symbolic] == [(3, 1, 8), (3, 4, 1, 9), (3, 2, 9, 4, 4)]
+
+
 def test_cache_errors():
     layer = QKVAttention(4, 4, num_key_value_heads=2)
     x = np.zeros((1, 3, 8), "float32")

@@ -104,7 +104,9 @@ class QKVAttention(keras.layers.MultiHeadAttention):
         use_causal_mask: Whether query `i` sees only keys `j <= i`.
         cache: Optional `(B, 2, max_length, num_key_value_heads, key_dim)`
             keys and values (finite, zeros where nothing is written yet);
-            the call then returns `(output, cache)` and
+            the call then returns `(output, cache)` (`(output, scores,
+            cache)` with `return_attention_scores`, as KerasHub's
+            `CachedMultiHeadAttention` does) and
             attends over the whole cache, causal order, window and penalty
             counting positions from `cache_update_index`. Earlier steps'
             padding is an `attention_mask` of shape `(B, T, max_length)`.
@@ -361,7 +363,7 @@ class QKVAttention(keras.layers.MultiHeadAttention):
             _checks.static_shape(value.shape[:-1]),
         )
         if cache is not None or cache_update_index is not None:
-            self._check_cache(query, cache, cache_update_index, return_attention_scores)
+            self._check_cache(query, cache, cache_update_index)
         for name, mask, shape in (
             ("query_mask", query_mask, steps[0]),
             ("value_mask", value_mask, steps[1]),
@@ -472,13 +474,13 @@ class QKVAttention(keras.layers.MultiHeadAttention):
         output = _project(self._output_dense, context, contracted=2)
         if query_valid is not None:
             _compat.set_keras_mask(output, query_valid)
+        if cache is not None:  # KerasHub's order
+            return (output, scores, cache) if return_attention_scores else (output, cache)
         if return_attention_scores:
             return output, scores
-        if cache is not None:
-            return output, cache
         return output
 
-    def _check_cache(self, query, cache, cache_update_index, return_attention_scores):
+    def _check_cache(self, query, cache, cache_update_index):
         if cache is None:
             raise ValueError(
                 "`cache_update_index` needs a `cache`. Received: cache=None, "
@@ -515,10 +517,6 @@ class QKVAttention(keras.layers.MultiHeadAttention):
                 "A cache needs rank-3 inputs and `value_dim == key_dim` (keys "
                 f"and values share it). Received: query.shape={tuple(query.shape)}, "
                 f"key_dim={self._key_dim}, value_dim={self._value_dim}"
-            )
-        if return_attention_scores:
-            raise ValueError(
-                "`return_attention_scores` is not supported with a `cache`."
             )
 
     def _check_cache_index(self, index, query, max_length):
@@ -713,10 +711,9 @@ class QKVAttention(keras.layers.MultiHeadAttention):
             ),
             dtype=self.compute_dtype,
         )
-        if cache is not None:
-            return output, keras.KerasTensor(cache.shape, dtype=cache.dtype)
+        cache_spec = None if cache is None else keras.KerasTensor(cache.shape, dtype=cache.dtype)
         if not return_attention_scores:
-            return output
+            return output if cache is None else (output, cache_spec)
         # The scores' layout: non-attention axes, heads, query attention
         # axes, key attention axes (MultiHeadAttention's spec gives
         # (B, N, T, T) whatever the key length).
@@ -725,9 +722,10 @@ class QKVAttention(keras.layers.MultiHeadAttention):
         shape = (
             tuple(free) + (self._num_heads,)
             + tuple(query.shape[i] for i in axes)
-            + tuple(value.shape[i] for i in axes)
+            + (tuple(value.shape[i] for i in axes) if cache is None else (cache.shape[2],))
         )
-        return output, keras.KerasTensor(shape, dtype=self.compute_dtype)
+        scores = keras.KerasTensor(shape, dtype=self.compute_dtype)
+        return (output, scores) if cache is None else (output, scores, cache_spec)
 
 
 def _attention_axes(axes, input_rank):
