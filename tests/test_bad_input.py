@@ -406,3 +406,17 @@ def test_nan_probabilities_count_as_zero():
     )
     path = harness.to_numpy(kaq.layers.monotone_decode(probs))
     assert path.min() >= 0 and path.max() < 3
+
+
+def test_whole_float_tags_are_tags():
+    """Tags read from a float dataset (whole numbers) score as ints do;
+    fewer tag steps than scores raise instead of a backend shape error."""
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(2, 4, 3)).astype("float32")
+    transitions = rng.normal(size=(3, 3)).astype("float32")
+    tags = rng.integers(0, 3, size=(2, 4))
+    as_ints, _ = text.crf_log_likelihood(scores, tags, [4, 2], transitions)
+    as_floats, _ = text.crf_log_likelihood(scores, tags.astype("float32"), [4, 2], transitions)
+    np.testing.assert_array_equal(harness.to_numpy(as_floats), harness.to_numpy(as_ints))
+    with pytest.raises(ValueError, match="time >= 4"):
+        text.crf_log_likelihood(scores, tags[:, :3], [4, 2], transitions)

@@ -156,7 +156,10 @@ CASES = {
         X3, np.zeros((1, 5), "int32"), [5, 5], np.zeros((3, 3), "float32")
     ),
     "text-tags-dtype": lambda: kaq.text.crf_log_likelihood(
-        X3, np.zeros((2, 5), "float32"), [5, 5], np.zeros((3, 3), "float32")
+        X3, np.zeros((2, 5), bool), [5, 5], np.zeros((3, 3), "float32")
+    ),
+    "text-tags-whole": lambda: kaq.text.crf_log_likelihood(
+        X3, np.array([[0, 0.5, 0, 0, 0], [0] * 5], "float32"), [5, 5], np.zeros((3, 3), "float32")
     ),
     "text-ends": lambda: kaq.text.crf_log_norm(
         X3, [5, 5], np.zeros((3, 3), "float32"), np.zeros(1, "float32"), np.zeros(3, "float32")

@@ -167,10 +167,10 @@ class CRF(keras.layers.Layer):
             )
 
     def build(self, inputs_shape):
-        if len(inputs_shape) != 3:
+        if inputs_shape is None or len(inputs_shape) != 3:
             raise ValueError(
                 "CRF expects inputs of shape (batch, time, features). "
-                f"Received: inputs.shape={tuple(inputs_shape)}"
+                f"Received: inputs.shape={None if inputs_shape is None else tuple(inputs_shape)}"
             )
         if self.use_kernel:
             self.dense.build(inputs_shape)

@@ -50,7 +50,7 @@ def monotone_decode(probs, direction="increasing"):
     `sum_g log p[g, k_g]` subject to `k_0 <= k_1 <= ... <= k_{G-1}` (or `>=`
     for `direction="decreasing"`): the exact maximum a-posteriori decoding
     under the monotonicity constraint, unlike a per-group `argmax`. On ties
-    the smaller index wins; a NaN probability counts as 0.
+    the smaller index wins; a NaN or negative probability counts as 0.
 
     It is a dynamic program over groups (Viterbi with a running max): a
     forward loop over groups (`keras.ops.fori_loop`) that records where
@@ -79,6 +79,8 @@ def monotone_decode(probs, direction="increasing"):
     [[2, 2]]
     """
     _checks.one_of("direction", direction, _DIRECTIONS)
+    if probs is None:
+        raise ValueError("monotone_decode: `probs` must be a tensor. Received: probs=None")
     if isinstance(probs, keras.KerasTensor):
         from keras_addons_qa.layers.monotone_decode import MonotoneDecode
 

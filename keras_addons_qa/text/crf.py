@@ -137,19 +137,28 @@ def _lengths(sequence_lengths, scores=None, function=""):
 
 
 def _tags(tag_indices, scores, function, name="tag_indices"):
-    """int32 `(batch, time)` tags; raises on another batch size, rank or a
-    dtype that is not an int (a float tag would be truncated)."""
+    """int32 `(batch, time)` tags; raises on another batch size, fewer
+    steps than the scores, another rank, bool tags and (eager code) tags
+    that are not whole numbers (compiled code truncates them)."""
     tags = _tensor(tag_indices, name, function)
     dtype = keras.backend.standardize_dtype(tags.dtype)
     shape = _checks.static_shape(tags.shape)
-    batch = _checks.static_shape(scores.shape)[0]
-    if len(shape) != 2 or None not in (shape[0], batch) and shape[0] != batch:
+    batch, steps = _checks.static_shape(scores.shape)[:2]
+    if (len(shape) != 2 or None not in (shape[0], batch) and shape[0] != batch
+            or None not in (shape[1], steps) and shape[1] < steps):
         raise ValueError(
-            f"{function}: `{name}` must have shape (batch, time) with batch={batch}. "
-            f"Received: {name}.shape={shape}"
+            f"{function}: `{name}` must have shape (batch, time) with batch={batch}, "
+            f"time >= {steps}. Received: {name}.shape={shape}"
         )
-    if "int" not in dtype:
+    if "int" not in dtype and "float" not in dtype:
         raise ValueError(f"{function}: `{name}` must hold int tags. Received: {name}.dtype={dtype}")
+    if "float" in dtype:
+        known = _checks.known_value(tags)
+        if known is not None and np.any(known != np.floor(known)):
+            raise ValueError(
+                f"{function}: `{name}` must be whole tags. Received: {name} values "
+                f"{sorted(set(known[known != np.floor(known)].tolist()))[:10]}"
+            )
     return ops.cast(tags, "int32")
 
 
@@ -485,7 +494,7 @@ def crf_marginals(inputs, sequence_lengths, transition_params,
 
 def crf_filtered_inputs(inputs, tag_bitmap):
     """`inputs` with the tags that `tag_bitmap` (bool, same shape) rules
-    out set to -inf."""
+    out set to -inf (int inputs become float32 scores)."""
     inputs = _tensor(inputs, "inputs", "crf_filtered_inputs")
     inputs = ops.cast(inputs, _score_dtype(inputs, "inputs", "crf_filtered_inputs"))
     tag_bitmap = _tensor(tag_bitmap, "tag_bitmap", "crf_filtered_inputs")
@@ -632,6 +641,9 @@ def crf_constrained_decode(potentials, tag_bitmap, transition_params, sequence_l
 
 def viterbi_decode(score, transition_params):
     """Viterbi decoding of one sequence, in NumPy (outside any graph).
+
+    Scores are bounded as in the tensor functions: clipped to +-1e20, a NaN
+    counting as the lowest.
 
     Args:
         score: `(time, num_tags)` unary scores.
