@@ -99,6 +99,37 @@ def test_from_multi_head_attention():
         QKVAttention.from_multi_head_attention(keras.layers.MultiHeadAttention(2, 2))
 
 
+class _Block(keras.layers.Layer):
+    """A transformer block's shape: attention built inside the block."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.attention = keras.layers.MultiHeadAttention(2, 4, name="self_attention")
+
+    def build(self, shape):
+        self.attention.build(shape, shape)
+
+    def call(self, x):
+        return self.attention(x, x)
+
+
+def test_a_converted_layer_keeps_its_weight_paths():
+    """Built in the original's scope: `block/self_attention/query/kernel`,
+    not `self_attention/query/kernel`, so LayoutMap patterns and
+    checkpoints that name the weights keep matching them."""
+    inputs = keras.Input((5, 8))
+    block = _Block(name="transformer_layer_0")
+    keras.Model(inputs, block(inputs))
+    converted = QKVAttention.from_multi_head_attention(block.attention)
+    assert [w.path for w in converted.weights] == [w.path for w in block.attention.weights]
+    assert converted.weights[0].path == "transformer_layer_0/self_attention/query/kernel"
+    mesh = keras.distribution.DeviceMesh((1,), ["model"], devices=["cpu:0"])
+    layout = keras.distribution.LayoutMap(mesh)
+    layout["transformer_layer.*self_attention.*(query|key|value).kernel"] = (None, "model")
+    matched = [w.path for w in converted.weights if layout[w.path] is not None]
+    assert len(matched) == 3
+
+
 @settings(max_examples=harness.examples(30), deadline=None)
 @given(
     batch=st.integers(1, 3),

@@ -1,3 +1,4 @@
+import contextlib
 import inspect
 import math
 import numbers
@@ -326,9 +327,15 @@ class QKVAttention(keras.layers.MultiHeadAttention):
             rank = len(dense.equation.split(",")[0])
             return (None,) * (rank - 1) + (dense.kernel.shape[0],)
 
-        converted.build(*(shape(getattr(layer, attribute)) for attribute in (
-            "_query_dense", "_value_dense", "_key_dense"
-        )))
+        # Built inside the scope the original was built in, so that its
+        # variables keep their paths ("block/self_attention/query/kernel"):
+        # a `LayoutMap` or a checkpoint that names them keeps finding them.
+        path = layer._query_dense.kernel.path
+        scope = path[: max(path.rfind(f"{layer.name}/"), 0)].rstrip("/")
+        with keras.name_scope(scope) if scope else contextlib.nullcontext():
+            converted.build(*(shape(getattr(layer, attribute)) for attribute in (
+                "_query_dense", "_value_dense", "_key_dense"
+            )))
         converted.set_weights(layer.get_weights())
         return converted
 
