@@ -112,8 +112,9 @@ def _transitions(transition_params, num_tags, function):
 
 def _lengths(sequence_lengths, scores=None, function=""):
     """int32 `(batch,)` lengths; raises on a shape that does not fit the
-    scores' batch, and (eager code) on a negative length. A length past
-    the steps counts them all, as in TensorFlow Addons."""
+    scores' (or tags') batch, a dtype that is not a number, and (eager
+    code) a negative or fractional length. A length past the steps counts
+    them all, as in TensorFlow Addons."""
     given = _tensor(sequence_lengths, "sequence_lengths", function)
     dtype = keras.backend.standardize_dtype(given.dtype)
     shape = _checks.static_shape(given.shape)
