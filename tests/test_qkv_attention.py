@@ -588,3 +588,8 @@ def test_stateless_call_computes_in_the_compute_dtype(policy):
         harness.to_numpy(keras.ops.cast(expected, "float32")),
         rtol=1e-6, atol=1e-6,
     )
+
+
+def test_a_missing_argument_names_the_class():
+    with pytest.raises(TypeError, match="QKVAttention: missing a required argument: 'key_dim'"):
+        QKVAttention(num_heads=4)

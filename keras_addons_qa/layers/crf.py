@@ -19,6 +19,7 @@ class CRF(keras.layers.Layer):
     best sequence (Viterbi), both exactly, in float32.
 
     It returns a dict:
+
     - `"tags"`: the int32 `(batch, time)` Viterbi tag path, the output a
       server or a phone uses; 0 at masked steps. It is part of the model,
       so SavedModel, LiteRT (builtin ops) and ONNX exports decode.

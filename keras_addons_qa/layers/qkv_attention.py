@@ -152,9 +152,12 @@ class QKVAttention(keras.layers.MultiHeadAttention):
         provided = {
             name: kwargs.pop(name, default) for name, default in _PROVIDED.items()
         }
-        arguments = inspect.signature(_MultiHeadAttention.__init__).bind(
-            None, *args, **kwargs
-        ).arguments
+        try:
+            arguments = inspect.signature(_MultiHeadAttention.__init__).bind(
+                None, *args, **kwargs
+            ).arguments
+        except TypeError as error:  # a missing or unknown argument
+            raise TypeError(f"QKVAttention: {error}") from None
         arguments.pop("self")
         arguments.update(arguments.pop("kwargs", {}))
         for name in ("num_heads", "key_dim", "value_dim"):

@@ -54,7 +54,20 @@ class WeightNormalization(keras.layers.Wrapper):
         data_init: Whether to initialize from the first batch.
         **kwargs: Base layer keyword arguments, such as `name`.
 
-    Reference:
+    Call arguments:
+        inputs: What the wrapped layer takes.
+        training: Passed on to the wrapped layer if it takes it.
+
+    Example:
+
+    >>> import numpy as np
+    >>> layer = WeightNormalization(keras.layers.Dense(3))
+    >>> x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
+    >>> y = keras.ops.convert_to_numpy(layer(x))  # the first batch initializes
+    >>> bool(np.allclose(y.mean(0), 0.0, atol=1e-5)), bool(np.allclose(y.std(0), 1.0, atol=1e-3))
+    (True, True)
+
+    References:
         - [Salimans and Kingma, 2016](https://arxiv.org/abs/1602.07868),
           Weight Normalization.
     """

@@ -231,8 +231,8 @@ class AlmostOneHotEmbeddingLoss(keras.losses.Loss):
                 # backward pass: compared with a constant, the comparison
                 # depends on `p` alone, and TensorFlow's executor runs it at
                 # the start of the step, so its (..., vocab) bool is held
-                # through the forward pass too (peak 3.0-3.25 MB instead of
-                # 2.28 MB at B64 V4096, benchmarks/cpu.py).
+                # through the forward pass too (a third (..., vocab) buffer
+                # at the step's peak).
                 floor = _numerics.FLOAT32_TINY + ops.zeros_like(inner)
                 return ops.where(probs_or_logits >= floor, d_log / probs_or_logits, 0.0)
 
