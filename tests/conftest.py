@@ -35,9 +35,7 @@ def _seed_per_test(request):
 
     Layers built without a seed draw their initial weights from the global
     generators; seeded here, every tolerance check reads the same numbers in
-    every run, alone or in the full suite, in any order. Three CI runs failed
-    on checks whose margin depended on unseeded weights (mixed-precision
-    agreement within roundoff), before those tests were seeded one by one.
+    every run, alone or in the full suite, in any order.
     """
     keras.utils.set_random_seed(zlib.crc32(request.node.nodeid.encode()) % 2**31)
 

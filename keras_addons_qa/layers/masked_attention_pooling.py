@@ -165,9 +165,8 @@ def _weighted_sum(inputs, weights):
     terms XLA fuses into the passes that need them; otherwise (the plain
     path) a batched `(1, T) @ (T, F)` product, which writes no `(B, T, F)`
     temporary. The two give the same values and gradients (tested against
-    each other). The XLA form earns 12% (median of four runs, 0.85-1.00 of
-    the product's step) on `make bench`'s pooling case with the inputs'
-    gradient; in a graph the product takes 0.87-0.95 of its time.
+    each other). The XLA form earns >= 10% on `make bench`'s pooling case
+    with the inputs' gradient (figures in docs/benchmarks.md).
     """
     if _xla.compiling():
         summed = ops.sum(
