@@ -8,6 +8,14 @@
 - Keras builds a layer without weights when it is created (its own
   `ActivityRegularization` does) through the private `Layer._build_at_init`,
   which Keras 3.10 added; before it, such layers set `built = True`.
+- Keras has no public way to swap a sublayer of a built layer, which
+  `replace_attention` and grouped-query heads need: the sublayers a layer
+  tracks are `Layer._layers`, swapped in place by
+  `Tracker.replace_tracked_value` (both Keras 3.10 to 3.15); on torch a
+  layer's `torch.nn.Parameter`s are collected once, by
+  `TorchLayer._track_variables`, and must be collected again, and its
+  sublayers are attributes that `torch.nn.Module` keeps in `_modules`, not
+  in the instance's `__dict__`.
 """
 
 try:  # pragma: no cover - depends on the installed Keras
@@ -28,3 +36,27 @@ def build_at_init(layer):
         layer._build_at_init()
     else:  # pragma: no cover
         layer.built = True
+
+
+def sublayers(layer):
+    """The layers `layer` tracks, in the order its weights are listed."""
+    return list(getattr(layer, "_layers", ()))
+
+
+def attribute_names(layer):
+    """The names of `layer`'s instance attributes, sublayers included."""
+    return set(vars(layer)) | set(getattr(layer, "_modules", None) or ())
+
+
+def swap_sublayer(parent, old, new):
+    """Puts `new` where `old` stands among `parent`'s tracked sublayers, so
+    the weights keep their order; the attribute that holds `old` is the
+    caller's to reassign (tracking then finds `new` already in place)."""
+    parent._tracker.replace_tracked_value("layers", old, new)
+
+
+def refresh_torch_parameters(layer):
+    """torch: collects `layer`'s parameters again after a swap (other
+    backends keep no such copy)."""
+    if hasattr(layer, "_torch_params"):
+        layer._track_variables()

@@ -14,6 +14,7 @@ from keras_addons_qa.layers.monotone_grouped_softmax import monotone_decode
 from keras_addons_qa.layers.noise_adaptation import NoiseAdaptation
 from keras_addons_qa.layers.pretrained_embedding import PretrainedEmbedding
 from keras_addons_qa.layers.qkv_attention import QKVAttention
+from keras_addons_qa.layers.replace_attention import replace_attention
 from keras_addons_qa.layers.weight_normalization import WeightNormalization
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "WeightNormalization",
     "expected_index",
     "monotone_decode",
+    "replace_attention",
 ]

@@ -22,6 +22,14 @@ _PROVIDED = {
     for name, default in (("use_gate", False), ("sliding_window", None))
     if name not in inspect.signature(_MultiHeadAttention.__init__).parameters
 }
+# The projections every converter reads, by MultiHeadAttention's names.
+_PROJECTIONS = ("_query_dense", "_key_dense", "_value_dense", "_output_dense")
+# What `from_grouped_query_attention` copies from attributes of these names.
+_CONVERTED_ATTRIBUTES = (
+    "dropout", "seed", "use_gate", "sliding_window", "kernel_initializer",
+    "bias_initializer", "kernel_regularizer", "bias_regularizer",
+    "activity_regularizer", "kernel_constraint", "bias_constraint",
+)
 
 
 @keras.saving.register_keras_serializable(package="keras_addons_qa")
@@ -145,6 +153,7 @@ class QKVAttention(keras.layers.MultiHeadAttention):
         num_key_value_heads=None,
         scores_budget_mb=128.0,
         output_dim=None,
+        position_encoding=None,
         **kwargs,
     ):
         # MultiHeadAttention's own signature, positional arguments included,
@@ -210,15 +219,37 @@ class QKVAttention(keras.layers.MultiHeadAttention):
                 f"num_key_value_heads={num_key_value_heads}"
             )
         self.num_key_value_heads = num_key_value_heads
+        if position_encoding is not None and not isinstance(position_encoding, keras.layers.Layer):
+            raise ValueError(
+                "`position_encoding` must be a Keras layer called as "
+                "`layer(x, start_index=i)` (KerasHub's `RotaryEmbedding` is one). "
+                f"Received: position_encoding={position_encoding!r}"
+            )
+        self.position_encoding = position_encoding
 
     def get_config(self):
-        return {
+        config = {
             **super().get_config(),
             **{name: getattr(self, "_" + name) for name in _PROVIDED},
             "distance_penalty": self.distance_penalty,
             "num_key_value_heads": self.num_key_value_heads,
             "scores_budget_mb": self.scores_budget_mb,
         }
+        if self.position_encoding is not None:  # absent otherwise, as in 0.2.0
+            config["position_encoding"] = keras.saving.serialize_keras_object(
+                self.position_encoding
+            )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        encoding = config.get("position_encoding")
+        if isinstance(encoding, dict):
+            config = {
+                **config,
+                "position_encoding": keras.saving.deserialize_keras_object(encoding),
+            }
+        return super().from_config(config)
 
     def build(self, query_shape, value_shape, key_shape=None):
         for name, shape in (("query", query_shape), ("value", value_shape)):
@@ -242,7 +273,14 @@ class QKVAttention(keras.layers.MultiHeadAttention):
                 "axis its distance is measured along). Received: attention_axes="
                 f"{self._attention_axes} for query.shape={tuple(query_shape)}"
             )
+        if self.position_encoding is not None and len(query_shape) != 3:
+            raise ValueError(
+                "`position_encoding` needs rank-3 inputs `(batch, steps, "
+                f"features)`. Received: query.shape={tuple(query_shape)}"
+            )
         super().build(query_shape, value_shape, key_shape)
+        if self.position_encoding is not None and not self.position_encoding.built:
+            self.position_encoding.build((None, None, self._num_heads, self._key_dim))
         self._qkv_rank = len(query_shape)  # what the projections' equations were made for
         if "use_gate" in _PROVIDED and self._use_gate:
             self._build_gate(query_shape)
@@ -284,10 +322,8 @@ class QKVAttention(keras.layers.MultiHeadAttention):
             **self._get_common_kwargs_for_sublayer(),
         )
         grouped.build(input_shape)
-        index = self._layers.index(dense)
-        setattr(self, attribute, grouped)  # tracked: appended to the sublayers
-        self._layers.remove(grouped)
-        self._layers[index] = grouped
+        _compat.swap_sublayer(self, dense, grouped)
+        setattr(self, attribute, grouped)
 
     @classmethod
     def from_multi_head_attention(cls, mha, **kwargs):
@@ -303,22 +339,57 @@ class QKVAttention(keras.layers.MultiHeadAttention):
     def from_grouped_query_attention(cls, gqa, **kwargs):
         """A `QKVAttention` with the configuration and weights of `gqa`.
 
+        `gqa` is a built attention layer with `EinsumDense` projections
+        `_query_dense`, `_key_dense`, `_value_dense` (kernels `(features,
+        heads, head_dim)`) and `_output_dense` (`(heads, head_dim,
+        features)`): Keras's `GroupQueryAttention`, KerasHub's
+        `LlamaAttention` and the layers built like them. Heads, sizes and
+        biases are read from the kernels; initializers, regularizers,
+        constraints, `dropout`, `seed`, `use_gate`, `sliding_window` and the
+        dtype policy from the attributes of those names where it has them (`dropout` drops attention weights here, as in
+        MultiHeadAttention). A rotary layer held as `rotary_embedding_layer`
+        (KerasHub's) becomes `position_encoding`, shared. So
         `keras.layers.GroupQueryAttention(head_dim=d, num_query_heads=H,
         num_key_value_heads=K)` becomes `QKVAttention(num_heads=H,
-        key_dim=d, num_key_value_heads=K)`, with the same variables in the
-        same order.
+        key_dim=d, num_key_value_heads=K)`. The result is called as
+        `layer(x, x, ...)`, with MultiHeadAttention's arguments.
 
         Args:
-            gqa: A built `keras.layers.GroupQueryAttention`.
+            gqa: The built layer.
             **kwargs: Overrides of the constructor arguments (e.g. `name`).
         """
-        config = gqa.get_config()
-        config["num_heads"] = config.pop("num_query_heads")
-        config["key_dim"] = config.pop("head_dim")
-        return cls._converted("gqa", gqa, config, kwargs)
+        denses = [getattr(gqa, role, None) for role in _PROJECTIONS]
+        shapes = [
+            tuple(d.kernel.shape) if isinstance(d, keras.layers.EinsumDense) and d.built
+            else None for d in denses
+        ]
+        if any(shape is None or len(shape) != 3 for shape in shapes):
+            raise ValueError(
+                "`gqa` must be a built attention layer with `EinsumDense` "
+                f"projections {', '.join(_PROJECTIONS)} of 3-D kernels. "
+                f"Received: gqa={gqa.name!r} ({type(gqa).__name__}), kernel shapes "
+                f"{dict(zip(_PROJECTIONS, shapes))}"
+            )
+        (features, heads, key_dim), (_, groups, _), (_, _, value_dim), output = shapes
+        # Attributes, not `get_config()`: KerasHub's `LlamaAttention` 0.32
+        # cannot serialize itself.
+        config = {"name": gqa.name, "dtype": gqa.dtype_policy, "trainable": gqa.trainable}
+        for attribute in _CONVERTED_ATTRIBUTES:
+            value = getattr(gqa, attribute, None)
+            if value is not None:
+                config[attribute] = keras.saving.serialize_keras_object(value)
+        config.update(
+            num_heads=heads, key_dim=key_dim, value_dim=value_dim,
+            num_key_value_heads=groups, use_bias=denses[0].bias is not None,
+            output_shape=None if output[-1] == features else output[-1],
+        )
+        rotary = getattr(gqa, "rotary_embedding_layer", None)
+        if isinstance(rotary, keras.layers.Layer):
+            config["position_encoding"] = rotary  # shared: it holds no state
+        return cls._converted("gqa", gqa, config, kwargs, by_role=True)
 
     @classmethod
-    def _converted(cls, name, layer, config, kwargs):
+    def _converted(cls, name, layer, config, kwargs, by_role=False):
         if not layer.built:
             raise ValueError(
                 f"`{name}` must be built (called once) so its shapes are known. "
@@ -339,7 +410,12 @@ class QKVAttention(keras.layers.MultiHeadAttention):
             converted.build(*(shape(getattr(layer, attribute)) for attribute in (
                 "_query_dense", "_value_dense", "_key_dense"
             )))
-        converted.set_weights(layer.get_weights())
+        if not by_role:  # a MultiHeadAttention: the same variables in the same order
+            converted.set_weights(layer.get_weights())
+            return converted
+        for role in _PROJECTIONS + ("_gate_dense",):
+            if getattr(layer, role, None) is not None and getattr(converted, role, None) is not None:
+                getattr(converted, role).set_weights(getattr(layer, role).get_weights())
         return converted
 
     # -- call --------------------------------------------------------------
@@ -416,6 +492,12 @@ class QKVAttention(keras.layers.MultiHeadAttention):
         q = _project(self._query_dense, query)  # (B, T, N, key_dim)
         k = _project(self._key_dense, key)  # (B, S, N, key_dim)
         v = _project(self._value_dense, value)  # (B, S, N, value_dim)
+        if self.position_encoding is not None:
+            # Queries and new keys by position, before keys enter the cache
+            # (KerasHub's Llama caches rotated keys).
+            start = 0 if cache_update_index is None else cache_update_index
+            q = self.position_encoding(q, start_index=start)
+            k = self.position_encoding(k, start_index=start)
         offset = None  # the first query's position, when decoding
         if cache is not None:
             # KerasHub's convention: the new steps' keys and values go into

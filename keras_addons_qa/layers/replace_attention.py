@@ -1,0 +1,161 @@
+"""`replace_attention`: a built model's attention layers become
+`QKVAttention`, in place."""
+
+import keras
+
+from keras_addons_qa import _compat
+from keras_addons_qa.layers.qkv_attention import QKVAttention
+
+# Compiled functions a model caches (Keras's, and KerasHub's `generate`):
+# dropped, so the next call traces the new layers.
+# Bookkeeping, not where a model holds its attention: Keras's lists of a
+# layer's sublayers and a graph's operations (the tracker's list is swapped
+# apart), torch's registry of submodules and TensorFlow's checkpoint
+# dependencies (`_self_*`), both updated by `setattr`.
+_BOOKKEEPING = ("_layers", "_operations", "_modules")
+_CACHED_FUNCTIONS = ("train_function", "test_function", "predict_function", "generate_function")
+
+
+def replace_attention(model, **kwargs):
+    """Swaps every `MultiHeadAttention` a built model holds for a `QKVAttention`.
+
+    Each `keras.layers.MultiHeadAttention` (subclasses such as KerasHub's
+    `CachedMultiHeadAttention` included; a `QKVAttention` stays as it is)
+    that a layer of `model` holds as an attribute becomes `QKVAttention.from_multi_head_attention(layer,
+    **kwargs)` in the same place: the same name, variables with the same
+    paths and in the same order, the same weights. That is how KerasHub's
+    blocks (`TransformerDecoder`, `TransformerEncoder`) and subclassed
+    models hold their attention. A layer shared by several holders is
+    converted once. The model's cached compiled functions are dropped;
+    compile again after it if the model was compiled (the optimizer's
+    state belongs to the old variables).
+
+    A `.keras` file saved afterwards holds the same weights under the same
+    paths. KerasHub's blocks create their attention in `build` and name no
+    attention class in their config, so such a model loads with its
+    original attention class and these weights: call `replace_attention`
+    again after loading.
+
+    Args:
+        model: A built Keras model or layer.
+        **kwargs: `QKVAttention` arguments for every converted layer (e.g.
+            `scores_budget_mb=32`).
+
+    Returns:
+        The new `QKVAttention` layers, in the order they were found.
+
+    Raises:
+        ValueError: If `model` is not built, holds no `MultiHeadAttention`
+            to convert, holds one in a list or dict (a `.keras` file names
+            those by class: the swapped model would not load back), or holds
+            one only as a node of a functional graph (`keras.Model(inputs,
+            outputs)` over an attention layer's call): such a layer is part
+            of the graph; rebuild the graph with
+            `keras.models.clone_model(model, clone_function=f)`, `f`
+            returning `QKVAttention.from_multi_head_attention(layer)` for
+            attention layers and `layer` otherwise.
+
+    Example:
+
+    >>> import numpy as np
+    >>> class Block(keras.layers.Layer):
+    ...     def __init__(self, **kwargs):
+    ...         super().__init__(**kwargs)
+    ...         self.attention = keras.layers.MultiHeadAttention(2, 4)
+    ...     def call(self, x):
+    ...         return self.attention(x, x)
+    >>> inputs = keras.Input((5, 8))
+    >>> model = keras.Model(inputs, Block()(inputs))
+    >>> x = np.random.rand(2, 5, 8).astype("float32")
+    >>> before = model.predict(x, verbose=0)
+    >>> [type(layer).__name__ for layer in replace_attention(model)]
+    ['QKVAttention']
+    >>> bool(np.allclose(model.predict(x, verbose=0), before, atol=1e-6))
+    True
+    """
+    if not model.built:
+        raise ValueError(
+            f"`model` must be built (called once) so its attention layers have "
+            f"weights. Received: model={model.name!r} (not built)"
+        )
+    converted = {}  # id(old) -> new
+    visited = []
+    for parent in _layers_of(model):
+        visited.append(parent)
+        for child in _compat.sublayers(parent):
+            if not _convertible(child):
+                continue
+            if id(child) not in converted:
+                converted[id(child)] = QKVAttention.from_multi_head_attention(child, **kwargs)
+            new = converted[id(child)]
+            attributes, contained = _holders(parent, child)
+            if contained:
+                raise ValueError(
+                    f"`{child.name}` ({type(child).__name__}) is held in a list "
+                    f"or dict of `{parent.name}`: a `.keras` file names such layers "
+                    "by their class, so the swapped model would not load back. Hold "
+                    "it as an attribute, or build the model with `QKVAttention`."
+                )
+            if not attributes:
+                raise ValueError(
+                    f"`{child.name}` ({type(child).__name__}) is a node of the "
+                    f"functional graph of `{parent.name}`, not an attribute: "
+                    "rebuild the graph with `keras.models.clone_model(model, "
+                    "clone_function=f)`, `f` returning "
+                    "`QKVAttention.from_multi_head_attention(layer)` for it."
+                )
+            _compat.swap_sublayer(parent, child, new)  # first: tracking then finds it
+            for name in attributes:
+                setattr(parent, name, new)
+    if not converted:
+        raise ValueError(
+            "`model` holds no `keras.layers.MultiHeadAttention` to convert. "
+            f"Received: model={model.name!r}"
+        )
+    for layer in visited:
+        _compat.refresh_torch_parameters(layer)
+        for name in _CACHED_FUNCTIONS:
+            if getattr(layer, name, None) is not None:
+                setattr(layer, name, None)
+    return list(converted.values())
+
+
+def _convertible(layer):
+    return isinstance(layer, keras.layers.MultiHeadAttention) and not isinstance(
+        layer, QKVAttention
+    )
+
+
+def _layers_of(model):
+    """`model` and every layer below it, parents before children, once
+    each; the attention layers being replaced are not descended into."""
+    seen, order, pending = set(), [], [model]
+    while pending:
+        layer = pending.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        order.append(layer)
+        pending.extend(
+            child for child in reversed(_compat.sublayers(layer)) if not _convertible(child)
+        )
+    return order
+
+
+def _holders(parent, layer):
+    """The attributes of `parent` that hold `layer`, and whether a list or
+    dict attribute holds it."""
+    names = {
+        name for name in _compat.attribute_names(parent)
+        if name not in _BOOKKEEPING and not name.startswith("_self_")
+    }
+    attributes, contained = [], False
+    for name in sorted(names):
+        value = getattr(parent, name)
+        if value is layer:
+            attributes.append(name)
+        elif isinstance(value, (list, tuple)):
+            contained |= any(item is layer for item in value)
+        elif isinstance(value, dict):
+            contained |= any(item is layer for item in value.values())
+    return attributes, contained
