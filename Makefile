@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-test
 
-.PHONY: test test-backends test-oldest dist demo notebooks bench clean
+.PHONY: test test-backends test-hub test-oldest dist demo notebooks bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,19 @@ $(BACKENDS_STAMP): $(STAMP)
 test-backends: $(BACKENDS_STAMP)
 	KERAS_BACKEND=jax $(PY) -m pytest -q $(PYTEST_ARGS)
 	KERAS_BACKEND=torch $(PY) -m pytest -q $(PYTEST_ARGS)
+
+# QKVAttention inside KerasHub (tests/test_keras_hub.py; skipped where
+# KerasHub is absent). KerasHub requires TensorFlow Text, which requires its
+# own TensorFlow build: installed without dependencies, with the two it
+# imports that .venv lacks, so that .venv keeps one TensorFlow.
+HUB_STAMP := $(VENV)/.installed-hub
+
+$(HUB_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --no-deps keras-hub==0.32.0 regex==2026.12.2 tokenizers==0.23.3
+	touch $@
+
+test-hub: $(HUB_STAMP)
+	KERAS_BACKEND=$${KERAS_BACKEND:-tensorflow} $(PY) -m pytest -q tests/test_keras_hub.py $(PYTEST_ARGS)
 
 # Every tutorial in full mode; figures go to examples/output/.
 demo: $(STAMP)

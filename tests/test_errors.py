@@ -34,6 +34,25 @@ def _qkv_built_on_rank_3():
     return layer(X3[0], X3[0])
 
 
+def _replace_in_dense_model():
+    inputs = keras.Input((5, 3))
+    return L.replace_attention(keras.Model(inputs, keras.layers.Dense(2)(inputs), name="dense_model"))
+
+
+def _replace_graph_node():
+    inputs = keras.Input((5, 3))
+    attention = keras.layers.MultiHeadAttention(2, 4, name="mha")
+    return L.replace_attention(keras.Model(inputs, attention(inputs, inputs), name="graph"))
+
+
+def _replace_in_list():
+    holder = keras.layers.Layer(name="holder")
+    holder.heads = [keras.layers.MultiHeadAttention(2, 4, name="mha")]
+    holder.heads[0].build((None, 5, 3), (None, 5, 3))
+    holder.built = True
+    return L.replace_attention(holder)
+
+
 def _loss(y_true, y_pred):
     return kaq.losses.AlmostOneHotEmbeddingLoss(np.eye(4, 3))(y_true, y_pred)
 
@@ -176,6 +195,19 @@ CASES = {
     "qkv-cache-index-list": lambda: L.QKVAttention(2, 4)(
         X3, X3, cache=np.zeros((2, 2, 8, 2, 4), "float32"), cache_update_index=[1]
     ),
+    "qkv-position_encoding": lambda: L.QKVAttention(2, 4, position_encoding="rope"),
+    "qkv-position_encoding-rank": lambda: L.QKVAttention(
+        2, 4, attention_axes=2, position_encoding=keras.layers.Identity()
+    )(X4, X4),
+    "qkv-from_gqa": lambda: L.QKVAttention.from_grouped_query_attention(
+        keras.layers.Dense(3, name="dense")
+    ),
+    "replace-built": lambda: L.replace_attention(
+        keras.Sequential([keras.layers.Dense(2)], name="unbuilt")
+    ),
+    "replace-none": _replace_in_dense_model,
+    "replace-graph": _replace_graph_node,
+    "replace-list": _replace_in_list,
     "tag-labels": lambda: kaq.text.allowed_transitions("BIO", None),
     "text-k": lambda: kaq.text.crf_top_k_decode(X3, np.zeros((3, 3), "float32"), [5, 5], 0),
     "tag-scheme": lambda: kaq.text.allowed_transitions("BILOU2", ["O"]),

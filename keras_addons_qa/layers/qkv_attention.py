@@ -53,8 +53,10 @@ class QKVAttention(keras.layers.MultiHeadAttention):
       output projection's bias) and zero scores, never NaN.
     - The softmax runs in float32 under every dtype policy.
     - `distance_penalty` (Speech-Transformer's locality bias),
-      `num_key_value_heads` (grouped-query attention) and a KV cache
-      (KerasHub's `CachedMultiHeadAttention` convention).
+      `num_key_value_heads` (grouped-query attention), `position_encoding`
+      (rotary positions) and a KV cache (KerasHub's
+      `CachedMultiHeadAttention` convention); `replace_attention(model)`
+      swaps it into a built model.
     - Long sequences in bounded memory: all attention arithmetic is
       `keras_addons_qa.ops.attention`, which runs block by block once the
       scores pass `scores_budget_mb`, skipping the blocks causal order and
@@ -98,6 +100,12 @@ class QKVAttention(keras.layers.MultiHeadAttention):
             runs block by block (default 128); `None`: always the full
             scores.
         output_dim: 0.1.0's name for an int `output_shape`.
+        position_encoding: Optional layer applied to the projected queries
+            and keys, `(B, steps, heads, key_dim)`, as `layer(x,
+            start_index=i)` with `i` the first step's position (the cache
+            index when decoding, else 0), before keys enter the cache:
+            rotary positions, e.g. KerasHub's `RotaryEmbedding`. Rank-3
+            inputs only.
         **kwargs: Base layer keyword arguments.
 
     Call arguments:

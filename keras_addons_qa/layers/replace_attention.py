@@ -11,8 +11,11 @@ from keras_addons_qa.layers.qkv_attention import QKVAttention
 # Bookkeeping, not where a model holds its attention: Keras's lists of a
 # layer's sublayers and a graph's operations (the tracker's list is swapped
 # apart), torch's registry of submodules and TensorFlow's checkpoint
-# dependencies (`_self_*`), both updated by `setattr`.
-_BOOKKEEPING = ("_layers", "_operations", "_modules")
+# dependencies, both updated by `setattr`.
+_BOOKKEEPING = (
+    "_layers", "_operations", "_modules", "_self_unconditional_dependency_names",
+    "_self_unconditional_checkpoint_dependencies",
+)
 _CACHED_FUNCTIONS = ("train_function", "test_function", "predict_function", "generate_function")
 
 
@@ -145,10 +148,7 @@ def _layers_of(model):
 def _holders(parent, layer):
     """The attributes of `parent` that hold `layer`, and whether a list or
     dict attribute holds it."""
-    names = {
-        name for name in _compat.attribute_names(parent)
-        if name not in _BOOKKEEPING and not name.startswith("_self_")
-    }
+    names = _compat.attribute_names(parent) - set(_BOOKKEEPING)
     attributes, contained = [], False
     for name in sorted(names):
         value = getattr(parent, name)
