@@ -35,8 +35,8 @@ test-backends: $(BACKENDS_STAMP)
 	KERAS_BACKEND=jax $(PY) -m pytest -q $(PYTEST_ARGS)
 	KERAS_BACKEND=torch $(PY) -m pytest -q $(PYTEST_ARGS)
 
-# QKVAttention inside KerasHub (tests/test_keras_hub.py; skipped where
-# KerasHub is absent). KerasHub requires TensorFlow Text, which requires its
+# QKVAttention inside KerasHub (tests/test_keras_hub.py and tutorial 12;
+# skipped where KerasHub is absent). KerasHub requires TensorFlow Text, which requires its
 # own TensorFlow build: installed without dependencies, with the two it
 # imports that .venv lacks, so that .venv keeps one TensorFlow.
 HUB_STAMP := $(VENV)/.installed-hub
@@ -46,10 +46,11 @@ $(HUB_STAMP): $(STAMP)
 	touch $@
 
 test-hub: $(HUB_STAMP)
-	KERAS_BACKEND=$${KERAS_BACKEND:-tensorflow} $(PY) -m pytest -q tests/test_keras_hub.py $(PYTEST_ARGS)
+	KERAS_BACKEND=$${KERAS_BACKEND:-tensorflow} $(PY) -m pytest -q $(PYTEST_ARGS) \
+		tests/test_keras_hub.py "tests/test_examples.py::test_tutorial_quick_run[12_long_context_gpt2]"
 
 # Every tutorial in full mode; figures go to examples/output/.
-demo: $(STAMP)
+demo: $(HUB_STAMP)
 	KERAS_BACKEND=$${KERAS_BACKEND:-tensorflow} $(PY) examples/run_all.py
 
 # The tutorials as .ipynb notebooks in examples/notebooks/.

@@ -99,9 +99,8 @@ def masked_softmax(logits, mask=None, axis=-1):
     # a real entry their exp(min - max) is exactly 0. A row with none is
     # uniform inside the softmax, and the outer `where` zeroes it; the
     # softmax's gradient there is 0, since its incoming gradient is.
-    # Four kernels and their gradients where the explicit max / exp / sum
-    # took about fifteen: 3% of MaskedAttentionPooling's step in a graph
-    # (B64 T256 D128, CPU).
+    # Four kernels and their gradients, where an explicit max / exp / sum
+    # takes about fifteen.
     visible = ops.where(mask, logits, FLOAT32_MIN)
     return ops.where(mask, ops.softmax(visible, axis=axis), 0.0)
 

@@ -144,11 +144,26 @@ def _check_11(out):
     assert "marginals sum to 1 at every word: True, 0 at padding: True" in out
 
 
+def _check_12(out):
+    assert _number(r"max \|output after - output before\| = ([\d.e+-]+)", out) < 1e-5
+    assert "same variable paths: True" in out
+    ours = _number(r"peak at \d+ steps: QKVAttention ([\d.]+) GiB", out)
+    theirs = _number(r"peak at \d+ steps: QKVAttention [\d.]+ GiB vs KerasHub's ([\d.]+) GiB", out)
+    assert ours <= theirs + 0.1  # GiB; at the quick run's short lengths, about equal
+    first = _number(r"training at \d+ steps: loss ([\d.]+) ->", out)
+    last = _number(r"training at \d+ steps: loss [\d.]+ -> ([\d.]+)", out)
+    assert last < first - 1.0
+    assert _number(r"(\d+) of 16 follow their token's successor", out) >= 12
+
+
+# Tutorials that need an optional package, and the command that installs it.
+REQUIRES = {"12": ("keras_hub", "`make test-hub` installs KerasHub for tutorial 12")}
+
 CHECKS = {
     "01": _check_01, "02": _check_02, "03": _check_03,
     "04": _check_04, "05": _check_05, "06": _check_06,
     "07": _check_07, "08": _check_08, "09": _check_09,
-    "10": _check_10, "11": _check_11,
+    "10": _check_10, "11": _check_11, "12": _check_12,
 }
 
 
@@ -159,6 +174,9 @@ def test_every_tutorial_has_a_check():
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=[p.stem for p in TUTORIALS])
 def test_tutorial_quick_run(path, tmp_path):
+    if path.name[:2] in REQUIRES:
+        module, reason = REQUIRES[path.name[:2]]
+        pytest.importorskip(module, reason=reason)
     ok, seconds, result, output = run_all.run_tutorial(path, tmp_path, quick=True)
     assert ok, output[-3000:]
     assert (tmp_path / f"{path.stem}.png").stat().st_size > 10_000

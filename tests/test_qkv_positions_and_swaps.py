@@ -265,6 +265,12 @@ def test_replace_attention_refuses_what_it_cannot_swap():
     listed.built = True
     with pytest.raises(ValueError, match="list or dict"):
         replace_attention(listed)
+    # An error leaves the model as it was, attention held elsewhere included.
+    listed.attention = keras.layers.MultiHeadAttention(2, 4)
+    listed.attention.build((None, 6, 8), (None, 6, 8))
+    with pytest.raises(ValueError, match="list or dict"):
+        replace_attention(listed)
+    assert type(listed.attention) is keras.layers.MultiHeadAttention
     model = _model()
     replace_attention(model)
     with pytest.raises(ValueError, match="no `keras.layers.MultiHeadAttention`"):

@@ -92,8 +92,8 @@ def _l1_l2(x, l1, l2):
 
     Written out so that at `x = 0` the l1 term's gradient is `sign(0) = 0`
     on every backend, as TensorFlow and torch take it (JAX's `abs` takes 1
-    there). It costs the same as automatic differentiation (within 7% either
-    way on `make bench`'s penalty case).
+    there). It costs what automatic differentiation costs on `make bench`'s
+    penalty case.
     """
 
     @ops.custom_gradient

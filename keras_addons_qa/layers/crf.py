@@ -96,6 +96,13 @@ class CRF(keras.layers.Layer):
             return or for active learning to rank by.
         **kwargs: Base layer keyword arguments, such as `name` or `dtype`.
 
+    Call arguments:
+        inputs: `(batch, time, features)` features (the tag scores
+            themselves with `use_kernel=False`).
+        mask: Optional bool `(batch, time)`, True at the steps to tag; by
+            default the inputs' Keras mask. Without either, every step
+            counts.
+
     Input shape:
         `(batch, time, features)`, and an optional `(batch, time)` mask.
 

@@ -6,8 +6,6 @@ import keras
 from keras_addons_qa import _compat
 from keras_addons_qa.layers.qkv_attention import QKVAttention
 
-# Compiled functions a model caches (Keras's, and KerasHub's `generate`):
-# dropped, so the next call traces the new layers.
 # Bookkeeping, not where a model holds its attention: Keras's lists of a
 # layer's sublayers and a graph's operations (the tracker's list is swapped
 # apart), torch's registry of submodules and TensorFlow's checkpoint
@@ -16,6 +14,8 @@ _BOOKKEEPING = (
     "_layers", "_operations", "_modules", "_self_unconditional_dependency_names",
     "_self_unconditional_checkpoint_dependencies",
 )
+# Compiled functions a model caches (Keras's, and KerasHub's `generate`):
+# dropped, so the next call traces the new layers.
 _CACHED_FUNCTIONS = ("train_function", "test_function", "predict_function", "generate_function")
 
 
@@ -24,8 +24,9 @@ def replace_attention(model, **kwargs):
 
     Each `keras.layers.MultiHeadAttention` (subclasses such as KerasHub's
     `CachedMultiHeadAttention` included; a `QKVAttention` stays as it is)
-    that a layer of `model` holds as an attribute becomes `QKVAttention.from_multi_head_attention(layer,
-    **kwargs)` in the same place: the same name, variables with the same
+    that a layer of `model` holds as an attribute becomes
+    `QKVAttention.from_multi_head_attention(layer, **kwargs)` in the same
+    place: the same name, variables with the same
     paths and in the same order, the same weights. That is how KerasHub's
     blocks (`TransformerDecoder`, `TransformerEncoder`) and subclassed
     models hold their attention. A layer shared by several holders is
@@ -81,16 +82,13 @@ def replace_attention(model, **kwargs):
             f"`model` must be built (called once) so its attention layers have "
             f"weights. Received: model={model.name!r} (not built)"
         )
-    converted = {}  # id(old) -> new
-    visited = []
-    for parent in _layers_of(model):
-        visited.append(parent)
+    # Everything is checked and converted before the model is touched: an
+    # error leaves it as it was.
+    converted, swaps, visited = {}, [], _layers_of(model)
+    for parent in visited:
         for child in _compat.sublayers(parent):
             if not _convertible(child):
                 continue
-            if id(child) not in converted:
-                converted[id(child)] = QKVAttention.from_multi_head_attention(child, **kwargs)
-            new = converted[id(child)]
             attributes, contained = _holders(parent, child)
             if contained:
                 raise ValueError(
@@ -107,14 +105,19 @@ def replace_attention(model, **kwargs):
                     "clone_function=f)`, `f` returning "
                     "`QKVAttention.from_multi_head_attention(layer)` for it."
                 )
-            _compat.swap_sublayer(parent, child, new)  # first: tracking then finds it
-            for name in attributes:
-                setattr(parent, name, new)
+            if id(child) not in converted:  # a shared layer is converted once
+                converted[id(child)] = QKVAttention.from_multi_head_attention(child, **kwargs)
+            swaps.append((parent, child, attributes))
     if not converted:
         raise ValueError(
             "`model` holds no `keras.layers.MultiHeadAttention` to convert. "
             f"Received: model={model.name!r}"
         )
+    for parent, child, attributes in swaps:
+        new = converted[id(child)]
+        _compat.swap_sublayer(parent, child, new)  # first: tracking then finds it
+        for name in attributes:
+            setattr(parent, name, new)
     for layer in visited:
         _compat.refresh_torch_parameters(layer)
         for name in _CACHED_FUNCTIONS:

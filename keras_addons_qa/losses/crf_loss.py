@@ -39,6 +39,17 @@ class CRFLoss(keras.losses.Loss):
         dtype: Dtype `y_pred` is cast to on the way in (float32 by
             default); the forward algorithm runs in float32 (float64 for
             float64).
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_addons_qa.layers import CRF
+    >>> crf = CRF(2, use_kernel=False, use_boundary=False, chain_initializer="zeros")
+    >>> scores = np.zeros((1, 3, 2), "float32")  # every tag sequence equally likely
+    >>> potentials = crf(scores)["potentials"]
+    >>> loss = CRFLoss()(np.array([[0, 1, 1]]), potentials)
+    >>> round(float(loss), 4), round(3 * float(np.log(2)), 4)  # -log(1 / 2**3)
+    (2.0794, 2.0794)
     """
 
     def __init__(self, name="crf_loss", reduction="sum_over_batch_size", dtype=None):

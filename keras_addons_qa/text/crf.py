@@ -203,7 +203,17 @@ def _with_ends(scores, lengths, start, end, function=""):
 
 
 def crf_unary_score(tag_indices, sequence_lengths, inputs):
-    """Sum of the unary scores of the tags, `(batch,)`."""
+    """Sum of the unary scores of the tags within each length.
+
+    Args:
+        tag_indices: `(batch, time)` int tags (steps beyond `inputs`'
+            are ignored, as in TensorFlow Addons).
+        sequence_lengths: `(batch,)` lengths.
+        inputs: `(batch, time, num_tags)` unary scores.
+
+    Returns:
+        `(batch,)`: each example's sum (0 for a length of 0).
+    """
     function = "crf_unary_score"
     scores, _, dtype = _prepare(inputs, function=function)
     # Tags beyond the inputs' steps are ignored, as in TensorFlow Addons.
@@ -221,7 +231,17 @@ def _unary(scores, tags, counted):
 
 
 def crf_binary_score(tag_indices, sequence_lengths, transition_params):
-    """Sum of the transition scores between consecutive tags, `(batch,)`."""
+    """Sum of the transition scores between consecutive tags.
+
+    Args:
+        tag_indices: `(batch, time)` int tags.
+        sequence_lengths: `(batch,)` lengths.
+        transition_params: `(num_tags, num_tags)` transition scores, from
+            row tag to column tag.
+
+    Returns:
+        `(batch,)`: each example's sum over its `length - 1` transitions.
+    """
     function = "crf_binary_score"
     given = _tensor(transition_params, "transition_params", function)
     dtype = _score_dtype(given, "transition_params", function)
@@ -248,10 +268,21 @@ def _binary(transitions, tags, valid, in_range):
 
 def crf_sequence_score(inputs, tag_indices, sequence_lengths, transition_params,
                        start_transitions=None, end_transitions=None):
-    """The unnormalized score of each tag sequence, `(batch,)`: the sum of
-    its unary scores and of its transitions (and of the start and end
-    scores of its first and last tag, if given), within each length (0 for
-    a length of 0)."""
+    """The unnormalized score of each tag sequence: the sum of its unary
+    scores and of its transitions (and of the start and end scores of its
+    first and last tag, if given), within each length.
+
+    Args:
+        inputs: `(batch, time, num_tags)` unary scores.
+        tag_indices: `(batch, time)` int tags.
+        sequence_lengths: `(batch,)` lengths.
+        transition_params: `(num_tags, num_tags)` transition scores.
+        start_transitions: Optional `(num_tags,)` scores of the first tag.
+        end_transitions: Optional `(num_tags,)` scores of the last tag.
+
+    Returns:
+        `(batch,)` scores (0 for a length of 0).
+    """
     function = "crf_sequence_score"
     scores, transitions, dtype = _prepare(inputs, transition_params, function)
     tags = _tags(tag_indices, scores, function)
@@ -270,10 +301,20 @@ def _sequence_score(scores, tags, lengths, transitions, function):
 
 
 def crf_forward(inputs, state, transition_params, sequence_lengths):
-    """The forward algorithm: from `state`, the log-scores `(batch,
-    num_tags)` of the first step, over the later steps `inputs` `(batch,
-    time - 1, num_tags)`; returns the log-scores at each example's last
-    step (`state` where the length is 0 or 1)."""
+    """The forward algorithm, from the first step's log-scores on.
+
+    Args:
+        inputs: `(batch, time - 1, num_tags)` unary scores of the steps
+            after the first.
+        state: `(batch, num_tags)` log-scores of the first step.
+        transition_params: `(num_tags, num_tags)` transition scores.
+        sequence_lengths: `(batch,)` lengths, the first step included.
+
+    Returns:
+        `(batch, num_tags)`: the log-sum-exp of the scores of the paths
+        ending in each tag at each example's last step (`state` where the
+        length is 0 or 1).
+    """
     scores, transitions, dtype = _prepare(inputs, transition_params, "crf_forward", "inputs")
     state = _tensor(state, "state", "crf_forward")
     _checks.check_shape("state", state.shape, (scores.shape[0], scores.shape[-1]))
@@ -410,8 +451,19 @@ def _virtual_start(batch, num_tags, dtype):
 
 def crf_log_norm(inputs, sequence_lengths, transition_params,
                  start_transitions=None, end_transitions=None):
-    """The log of the partition function, `(batch,)`: log-sum-exp of the
-    scores of all tag sequences of each length (0 for a length of 0)."""
+    """The log of the partition function: log-sum-exp of the scores of all
+    tag sequences of each length.
+
+    Args:
+        inputs: `(batch, time, num_tags)` unary scores.
+        sequence_lengths: `(batch,)` lengths.
+        transition_params: `(num_tags, num_tags)` transition scores.
+        start_transitions: Optional `(num_tags,)` scores of the first tag.
+        end_transitions: Optional `(num_tags,)` scores of the last tag.
+
+    Returns:
+        `(batch,)` log-partitions (0 for a length of 0).
+    """
     scores, transitions, dtype = _prepare(inputs, transition_params, "crf_log_norm", "inputs")
     lengths = _lengths(sequence_lengths, scores, "crf_log_norm")
     if _empty(scores):  # no step (or no example): one empty sequence, of score 0
@@ -476,6 +528,9 @@ def crf_marginals(inputs, sequence_lengths, transition_params,
         transition_params: `(num_tags, num_tags)` transition scores.
         start_transitions: Optional `(num_tags,)` scores of the first tag.
         end_transitions: Optional `(num_tags,)` scores of the last tag.
+
+    Returns:
+        `(batch, time, num_tags)` probabilities.
     """
     scores, transitions, dtype = _prepare(inputs, transition_params, "crf_marginals", "inputs")
     lengths = _lengths(sequence_lengths, scores, "crf_marginals")
@@ -494,8 +549,16 @@ def crf_marginals(inputs, sequence_lengths, transition_params,
 
 
 def crf_filtered_inputs(inputs, tag_bitmap):
-    """`inputs` with the tags that `tag_bitmap` (bool, same shape) rules
-    out set to -inf (int inputs become float32 scores)."""
+    """`inputs` with the tags that `tag_bitmap` rules out set to -inf.
+
+    Args:
+        inputs: `(batch, time, num_tags)` unary scores (int inputs become
+            float32 scores).
+        tag_bitmap: bool, `inputs`' shape: True where a tag is allowed.
+
+    Returns:
+        The filtered scores, `inputs`' shape.
+    """
     inputs = _tensor(inputs, "inputs", "crf_filtered_inputs")
     inputs = ops.cast(inputs, _score_dtype(inputs, "inputs", "crf_filtered_inputs"))
     tag_bitmap = _tensor(tag_bitmap, "tag_bitmap", "crf_filtered_inputs")
@@ -506,7 +569,19 @@ def crf_filtered_inputs(inputs, tag_bitmap):
 def crf_multitag_sequence_score(inputs, tag_bitmap, sequence_lengths, transition_params,
                                 start_transitions=None, end_transitions=None):
     """log-sum-exp of the scores of every tag sequence that `tag_bitmap`
-    allows (several allowed tags per step), `(batch,)`."""
+    allows (several allowed tags per step).
+
+    Args:
+        inputs: `(batch, time, num_tags)` unary scores.
+        tag_bitmap: bool, `inputs`' shape: True where a tag is allowed.
+        sequence_lengths: `(batch,)` lengths.
+        transition_params: `(num_tags, num_tags)` transition scores.
+        start_transitions: Optional `(num_tags,)` scores of the first tag.
+        end_transitions: Optional `(num_tags,)` scores of the last tag.
+
+    Returns:
+        `(batch,)` scores.
+    """
     return crf_log_norm(crf_filtered_inputs(inputs, tag_bitmap), sequence_lengths, transition_params,
                         start_transitions, end_transitions)
 
@@ -635,7 +710,19 @@ def crf_top_k_decode(potentials, transition_params, sequence_length, k,
 
 def crf_constrained_decode(potentials, tag_bitmap, transition_params, sequence_length,
                            start_transitions=None, end_transitions=None):
-    """`crf_decode` among the tags that `tag_bitmap` allows at each step."""
+    """`crf_decode` among the tags that `tag_bitmap` allows at each step.
+
+    Args:
+        potentials: `(batch, time, num_tags)` unary scores.
+        tag_bitmap: bool, `potentials`' shape: True where a tag is allowed.
+        transition_params: `(num_tags, num_tags)` transition scores.
+        sequence_length: `(batch,)` lengths.
+        start_transitions: Optional `(num_tags,)` scores of the first tag.
+        end_transitions: Optional `(num_tags,)` scores of the last tag.
+
+    Returns:
+        `(decode_tags, best_score)`, as `crf_decode` returns them.
+    """
     return crf_decode(crf_filtered_inputs(potentials, tag_bitmap), transition_params, sequence_length,
                       start_transitions, end_transitions)
 
