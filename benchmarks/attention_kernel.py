@@ -27,16 +27,14 @@ step and the spread (min-max) over the rounds. Cases:
 """
 
 import argparse
-import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_RESULT = "RESULT "
+from benchmarks import protocol
+
 HEADS, HEAD_DIM, WINDOW = 8, 64, 512
 MATMUL = 4096
 
@@ -157,15 +155,8 @@ def _worker(which, backend, length):
 def _measure(which, backend, length):
     env = {**os.environ, "KERAS_BACKEND": "torch" if which == "torch-sdpa" else backend,
            "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.attention_kernel", "--worker", which, backend,
-         str(length)],
-        cwd=ROOT, env=env, capture_output=True, text=True,
-    )
-    lines = [l for l in done.stdout.splitlines() if l.startswith(_RESULT)]
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"{which} on {backend} at {length} failed:\n{done.stderr[-3000:]}")
-    return json.loads(lines[-1][len(_RESULT):])
+    return protocol.run_worker("attention_kernel", which, backend, length, env=env,
+                               what=f"{which} on {backend} at {length}")[-1]
 
 
 def _cases(tiny):
@@ -266,7 +257,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.worker:
         which, backend, length = args.worker
-        print(_RESULT + json.dumps(_worker(which, backend, int(length))), flush=True)
+        protocol.report(_worker(which, backend, int(length)))
         return 0
     print(run(args.tiny, args.runs))
     return 0

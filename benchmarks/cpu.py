@@ -33,7 +33,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +47,8 @@ import tensorflow as tf  # noqa: E402
 from keras import ops  # noqa: E402
 
 import keras_addons_qa as kaq  # noqa: E402
+from benchmarks import protocol  # noqa: E402
+from benchmarks.stock import StockPooling  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -86,25 +87,6 @@ def case_qkv_attention(batch=16, length=128, dim=128, heads=4):
         "ours": (ours_fn, ours.trainable_variables, (x,)),
         "theirs": (theirs_fn, mha.trainable_variables, (x,)),
     }
-
-
-class StockPooling(keras.layers.Layer):
-    """The stock composition: Dense(tanh) -> Dense(1) -> Softmax(mask) -> sum."""
-
-    def __init__(self, units, **kwargs):
-        super().__init__(**kwargs)
-        self.hidden = keras.layers.Dense(units, activation="tanh")
-        self.score = keras.layers.Dense(1, use_bias=False)
-        self.softmax = keras.layers.Softmax(axis=1)
-        self.supports_masking = True
-
-    def compute_mask(self, x, mask=None):
-        return None
-
-    def call(self, x, mask=None):
-        scores = ops.squeeze(self.score(self.hidden(x)), -1)
-        weights = self.softmax(scores, mask=mask)
-        return ops.sum(x * weights[:, :, None], axis=1)
 
 
 def case_masked_attention_pooling(batch=64, length=256, dim=128, units=64):
@@ -410,22 +392,12 @@ def measure_in_fresh_process(name, combos, tiny, repeats, min_seconds):
     and size gives every measurement the same start (smoke-test runs, which
     measure nothing, put a case's combinations in one process).
     """
-    command = [sys.executable, "-m", "benchmarks.cpu", "--worker", name,
-               json.dumps(combos), "--repeats", str(repeats),
-               "--min-seconds", str(min_seconds)]
-    if tiny:
-        command.append("--tiny")
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    lines = [line for line in done.stdout.splitlines() if line.startswith(_RESULT)]
-    if done.returncode != 0 or len(lines) != len(combos):
-        raise RuntimeError(
-            f"measuring {name!r} {combos} failed (exit {done.returncode}):\n"
-            f"{done.stdout[-2000:]}{done.stderr[-4000:]}"
-        )
-    return [json.loads(line[len(_RESULT):]) for line in lines]
-
-
-_RESULT = "RESULT "
+    args = [name, json.dumps(combos), "--repeats", repeats, "--min-seconds", min_seconds]
+    results = protocol.run_worker("cpu", *args, *(["--tiny"] if tiny else []),
+                                  what=f"measuring {name!r} {combos}")
+    if len(results) != len(combos):
+        raise RuntimeError(f"measuring {name!r} {combos}: {len(results)} results")
+    return results
 
 
 def case_kwargs(case_fn, size, tiny):
@@ -446,7 +418,7 @@ def _worker(name, combos, tiny, repeats, min_seconds):
     for mode, scenario, size in json.loads(combos):
         result = measure(case_fn, case_kwargs(case_fn, size, tiny), mode == "XLA",
                          repeats, min_seconds, SCENARIOS[scenario])
-        print(_RESULT + json.dumps(result), flush=True)
+        protocol.report(result)
     return 0
 
 

@@ -13,14 +13,10 @@ agree (log-likelihoods within 1e-4, the same decoded paths).
 """
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_RESULT = "RESULT "
+from benchmarks import protocol
 
 
 def loop_log_likelihood(inputs, tags, lengths, transitions):
@@ -122,19 +118,16 @@ def _worker(sizes, repeats):
                 np.allclose(a, b, rtol=1e-4, atol=1e-4) for a, b in zip(outputs["ours"], outputs["loop"])
             )
             results.append(row)
-    print(_RESULT + json.dumps(results), flush=True)
+    protocol.report(results)
 
 
 def run(tiny=False, repeats=15):
     """The markdown table (TensorFlow, in a process of its own)."""
     sizes = (4, 6, 3) if tiny else (32, 128, 9)
-    env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
-    command = [sys.executable, "-m", "benchmarks.crf", "--worker", "--repeats", str(repeats)]
-    done = subprocess.run(command + (["--tiny"] if tiny else []), cwd=ROOT, env=env,
-                          capture_output=True, text=True)
-    lines = [l for l in done.stdout.splitlines() if l.startswith(_RESULT)]
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"CRF benchmark failed:\n{done.stderr[-3000:]}")
+    results = protocol.run_worker(
+        "crf", "--repeats", repeats, *(["--tiny"] if tiny else []),
+        env={"KERAS_BACKEND": "tensorflow"}, what="CRF benchmark",
+    )[-1]
     batch, steps, tags_count = sizes
     rows = [
         f"CRF functions, batch {batch}, {steps} steps, {tags_count} tags, TensorFlow, against a "
@@ -144,7 +137,7 @@ def run(tiny=False, repeats=15):
         "| ours (ms) | loop (ms) | ratio | same results |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | :---: |",
     ]
-    for r in json.loads(lines[-1][len(_RESULT):]):
+    for r in results:
         rows.append(
             f"| {r['case']} | {r['mode']} | {r['ours_compile']:.2f} | {r['loop_compile']:.2f} | "
             f"{r['ours'] * 1e3:.2f} | {r['loop'] * 1e3:.2f} | {r['ratio']:.2f} | "

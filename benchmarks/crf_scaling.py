@@ -22,14 +22,11 @@ length over the time at a quarter of it (4 is linear).
 
 import argparse
 import importlib.util
-import json
-import os
-import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_RESULT = "RESULT "
+from benchmarks import protocol
+
 LENGTHS = (64, 128, 256, 512)
 BATCH, TAGS = 64, 20
 TINY = dict(lengths=(4, 8, 16), batch=3, tags=4)
@@ -157,7 +154,7 @@ def _worker(backend, mode, lengths, batch, tags, repeats):
         if backend == "torch" and importlib.util.find_spec("torchcrf"):
             row.update(_torch_peers(measure, inputs, labels, lengths_, transitions, tags, likelihood, decode, fit))
         rows.append(row)
-    print(_RESULT + json.dumps(rows), flush=True)
+    protocol.report(rows)
 
 
 def _torch_peers(measure, inputs, labels, lengths, transitions, tags, likelihood, decode, fit):
@@ -227,14 +224,10 @@ def run(tiny=False, repeats=7):
     ]
     peers = []
     for backend, mode in _legs():
-        env = {**os.environ, "KERAS_BACKEND": backend}
-        command = [sys.executable, "-m", "benchmarks.crf_scaling", "--worker", backend, mode,
-                   "--repeats", str(repeats)] + (["--tiny"] if tiny else [])
-        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-        found = [l for l in done.stdout.splitlines() if l.startswith(_RESULT)]
-        if done.returncode != 0 or not found:
-            raise RuntimeError(f"CRF scaling ({backend}, {mode}) failed:\n{done.stderr[-3000:]}")
-        rows = json.loads(found[-1][len(_RESULT):])
+        rows = protocol.run_worker(
+            "crf_scaling", backend, mode, "--repeats", repeats, *(["--tiny"] if tiny else []),
+            env={"KERAS_BACKEND": backend}, what=f"CRF scaling ({backend}, {mode})",
+        )[-1]
         quarter = next((r for r in rows if r["steps"] * 4 == rows[-1]["steps"]), rows[0])
         for path in paths:
             cells = " | ".join(f"{r[path] * 1e3:.3g}" for r in rows)

@@ -14,14 +14,10 @@ score as much as NumPy's.
 
 import argparse
 import importlib.util
-import json
-import os
-import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_RESULT = "RESULT "
+from benchmarks import protocol
 
 
 def numpy_viterbi(log_probs):
@@ -87,7 +83,7 @@ def _worker(sizes, repeats):
         exact = bool(np.allclose(score(path), score(expected), rtol=1e-5))
         results.append(dict(backend=backend, mode=mode, compile=first, call=call,
                             numpy=numpy_time, ratio=call / numpy_time, exact=exact))
-    print(_RESULT + json.dumps(results), flush=True)
+    protocol.report(results)
 
 
 def run(tiny=False, repeats=15):
@@ -98,14 +94,10 @@ def run(tiny=False, repeats=15):
     if importlib.util.find_spec("jax") is not None:
         backends.append("jax")
     for backend in backends:
-        env = {**os.environ, "KERAS_BACKEND": backend}
-        command = [sys.executable, "-m", "benchmarks.decode", "--worker",
-                   "--repeats", str(repeats)] + (["--tiny"] if tiny else [])
-        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-        lines = [l for l in done.stdout.splitlines() if l.startswith(_RESULT)]
-        if done.returncode != 0 or not lines:
-            raise RuntimeError(f"decode benchmark on {backend} failed:\n{done.stderr[-3000:]}")
-        rows += json.loads(lines[-1][len(_RESULT):])
+        rows += protocol.run_worker(
+            "decode", "--repeats", repeats, *(["--tiny"] if tiny else []),
+            env={"KERAS_BACKEND": backend}, what=f"decode benchmark on {backend}",
+        )[-1]
     batch, groups, classes = sizes
     lines = [
         f"Monotone decoding, {groups} groups x {classes} classes, batch {batch} "

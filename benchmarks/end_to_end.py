@@ -21,15 +21,13 @@ per-repeat ratios ours / stock.
 """
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_RESULT = "RESULT "
+from benchmarks import protocol
+
 GOAL = 1.05
 SIZES = {  # batch, steps, vocabulary, model width
     False: dict(batch=64, steps=128, vocab=8000, width=128),
@@ -43,7 +41,7 @@ def han(ours, batch, steps, vocab, width):
     import keras
 
     import keras_addons_qa as kaq
-    from benchmarks.cpu import StockPooling
+    from benchmarks.stock import StockPooling
 
     words = keras.Input((steps,), dtype="int32")
     x = keras.layers.Embedding(vocab, width, mask_zero=True)(words)
@@ -127,11 +125,11 @@ def _worker(name, mode, tiny, repeats, min_seconds):
     for _ in range(repeats):
         for side, model in models.items():  # interleaved
             times[side].append(_step_time(model, x, y, n))
-    print(_RESULT + json.dumps({
+    protocol.report({
         "ours": statistics.median(times["ours"]),
         "stock": statistics.median(times["stock"]),
         "ratio": statistics.median(a / b for a, b in zip(times["ours"], times["stock"])),
-    }), flush=True)
+    })
     return 0
 
 
@@ -149,14 +147,10 @@ def run(tiny=False, repeats=15, min_seconds=0.5):
     ]
     for name, (_, stock) in MODELS.items():
         for mode in ("graph", "XLA"):
-            command = [sys.executable, "-m", "benchmarks.end_to_end", "--worker", name,
-                       mode, "--repeats", str(repeats), "--min-seconds", str(min_seconds)]
-            done = subprocess.run(command + (["--tiny"] if tiny else []), cwd=ROOT,
-                                  env=env, capture_output=True, text=True)
-            lines = [l for l in done.stdout.splitlines() if l.startswith(_RESULT)]
-            if done.returncode != 0 or not lines:
-                raise RuntimeError(f"{name} [{mode}] failed:\n{done.stderr[-3000:]}")
-            r = json.loads(lines[-1][len(_RESULT):])
+            r = protocol.run_worker(
+                "end_to_end", name, mode, "--repeats", repeats, "--min-seconds", min_seconds,
+                *(["--tiny"] if tiny else []), env=env, what=f"{name} [{mode}]",
+            )[-1]
             print(f"  {name} [{mode}]: ours {r['ours'] * 1e3:.1f} ms, stock "
                   f"{r['stock'] * 1e3:.1f} ms, ratio {r['ratio']:.3f}", flush=True)
             rows.append(

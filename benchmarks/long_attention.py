@@ -26,15 +26,14 @@ the first includes tracing and compiling):
 
 import argparse
 import importlib.util
-import json
 import os
 import resource
-import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_RESULT = "RESULT "
+from benchmarks import protocol
+
+ROOT = protocol.ROOT
 LENGTHS = (1024, 2048, 4096, 8192, 16384, 32768)
 MHA_MAX = 8192
 WINDOW = 512
@@ -135,15 +134,9 @@ def _prefill(length, x, mask, heads, head_size):
 
 
 def _measure(length, which, backend):
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.long_attention", "--worker", str(length), which],
-        cwd=ROOT, env=env, capture_output=True, text=True,
-    )
-    lines = [l for l in done.stdout.splitlines() if l.startswith(_RESULT)]
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"{which} on {backend} at {length} failed:\n{done.stderr[-3000:]}")
-    return json.loads(lines[-1][len(_RESULT):])
+    env = {"KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return protocol.run_worker("long_attention", length, which, env=env,
+                               what=f"{which} on {backend} at {length}")[-1]
 
 
 def _cases(lengths):
@@ -242,7 +235,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.worker:
         length, which = args.worker
-        print(_RESULT + json.dumps(_worker(int(length), which)), flush=True)
+        protocol.report(_worker(int(length), which))
         return 0
     print(run(args.tiny, args.output_dir, tuple(args.lengths or ()) or None))
     return 0

@@ -21,17 +21,14 @@ To measure another version, copy this file into that checkout's
 """
 
 import argparse
-import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 import zipfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_RESULT = "RESULT "
+from benchmarks import protocol
 
 
 def _matrix(vocab, dim):
@@ -115,16 +112,9 @@ def _step_worker(side, vocab, dim, batch=64):
 
 
 def _run(kind, side, vocab, dim):
-    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.loss_at_size", "--worker", kind, side,
-         "--vocab", str(vocab), "--dim", str(dim)],
-        cwd=ROOT, env=env, capture_output=True, text=True,
-    )
-    lines = [l for l in done.stdout.splitlines() if l.startswith(_RESULT)]
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"{kind} {side} failed:\n{done.stderr[-3000:]}")
-    return json.loads(lines[-1][len(_RESULT):])
+    env = {"KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return protocol.run_worker("loss_at_size", kind, side, "--vocab", vocab, "--dim", dim,
+                               env=env, what=f"{kind} {side}")[-1]
 
 
 def main(argv=None):
@@ -137,7 +127,7 @@ def main(argv=None):
     if args.worker:
         kind, side = args.worker
         worker = _save_worker if kind == "save" else _step_worker
-        print(_RESULT + json.dumps(worker(side, args.vocab, args.dim)), flush=True)
+        protocol.report(worker(side, args.vocab, args.dim))
         return 0
     mse = _run("save", "mse", args.vocab, args.dim)
     ours = _run("save", "ours", args.vocab, args.dim)

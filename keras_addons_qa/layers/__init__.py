@@ -8,9 +8,9 @@ from keras_addons_qa.layers.masked_attention_pooling import (
     MaskedAttentionPooling,
 )
 from keras_addons_qa.layers.monotone_decode import MonotoneDecode
+from keras_addons_qa.layers.monotone_decode import monotone_decode
 from keras_addons_qa.layers.monotone_grouped_softmax import MonotoneGroupedSoftmax
 from keras_addons_qa.layers.monotone_grouped_softmax import expected_index
-from keras_addons_qa.layers.monotone_grouped_softmax import monotone_decode
 from keras_addons_qa.layers.noise_adaptation import NoiseAdaptation
 from keras_addons_qa.layers.pretrained_embedding import PretrainedEmbedding
 from keras_addons_qa.layers.qkv_attention import QKVAttention
