@@ -19,8 +19,8 @@ def report(value):
 def run_worker(module, *args, env=None, what=None):
     """Runs `module`'s worker with `args` from the repository root, with
     `env` added to the environment; returns the values it reported, in
-    order. Raises `RuntimeError` with the end of its standard error if it
-    fails or reports nothing."""
+    order. Raises `RuntimeError` with the ends of its output if it fails or
+    reports nothing."""
     done = subprocess.run(
         [sys.executable, "-m", f"benchmarks.{module}", "--worker", *map(str, args)],
         cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True,
@@ -28,5 +28,8 @@ def run_worker(module, *args, env=None, what=None):
     values = [json.loads(line[len(MARKER):]) for line in done.stdout.splitlines()
               if line.startswith(MARKER)]
     if done.returncode != 0 or not values:
-        raise RuntimeError(f"{what or module} failed:\n{done.stderr[-3000:]}")
+        raise RuntimeError(
+            f"{what or module} failed (exit {done.returncode}, {len(values)} results):\n"
+            f"{done.stdout[-2000:]}{done.stderr[-3000:]}"
+        )
     return values

@@ -53,6 +53,45 @@ def _replace_in_list():
     return L.replace_attention(holder)
 
 
+class _BiasedAttention(keras.layers.MultiHeadAttention):
+    """A subclass that would compute something else with the same weights."""
+
+
+def _replace_subclass():
+    holder = keras.layers.Layer(name="holder")
+    holder.attention = _BiasedAttention(2, 4, name="biased")
+    holder.attention.build((None, 5, 3), (None, 5, 3))
+    holder.built = True
+    return L.replace_attention(holder)
+
+
+def _replace_with_positions():
+    return L.replace_attention(keras.layers.Layer(), position_encoding="rope")
+
+
+class _NormedAttention(keras.layers.Layer):
+    """Grouped-query projections plus a norm on the queries."""
+
+    def build(self, shape):
+        for role, equation, out in (
+            ("_query_dense", "bqm,muh->bquh", (None, 2, 4)),
+            ("_key_dense", "bkm,mvh->bkvh", (None, 1, 4)),
+            ("_value_dense", "bkm,mvh->bkvh", (None, 1, 4)),
+        ):
+            setattr(self, role, keras.layers.EinsumDense(equation, out, name=role[1:-6]))
+            getattr(self, role).build(shape)
+        self._output_dense = keras.layers.EinsumDense("bquh,uhm->bqm", (None, 3), name="out")
+        self._output_dense.build((None, None, 2, 4))
+        self.query_norm = keras.layers.LayerNormalization(name="query_norm")
+        self.query_norm.build((None, None, 2, 4))
+
+
+def _convert_layer_with_norms():
+    layer = _NormedAttention(name="normed")
+    layer.build((None, 5, 3))
+    return L.QKVAttention.from_grouped_query_attention(layer)
+
+
 def _loss(y_true, y_pred):
     return kaq.losses.AlmostOneHotEmbeddingLoss(np.eye(4, 3))(y_true, y_pred)
 
@@ -208,6 +247,9 @@ CASES = {
     "replace-none": _replace_in_dense_model,
     "replace-graph": _replace_graph_node,
     "replace-list": _replace_in_list,
+    "replace-subclass": _replace_subclass,
+    "replace-position_encoding": _replace_with_positions,
+    "qkv-from_gqa-dropped": _convert_layer_with_norms,
     "tag-labels": lambda: kaq.text.allowed_transitions("BIO", None),
     "text-k": lambda: kaq.text.crf_top_k_decode(X3, np.zeros((3, 3), "float32"), [5, 5], 0),
     "tag-scheme": lambda: kaq.text.allowed_transitions("BILOU2", ["O"]),

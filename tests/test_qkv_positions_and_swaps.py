@@ -2,6 +2,8 @@
 `replace_attention`, on every backend (KerasHub's own layers: see
 test_keras_hub.py)."""
 
+import inspect
+
 import keras
 import numpy as np
 import pytest
@@ -62,6 +64,21 @@ def _reference(layer, x, start=0):
     return np.einsum("btnd,ndf->btf", context, w["o"][0]) + w["o"][1]
 
 
+def _read_cache(layer, x, cache):
+    """NumPy: a query rotated from position 0 attending over a whole cache."""
+    w = {name: [harness.to_numpy(v).astype("float64") for v in dense.weights]
+         for name, dense in (("q", layer.query_dense), ("o", layer.output_dense))}
+    q = _rotate(np.einsum("btf,fnd->btnd", x, w["q"][0]) + w["q"][1], 0)
+    cache = harness.to_numpy(cache).astype("float64")
+    groups = q.shape[2] // cache.shape[3]
+    k, v = (np.repeat(cache[:, i], groups, axis=2) for i in (0, 1))
+    logits = np.einsum("btnd,bsnd->bnts", q, k) / np.sqrt(q.shape[-1])
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    context = np.einsum("bnts,bsnd->btnd", weights, v)
+    return np.einsum("btnd,ndf->btf", context, w["o"][0]) + w["o"][1]
+
+
 def _positioned(num_key_value_heads=2, **kwargs):
     return QKVAttention(
         num_heads=4, key_dim=8, num_key_value_heads=num_key_value_heads,
@@ -95,10 +112,11 @@ def test_position_encoding_decodes_like_the_full_pass_and_caches_rotated_keys():
     keys = _rotate(np.einsum("btf,fnd->btnd", x, kernel) + bias, 0)
     np.testing.assert_allclose(harness.to_numpy(cache)[:, 0, :7], keys, atol=1e-5)
     np.testing.assert_array_equal(harness.to_numpy(cache)[:, :, 7:], 0.0)
-    # Reading the cache as it is: queries rotate from position 0, as in
-    # KerasHub's Llama.
+    # Reading the cache as it is (no index): the query rotates from position
+    # 0, as in KerasHub's Llama, and attends over every slot of the cache.
     out, _ = layer(x[:, :1], x[:, :1], cache=cache)
-    assert np.isfinite(harness.to_numpy(out)).all()
+    np.testing.assert_allclose(harness.to_numpy(out), _read_cache(layer, x[:, :1], cache),
+                               atol=1e-5)
 
 
 def test_position_encoding_saves_and_loads(tmp_path):
@@ -183,6 +201,20 @@ def _reference_no_bias(layer, x):
     return _reference(wrapped, x.astype("float64"))
 
 
+@pytest.mark.skipif(
+    "use_gate" not in inspect.signature(keras.layers.GroupQueryAttention).parameters,
+    reason="GroupQueryAttention has no gate before Keras 3.14",
+)
+def test_kernel_reading_converter_copies_a_gate_and_biases():
+    x = np.random.default_rng(5).normal(size=(2, 6, 16)).astype("float32")
+    gqa = keras.layers.GroupQueryAttention(8, 4, 2, use_gate=True,
+                                           bias_initializer="random_normal")
+    reference = harness.to_numpy(gqa(x, x))
+    layer = QKVAttention.from_grouped_query_attention(gqa)
+    assert layer.get_config()["use_gate"] and layer.get_config()["use_bias"]
+    np.testing.assert_allclose(harness.to_numpy(layer(x, x)), reference, atol=1e-5)
+
+
 def test_kernel_reading_converter_names_what_it_needs():
     with pytest.raises(ValueError, match="_query_dense"):
         QKVAttention.from_grouped_query_attention(keras.layers.Dense(3, name="d").__class__(3))
@@ -259,19 +291,52 @@ def test_replace_attention_refuses_what_it_cannot_swap():
         replace_attention(dense)
     with pytest.raises(ValueError, match="must be built"):
         replace_attention(Block())
+    # The convertible attribute comes first among the sublayers: an error
+    # met after it still leaves the model as it was.
     listed = keras.layers.Layer()
+    listed.attention = keras.layers.MultiHeadAttention(2, 4)
     listed.heads = [keras.layers.MultiHeadAttention(2, 4)]
-    listed.heads[0].build((None, 6, 8), (None, 6, 8))
+    for layer in (listed.attention, listed.heads[0]):
+        layer.build((None, 6, 8), (None, 6, 8))
     listed.built = True
     with pytest.raises(ValueError, match="list or dict"):
         replace_attention(listed)
-    # An error leaves the model as it was, attention held elsewhere included.
-    listed.attention = keras.layers.MultiHeadAttention(2, 4)
-    listed.attention.build((None, 6, 8), (None, 6, 8))
-    with pytest.raises(ValueError, match="list or dict"):
-        replace_attention(listed)
     assert type(listed.attention) is keras.layers.MultiHeadAttention
+    # A graph node is refused even when an attribute holds it too.
+    inputs = keras.Input((6, 8))
+    attention = keras.layers.MultiHeadAttention(2, 4)
+    held = keras.Model(inputs, attention(inputs, inputs))
+    held.attention = attention
+    with pytest.raises(ValueError, match="clone_model"):
+        replace_attention(held)
+    assert type(held.attention) is keras.layers.MultiHeadAttention
     model = _model()
     replace_attention(model)
     with pytest.raises(ValueError, match="no `keras.layers.MultiHeadAttention`"):
         replace_attention(model)  # QKVAttention stays as it is
+
+
+class _Subclass(keras.layers.MultiHeadAttention):
+    pass
+
+
+def test_replace_attention_converts_other_subclasses_only_when_named():
+    holder = keras.layers.Layer()
+    holder.attention = _Subclass(2, 4)
+    holder.attention.build((None, 6, 8), (None, 6, 8))
+    holder.built = True
+    with pytest.raises(ValueError, match="classes="):
+        replace_attention(holder)
+    assert type(holder.attention) is _Subclass
+    (new,) = replace_attention(holder, classes=_Subclass)
+    assert holder.attention is new and isinstance(new, QKVAttention)
+    with pytest.raises(ValueError, match="position_encoding"):
+        replace_attention(_model(), position_encoding=Rotary())
+
+
+@pytest.mark.skipif(harness.BACKEND != "torch", reason="torch's own parameter list")
+def test_replace_attention_refreshes_torch_parameters():
+    model = _model()
+    new = replace_attention(model)
+    parameters = {id(p) for p in model.parameters()}
+    assert {id(v.value) for v in new[0].weights} <= parameters

@@ -350,8 +350,13 @@ class QKVAttention(keras.layers.MultiHeadAttention):
         `gqa` is a built attention layer with `EinsumDense` projections
         `_query_dense`, `_key_dense`, `_value_dense` (kernels `(features,
         heads, head_dim)`) and `_output_dense` (`(heads, head_dim,
-        features)`): Keras's `GroupQueryAttention`, KerasHub's
-        `LlamaAttention` and the layers built like them. Heads, sizes and
+        features)`), biases on all four or none, optionally a `_gate_dense`
+        and a rotary layer, and no other weights: Keras's
+        `GroupQueryAttention` and KerasHub's `LlamaAttention`. A layer with
+        other weights (norms on queries and keys) raises. What a layer does
+        without weights of its own (soft-capping, a window under another
+        name) the converter cannot see: compare outputs after converting
+        any other class. Heads, sizes and
         biases are read from the kernels; initializers, regularizers,
         constraints, `dropout`, `seed`, `use_gate`, `sliding_window` and the
         dtype policy from the attributes of those names where it has them (`dropout` drops attention weights here, as in
@@ -377,6 +382,13 @@ class QKVAttention(keras.layers.MultiHeadAttention):
                 f"projections {', '.join(_PROJECTIONS)} of 3-D kernels. "
                 f"Received: gqa={gqa.name!r} ({type(gqa).__name__}), kernel shapes "
                 f"{dict(zip(_PROJECTIONS, shapes))}"
+            )
+        biased = {role: d.bias is not None for role, d in zip(_PROJECTIONS, denses)}
+        if len(set(biased.values())) != 1:
+            raise ValueError(
+                "`gqa` must have biases on all four projections or on none "
+                "(QKVAttention's `use_bias` covers them together). Received: "
+                f"gqa={gqa.name!r} ({type(gqa).__name__}), biases {biased}"
             )
         (features, heads, key_dim), (_, groups, _), (_, _, value_dim), output = shapes
         # Attributes, not `get_config()`: KerasHub's `LlamaAttention` 0.32
@@ -421,9 +433,20 @@ class QKVAttention(keras.layers.MultiHeadAttention):
         if not by_role:  # a MultiHeadAttention: the same variables in the same order
             converted.set_weights(layer.get_weights())
             return converted
+        copied = set()
         for role in _PROJECTIONS + ("_gate_dense",):
             if getattr(layer, role, None) is not None and getattr(converted, role, None) is not None:
                 getattr(converted, role).set_weights(getattr(layer, role).get_weights())
+                copied.update(id(v) for v in getattr(layer, role).weights)
+        if converted.position_encoding is not None:  # shared, not copied
+            copied.update(id(v) for v in converted.position_encoding.weights)
+        dropped = [v.path for v in layer.weights if id(v) not in copied]
+        if dropped:
+            raise ValueError(
+                f"`{name}` holds weights the conversion would drop (QKVAttention "
+                "has the four projections, a gate and `position_encoding`). "
+                f"Received: {name}={layer.name!r} ({type(layer).__name__}) with {dropped}"
+            )
         return converted
 
     # -- call --------------------------------------------------------------
@@ -504,8 +527,10 @@ class QKVAttention(keras.layers.MultiHeadAttention):
             # Queries and new keys by position, before keys enter the cache
             # (KerasHub's Llama caches rotated keys).
             start = 0 if cache_update_index is None else cache_update_index
-            q = self.position_encoding(q, start_index=start)
-            k = self.position_encoding(k, start_index=start)
+            # Cast back: an encoding with its own dtype policy leaves the
+            # heads in this layer's compute dtype.
+            q = ops.cast(self.position_encoding(q, start_index=start), q.dtype)
+            k = ops.cast(self.position_encoding(k, start_index=start), k.dtype)
         offset = None  # the first query's position, when decoding
         if cache is not None:
             # KerasHub's convention: the new steps' keys and values go into

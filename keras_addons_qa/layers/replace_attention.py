@@ -19,18 +19,21 @@ _BOOKKEEPING = (
 _CACHED_FUNCTIONS = ("train_function", "test_function", "predict_function", "generate_function")
 
 
-def replace_attention(model, **kwargs):
+def replace_attention(model, classes=(), **kwargs):
     """Swaps every `MultiHeadAttention` a built model holds for a `QKVAttention`.
 
-    Each `keras.layers.MultiHeadAttention` (subclasses such as KerasHub's
-    `CachedMultiHeadAttention` included; a `QKVAttention` stays as it is)
-    that a layer of `model` holds as an attribute becomes
+    Each `keras.layers.MultiHeadAttention` and KerasHub
+    `CachedMultiHeadAttention` (whose cache `QKVAttention` follows) that a
+    layer of `model` holds as an attribute becomes
     `QKVAttention.from_multi_head_attention(layer, **kwargs)` in the same
     place: the same name, variables with the same
     paths and in the same order, the same weights. That is how KerasHub's
     blocks (`TransformerDecoder`, `TransformerEncoder`) and subclassed
     models hold their attention. A layer shared by several holders is
-    converted once. The model's cached compiled functions are dropped;
+    converted once; a `QKVAttention` stays as it is. Another subclass of
+    `MultiHeadAttention` may compute something else with the same weights
+    (a relative-position bias, say), so it raises unless `classes` names
+    it. The model's cached compiled functions are dropped;
     compile again after it if the model was compiled (the optimizer's
     state belongs to the old variables).
 
@@ -42,15 +45,18 @@ def replace_attention(model, **kwargs):
 
     Args:
         model: A built Keras model or layer.
+        classes: Further `MultiHeadAttention` subclasses to convert, whose
+            layers compute what MultiHeadAttention computes.
         **kwargs: `QKVAttention` arguments for every converted layer (e.g.
-            `scores_budget_mb=32`).
+            `scores_budget_mb=32`); not `position_encoding`, which would
+            also apply to cross-attention: set it on chosen layers.
 
     Returns:
         The new `QKVAttention` layers, in the order they were found.
 
     Raises:
         ValueError: If `model` is not built, holds no `MultiHeadAttention`
-            to convert, holds one in a list or dict (a `.keras` file names
+            to convert, holds a subclass `classes` does not name, holds one in a list or dict (a `.keras` file names
             those by class: the swapped model would not load back), or holds
             one only as a node of a functional graph (`keras.Model(inputs,
             outputs)` over an attention layer's call): such a layer is part
@@ -77,17 +83,31 @@ def replace_attention(model, **kwargs):
     >>> bool(np.allclose(model.predict(x, verbose=0), before, atol=1e-6))
     True
     """
+    if "position_encoding" in kwargs:
+        raise ValueError(
+            "`replace_attention` does not take `position_encoding`: it would "
+            "also apply to cross-attention. Set it on the layers it is for. "
+            f"Received: position_encoding={kwargs['position_encoding']!r}"
+        )
     if not model.built:
         raise ValueError(
             f"`model` must be built (called once) so its attention layers have "
             f"weights. Received: model={model.name!r} (not built)"
         )
+    classes = (classes,) if isinstance(classes, type) else tuple(classes)
+    if not all(isinstance(c, type) and issubclass(c, keras.layers.MultiHeadAttention)
+               for c in classes):
+        raise ValueError(
+            "`classes` must be MultiHeadAttention subclasses. "
+            f"Received: classes={classes!r}"
+        )
     # Everything is checked and converted before the model is touched: an
     # error leaves it as it was.
     converted, swaps, visited = {}, [], _layers_of(model)
     for parent in visited:
+        graph = {id(op) for op in parent.operations} if isinstance(parent, keras.Function) else set()
         for child in _compat.sublayers(parent):
-            if not _convertible(child):
+            if not _convertible(child, classes):
                 continue
             attributes, contained = _holders(parent, child)
             if contained:
@@ -97,13 +117,20 @@ def replace_attention(model, **kwargs):
                     "by their class, so the swapped model would not load back. Hold "
                     "it as an attribute, or build the model with `QKVAttention`."
                 )
-            if not attributes:
+            if id(child) in graph:  # the graph calls it, attribute or not
                 raise ValueError(
                     f"`{child.name}` ({type(child).__name__}) is a node of the "
-                    f"functional graph of `{parent.name}`, not an attribute: "
-                    "rebuild the graph with `keras.models.clone_model(model, "
-                    "clone_function=f)`, `f` returning "
-                    "`QKVAttention.from_multi_head_attention(layer)` for it."
+                    f"functional graph of `{parent.name}`: rebuild the graph "
+                    "with `keras.models.clone_model(model, clone_function=f)`, "
+                    "`f` returning `QKVAttention.from_multi_head_attention(layer)` "
+                    "for it."
+                )
+            if not attributes:
+                raise ValueError(
+                    f"`{child.name}` ({type(child).__name__}) is not an attribute "
+                    f"of `{parent.name}`, so `replace_attention` cannot point "
+                    "its holder at the new layer. Hold it as an attribute, or "
+                    "build the model with `QKVAttention`."
                 )
             if id(child) not in converted:  # a shared layer is converted once
                 converted[id(child)] = QKVAttention.from_multi_head_attention(child, **kwargs)
@@ -126,9 +153,21 @@ def replace_attention(model, **kwargs):
     return list(converted.values())
 
 
-def _convertible(layer):
-    return isinstance(layer, keras.layers.MultiHeadAttention) and not isinstance(
-        layer, QKVAttention
+def _convertible(layer, classes=()):
+    """Whether to convert `layer`; raises for a MultiHeadAttention subclass
+    not known to compute what MultiHeadAttention computes."""
+    kind = type(layer)
+    if not isinstance(layer, keras.layers.MultiHeadAttention) or isinstance(layer, QKVAttention):
+        return False
+    if kind is keras.layers.MultiHeadAttention or issubclass(kind, classes):
+        return True
+    if kind.__name__ == "CachedMultiHeadAttention" and kind.__module__.startswith("keras_hub."):
+        return True
+    raise ValueError(
+        f"`{layer.name}` is a {kind.__name__}, a subclass of MultiHeadAttention "
+        "that may compute something else with the same weights. If it computes "
+        f"what MultiHeadAttention computes, pass `classes=({kind.__name__},)`. "
+        f"Received: {layer.name!r} ({kind.__name__})"
     )
 
 
@@ -143,7 +182,8 @@ def _layers_of(model):
         seen.add(id(layer))
         order.append(layer)
         pending.extend(
-            child for child in reversed(_compat.sublayers(layer)) if not _convertible(child)
+            child for child in reversed(_compat.sublayers(layer))
+            if not isinstance(child, keras.layers.MultiHeadAttention)
         )
     return order
 
