@@ -353,15 +353,17 @@ class QKVAttention(keras.layers.MultiHeadAttention):
         features)`), biases on all four or none, optionally a `_gate_dense`
         and a rotary layer, and no other weights: Keras's
         `GroupQueryAttention` and KerasHub's `LlamaAttention`. A layer with
-        other weights (norms on queries and keys) raises. What a layer does
-        without weights of its own (soft-capping, a window under another
-        name) the converter cannot see: compare outputs after converting
-        any other class. Heads, sizes and
-        biases are read from the kernels; initializers, regularizers,
-        constraints, `dropout`, `seed`, `use_gate`, `sliding_window` and the
-        dtype policy from the attributes of those names where it has them (`dropout` drops attention weights here, as in
-        MultiHeadAttention). A rotary layer held as `rotary_embedding_layer`
-        (KerasHub's) becomes `position_encoding`, shared. So
+        other weights (norms on queries and keys) raises; what a layer does
+        without weights (soft-capping, a window under another name) the
+        converter cannot see, so compare outputs after converting any other
+        class.
+
+        Heads, sizes and biases are read from the kernels; initializers,
+        regularizers, constraints, `dropout` (which drops attention weights
+        here, as in MultiHeadAttention), `seed`, `use_gate`,
+        `sliding_window` and the dtype policy from the attributes of those
+        names. A rotary layer held as `rotary_embedding_layer` (KerasHub's)
+        becomes `position_encoding`, shared. So
         `keras.layers.GroupQueryAttention(head_dim=d, num_query_heads=H,
         num_key_value_heads=K)` becomes `QKVAttention(num_heads=H,
         key_dim=d, num_key_value_heads=K)`. The result is called as
@@ -400,7 +402,7 @@ class QKVAttention(keras.layers.MultiHeadAttention):
                 config[attribute] = keras.saving.serialize_keras_object(value)
         config.update(
             num_heads=heads, key_dim=key_dim, value_dim=value_dim,
-            num_key_value_heads=groups, use_bias=denses[0].bias is not None,
+            num_key_value_heads=groups, use_bias=biased["_query_dense"],
             output_shape=None if output[-1] == features else output[-1],
         )
         rotary = getattr(gqa, "rotary_embedding_layer", None)

@@ -58,9 +58,9 @@ def replace_attention(model, classes=(), **kwargs):
         ValueError: If `model` is not built, holds no `MultiHeadAttention`
             to convert, holds a subclass `classes` does not name, holds one in a list or dict (a `.keras` file names
             those by class: the swapped model would not load back), or holds
-            one only as a node of a functional graph (`keras.Model(inputs,
-            outputs)` over an attention layer's call): such a layer is part
-            of the graph; rebuild the graph with
+            one as a node of a functional graph (`keras.Model(inputs,
+            outputs)` over an attention layer's call, an attribute holding
+            it too): such a layer is part of the graph; rebuild the graph with
             `keras.models.clone_model(model, clone_function=f)`, `f`
             returning `QKVAttention.from_multi_head_attention(layer)` for
             attention layers and `layer` otherwise.
