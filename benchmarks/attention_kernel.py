@@ -17,6 +17,12 @@ step and the spread (min-max) over the rounds. Cases:
   causal sliding window of 512 steps;
 - `torch-sdpa`: `torch.nn.functional.scaled_dot_product_attention` without
   a mask (its flash kernel on a CPU), against TensorFlow's `blockwise`;
+- `layer` / `layer-mha`: the layers rather than the bare kernel,
+  `QKVAttention` with its defaults against `keras.layers.MultiHeadAttention`
+  (512 features, the last eighth of the steps padding: a value mask for
+  ours, the same pairs as an `attention_mask` for Keras's), gradients of
+  the input and the weights; TensorFlow graph, and torch, where Keras's
+  layer goes to `scaled_dot_product_attention`;
 - `matmul`: the float32 matrix-multiply rate of the same kind of process
   (TensorFlow, 4096 x 4096 by 4096 x 4096), against which the useful
   attention FLOPs per second are reported (`12 * heads * T * S * head_dim`
@@ -112,6 +118,56 @@ def _torch_step(length):
     return run
 
 
+def _layer_step(which, backend, length, features=512):
+    import keras
+    import numpy as np
+
+    import keras_addons_qa as kaq
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1, length, features)).astype("float32")
+    mask = np.ones((1, length), bool)
+    mask[0, length - length // 8:] = False
+    if which == "layer":
+        layer = kaq.layers.QKVAttention(HEADS, HEAD_DIM)
+    else:
+        layer = keras.layers.MultiHeadAttention(HEADS, HEAD_DIM)
+    layer(x[:, :8], x[:, :8])
+
+    def forward(x, m):
+        if which == "layer":
+            return layer(x, x, query_mask=m, value_mask=m)
+        pairs = keras.ops.logical_and(keras.ops.expand_dims(m, 1), keras.ops.expand_dims(m, 2))
+        return layer(x, x, attention_mask=pairs)
+
+    if backend == "torch":
+        import torch
+
+        x = torch.tensor(x, requires_grad=True)
+        mask = torch.tensor(mask)
+
+        def run():
+            out = forward(x, mask)
+            (out * out).sum().backward()
+            x.grad = None
+            for w in layer.trainable_variables:
+                w.value.grad = None
+
+        return run
+    import tensorflow as tf
+
+    @tf.function
+    def step(x, m):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = forward(x, m)
+            loss = tf.reduce_sum(out * out)
+        return tape.gradient(loss, [x] + layer.trainable_variables)
+
+    x, mask = tf.constant(x), tf.constant(mask)
+    return lambda: [g.numpy() for g in step(x, mask)]
+
+
 def _matmul_rate():
     import tensorflow as tf
 
@@ -133,6 +189,8 @@ def _worker(which, backend, length):
                     rate=_matmul_rate(), peak=0)
     if which == "torch-sdpa":
         run = _torch_step(length)
+    elif which.startswith("layer"):
+        run = _layer_step(which, backend, length)
     elif backend == "jax":
         run = _jax_step(which, length)
     else:
@@ -146,7 +204,7 @@ def _worker(which, backend, length):
         run()
         times.append(time.perf_counter() - start)
     step = min(times)
-    flops = 12 * HEADS * length * length * HEAD_DIM * _visible_fraction(which, length)
+    flops = 0.0 if which.startswith("layer") else 12 * HEADS * length * length * HEAD_DIM * _visible_fraction(which, length)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return dict(which=which, backend=backend, length=length, first=first, step=step,
                 rate=flops / step, peak=peak)
@@ -186,8 +244,16 @@ def _cases(tiny):
         for t in (2 * mid, long_):
             rows.append((f"TF blockwise / torch SDPA (flash), T={t}",
                          ("blockwise", "tensorflow", t), ("torch-sdpa", "torch", t), 1.0))
+    rows.append((f"QKVAttention / MultiHeadAttention, TF, T={mid}", ("layer", "tensorflow", mid),
+                 ("layer-mha", "tensorflow", mid), 1.25))
+    if torch:
+        for t in (short, mid, 2 * mid):
+            rows.append((f"QKVAttention / MultiHeadAttention, torch, T={t}",
+                         ("layer", "torch", t), ("layer-mha", "torch", t), 1.1))
+            rows.append((f"same, peak memory, torch, T={t}", ("layer", "torch", t),
+                         ("layer-mha", "torch", t), 1.1, "peak"))
     cases = []
-    for _, a, b, _ in rows:
+    for _, a, b, *_ in rows:
         for case in (a, b):
             if case not in cases:
                 cases.append(case)
@@ -230,10 +296,10 @@ def run(tiny=False, runs=3):
         results = measured[case]
         rates = [r["rate"] for r in results]
         share = [r / m for r, m in zip(rates, matmul)]
+        work = f"{_spread(rates, 1e-9)} | {_spread(share)}" if rates[0] else "| "
         lines.append(
             f"| {which}, {backend}, T={length} | {_spread([r['step'] for r in results])} | "
-            f"{_spread([r['peak'] for r in results], 2**-30)} | {_spread(rates, 1e-9)} | "
-            f"{_spread(share)} |"
+            f"{_spread([r['peak'] for r in results], 2**-30)} | {work} |"
         )
     lines += [
         "",
@@ -242,8 +308,9 @@ def run(tiny=False, runs=3):
         "| target | ratio | goal | met |",
         "| --- | ---: | ---: | --- |",
     ]
-    for label, a, b, goal in rows:
-        ratios = [x["step"] / y["step"] for x, y in zip(measured[a], measured[b])]
+    for label, a, b, goal, *key in rows:
+        key = key[0] if key else "step"
+        ratios = [x[key] / y[key] for x, y in zip(measured[a], measured[b])]
         met = "yes" if statistics.median(ratios) <= goal else "no"
         lines.append(f"| {label} | {_spread(ratios)} | <= {goal:g} | {met} |")
     return "\n".join(lines)

@@ -356,18 +356,39 @@ def test_bad_arguments_raise(bad, match):
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_the_backend_kernel_hand_off_equals_the_own_path(causal):
-    """Without masks, torch's `scaled_dot_product_attention` takes the call;
-    an all-True key mask keeps it on the package's own path. Both equal the
-    reference, in values and gradients (on other backends both calls take
-    the own path)."""
+def test_the_backend_kernel_hand_off_equals_the_own_path(causal, monkeypatch):
+    """On torch, `scaled_dot_product_attention` takes calls with no mask but
+    a key mask and causal order; a general all-True mask keeps the call on
+    the package's own path. Both equal the reference in values and
+    gradients, padding holding NaN and inf reaches nothing, and a query that
+    sees no key gets zeros (on other backends both calls take the own
+    path)."""
     rng = np.random.default_rng(9)
-    q, k, v, up = _inputs(rng, 2, 7, 7, 4, 2, 4)
+    q, k, v, up = _inputs(rng, 3, 7, 7, 4, 2, 4)
     v = v[..., :4].copy()  # equal key and value head sizes, as the kernel needs
     up = up[..., :4].copy()
-    expected, _, expected_grads = reference(q, k, v, up, is_causal=causal)
-    for key_mask in (None, np.ones((2, 7), bool)):
-        out, grads = _run(q, k, v, up, is_causal=causal, key_mask=key_mask)
+    key_mask = np.ones((3, 7), bool)
+    key_mask[0, 5:] = False  # right padding
+    key_mask[1, :3] = False  # left padding: causal queries 0-2 see no key
+    key_mask[2] = False  # no key at all
+    expected, _, expected_grads = reference(q, k, v, up, is_causal=causal, key_mask=key_mask)
+    clean = k.copy(), v.copy()
+    k[~key_mask], v[~key_mask] = np.nan, np.inf
+    handed = []
+    fused = keras.ops.dot_product_attention
+    monkeypatch.setattr(keras.ops, "dot_product_attention",
+                        lambda *a, **kw: handed.append(1) or fused(*a, **kw))
+    for mask in (None, np.ones((7, 7), bool)):
+        handed.clear()
+        out, grads = _run(q, k, v, up, is_causal=causal, key_mask=key_mask, mask=mask)
+        assert len(handed) == (harness.BACKEND == "torch" and mask is None)
         np.testing.assert_allclose(out, expected, atol=1e-5)
         for got, want in zip(grads, expected_grads):
             np.testing.assert_allclose(got, want, atol=1e-5)
+    expected, _, expected_grads = reference(q, clean[0], clean[1], up, is_causal=causal)
+    handed.clear()
+    out, grads = _run(q, *clean, up, is_causal=causal)  # no mask at all
+    assert len(handed) == (harness.BACKEND == "torch")
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    for got, want in zip(grads, expected_grads):
+        np.testing.assert_allclose(got, want, atol=1e-5)

@@ -120,19 +120,19 @@ def test_chunked_equals_full(
 def test_the_chunked_path_runs_when_scores_exceed_the_budget(monkeypatch):
     spy = _Spy(monkeypatch)
     x = np.random.default_rng(0).normal(size=(2, 6, 4)).astype("float32")
-    # A key mask keeps the call off a backend's own kernel (torch's SDPA).
-    mask = np.ones((2, 6), bool)
+    # A general mask keeps the call off a backend's own kernel (torch's SDPA).
+    mask = np.ones((6, 6), bool)
     layer = QKVAttention(2, 4, scores_budget_mb=_budget(2, 6, 4))  # 2 * 6 * 6 * 4 bytes > it
-    layer(x, x, value_mask=mask)
+    layer(x, x, attention_mask=mask)
     assert spy.calls == 1
-    QKVAttention(2, 4, scores_budget_mb=_budget(2, 6, 6))(x, x, value_mask=mask)  # fits exactly
+    QKVAttention(2, 4, scores_budget_mb=_budget(2, 6, 6))(x, x, attention_mask=mask)  # fits exactly
     assert spy.calls == 1
     # The default, 128 MiB per example: 8 heads over 2048 x 2048 fit, 4096 do not.
     default = QKVAttention(8, 64)
     assert default.scores_budget_mb == 128.0
     for steps, calls in ((2048, 1), (4096, 2)):
         x = ops.zeros((1, steps, 16))
-        default(x, x, value_mask=np.ones((1, steps), bool))
+        default(x, x, attention_mask=np.ones((steps, steps), bool))
         assert spy.calls == calls
 
 
@@ -165,7 +165,7 @@ def test_the_full_path_runs_for_scores_and_dropout(monkeypatch):
     QKVAttention(2, 4, dropout=0.5, scores_budget_mb=budget)(x, x, training=True)
     assert spy.calls == 0
     layer = QKVAttention(2, 4, dropout=0.5, scores_budget_mb=budget)
-    layer(x, x, value_mask=np.ones((2, 6), bool), training=False)  # not torch's kernel
+    layer(x, x, attention_mask=np.ones((6, 6), bool), training=False)  # not torch's kernel
     assert spy.calls == 1
 
 

@@ -99,6 +99,8 @@ def attention(
     query, key, value = (ops.convert_to_tensor(x) for x in (query, key, value))
     k_len, kv_heads, heads, depth = _check_inputs(query, key, value)
     batch, q_len = _checks.static_shape(query.shape)[:2]
+    if key_mask is not None:
+        _checks.check_shape("key_mask", key_mask.shape, (batch, k_len))
     if sliding_window is not None:
         sliding_window = _checks.integer_at_least("sliding_window", sliding_window, 1)
     distance_penalty = _checks.non_negative_float("distance_penalty", distance_penalty)
@@ -107,7 +109,8 @@ def attention(
     groups = heads // kv_heads
 
     if query_offset is None and not (sliding_window or distance_penalty or dropout or return_weights):
-        context = _fused_kernel(query, key, value, key_mask, mask, bool(is_causal), float(scale), groups)
+        context = _fused_kernel(query, key, value, key_mask, mask, bool(is_causal), float(scale),
+                                groups, scores_budget_mb)
         if context is not None:
             return context
 
@@ -119,7 +122,6 @@ def attention(
     v = ops.transpose(value, (0, 2, 1, 3))
     key_valid = None
     if key_mask is not None:
-        _checks.check_shape("key_mask", key_mask.shape, (batch, k_len))
         key_valid = ops.cast(key_mask, "bool")
         # Masked keys may hold anything: zeroed, for values and gradients.
         k = _numerics.sanitize(k, ops.expand_dims(key_valid, 1))
@@ -199,16 +201,17 @@ def position_mask(q_len, k_len, *, is_causal=False, sliding_window=None, query_o
     return ops.broadcast_to(visible, (q_len, k_len))
 
 
-def _fused_kernel(query, key, value, key_mask, mask, is_causal, scale, groups):
+def _fused_kernel(query, key, value, key_mask, mask, is_causal, scale, groups, budget_mb):
     """The backend's own fused kernel where it applies and earns its place,
     else None.
 
     - JAX on a GPU, float16 / bfloat16, no mask but the key mask: cuDNN's
       flash attention, the key mask as sequence lengths
       (`_jax_attention`).
-    - torch, no mask but causal order, equal key and value head sizes:
-      `scaled_dot_product_attention` (its flash kernel on a CPU), through
-      `keras.ops.dot_product_attention`.
+    - torch, no mask but the key mask and causal order, equal key and value
+      head sizes: `scaled_dot_product_attention` (its flash kernel on a
+      CPU, which takes a mask at no extra cost), through
+      `keras.ops.dot_product_attention` (`_torch_attention`).
     """
     backend = keras.backend.backend()
     if backend == "jax" and mask is None:
@@ -222,11 +225,41 @@ def _fused_kernel(query, key, value, key_mask, mask, is_causal, scale, groups):
             return context
         return ops.where(_sees_a_key(valid, is_causal, query.shape[1]), context, 0.0)
     same_depth = _checks.fixed_sizes(key.shape[-1:]) == _checks.fixed_sizes(value.shape[-1:])
-    if backend == "torch" and mask is None and key_mask is None and same_depth:
-        if groups > 1:
-            key, value = ops.repeat(key, groups, axis=2), ops.repeat(value, groups, axis=2)
-        return ops.dot_product_attention(query, key, value, scale=scale, is_causal=is_causal)
+    if backend == "torch" and mask is None and same_depth:
+        return _torch_attention(query, key, value, key_mask, is_causal, scale, groups, budget_mb)
     return None
+
+
+def _torch_attention(query, key, value, key_mask, is_causal, scale, groups, budget_mb):
+    """torch's `scaled_dot_product_attention`, padding and empty rows
+    handled as the own path handles them; None where it does not pay.
+
+    torch cannot take causal order and a mask together: causal order with a
+    key mask becomes one `(B, 1, T, S)` mask, handed over only where one
+    head's float32 scores fit the budget (beyond, the blockwise path, which
+    skips the hidden blocks, holds less and costs about the same).
+    """
+    if groups > 1:
+        key, value = ops.repeat(key, groups, axis=2), ops.repeat(value, groups, axis=2)
+    if key_mask is None:
+        return ops.dot_product_attention(query, key, value, scale=scale, is_causal=is_causal)
+    q_len, k_len = (_checks.static_shape(x.shape)[1] for x in (query, key))
+    if is_causal and (None in (q_len, k_len) or (
+            budget_mb is not None and q_len * k_len * 4 > budget_mb * 2**20)):
+        return None
+    valid = ops.cast(key_mask, "bool")
+    # Masked keys may hold anything: zeroed, for values and gradients.
+    key = _numerics.sanitize(key, valid)
+    value = _numerics.sanitize(value, valid)
+    visible = valid[:, None, None, :]  # (B, 1, 1, S)
+    if is_causal:
+        visible = ops.logical_and(visible, position_mask(q_len, k_len, is_causal=True))
+    # A query that sees no key attends to every (zeroed) key instead, so
+    # that no softmax is empty; its output is zeroed below.
+    sees = _sees_a_key(valid, is_causal, q_len)  # (B, T|1, 1, 1)
+    visible = ops.logical_or(visible, ops.logical_not(ops.transpose(sees, (0, 2, 1, 3))))
+    context = ops.dot_product_attention(query, key, value, mask=visible, scale=scale)
+    return ops.where(sees, context, ops.zeros_like(context))
 
 
 def _sees_a_key(key_valid, is_causal, q_len):
