@@ -1,4 +1,3 @@
-import contextlib
 import inspect
 import math
 import numbers
@@ -11,6 +10,8 @@ from keras_addons_qa import _checks
 from keras_addons_qa import _compat
 from keras_addons_qa import _numerics
 from keras_addons_qa import ops as kaq_ops
+from keras_addons_qa.layers import _attention_conversion
+from keras_addons_qa.layers import _kv_cache
 
 _MultiHeadAttention = keras.layers.MultiHeadAttention
 # MultiHeadAttention's arguments newer than the oldest supported Keras
@@ -22,16 +23,6 @@ _PROVIDED = {
     for name, default in (("use_gate", False), ("sliding_window", None))
     if name not in inspect.signature(_MultiHeadAttention.__init__).parameters
 }
-# The projections every converter reads, by MultiHeadAttention's names.
-_PROJECTIONS = ("_query_dense", "_key_dense", "_value_dense", "_output_dense")
-# What `from_grouped_query_attention` copies from attributes of these names.
-_CONVERTED_ATTRIBUTES = (
-    "dropout", "seed", "use_gate", "sliding_window", "kernel_initializer",
-    "bias_initializer", "kernel_regularizer", "bias_regularizer",
-    "activity_regularizer", "kernel_constraint", "bias_constraint",
-)
-
-
 @keras.saving.register_keras_serializable(package="keras_addons_qa")
 class QKVAttention(keras.layers.MultiHeadAttention):
     """Multi-head attention, exact under masks: a drop-in for
@@ -341,7 +332,7 @@ class QKVAttention(keras.layers.MultiHeadAttention):
             mha: A built `keras.layers.MultiHeadAttention`.
             **kwargs: Overrides of the constructor arguments (e.g. `name`).
         """
-        return cls._converted("mha", mha, mha.get_config(), kwargs)
+        return _attention_conversion.from_multi_head_attention(cls, mha, kwargs)
 
     @classmethod
     def from_grouped_query_attention(cls, gqa, **kwargs):
@@ -373,83 +364,7 @@ class QKVAttention(keras.layers.MultiHeadAttention):
             gqa: The built layer.
             **kwargs: Overrides of the constructor arguments (e.g. `name`).
         """
-        denses = [getattr(gqa, role, None) for role in _PROJECTIONS]
-        shapes = [
-            tuple(d.kernel.shape) if isinstance(d, keras.layers.EinsumDense) and d.built
-            else None for d in denses
-        ]
-        if any(shape is None or len(shape) != 3 for shape in shapes):
-            raise ValueError(
-                "`gqa` must be a built attention layer with `EinsumDense` "
-                f"projections {', '.join(_PROJECTIONS)} of 3-D kernels. "
-                f"Received: gqa={gqa.name!r} ({type(gqa).__name__}), kernel shapes "
-                f"{dict(zip(_PROJECTIONS, shapes))}"
-            )
-        biased = {role: d.bias is not None for role, d in zip(_PROJECTIONS, denses)}
-        if len(set(biased.values())) != 1:
-            raise ValueError(
-                "`gqa` must have biases on all four projections or on none "
-                "(QKVAttention's `use_bias` covers them together). Received: "
-                f"gqa={gqa.name!r} ({type(gqa).__name__}), biases {biased}"
-            )
-        (features, heads, key_dim), (_, groups, _), (_, _, value_dim), output = shapes
-        # Attributes, not `get_config()`: KerasHub's `LlamaAttention` 0.32
-        # cannot serialize itself.
-        config = {"name": gqa.name, "dtype": gqa.dtype_policy, "trainable": gqa.trainable}
-        for attribute in _CONVERTED_ATTRIBUTES:
-            value = getattr(gqa, attribute, None)
-            if value is not None:
-                config[attribute] = keras.saving.serialize_keras_object(value)
-        config.update(
-            num_heads=heads, key_dim=key_dim, value_dim=value_dim,
-            num_key_value_heads=groups, use_bias=biased["_query_dense"],
-            output_shape=None if output[-1] == features else output[-1],
-        )
-        rotary = getattr(gqa, "rotary_embedding_layer", None)
-        if isinstance(rotary, keras.layers.Layer):
-            config["position_encoding"] = rotary  # shared: it holds no state
-        return cls._converted("gqa", gqa, config, kwargs, by_role=True)
-
-    @classmethod
-    def _converted(cls, name, layer, config, kwargs, by_role=False):
-        if not layer.built:
-            raise ValueError(
-                f"`{name}` must be built (called once) so its shapes are known. "
-                f"Received: {name}={layer.name!r} (not built)"
-            )
-        converted = cls.from_config({**config, **kwargs})
-
-        def shape(dense):  # the input shape an EinsumDense was built for
-            rank = len(dense.equation.split(",")[0])
-            return (None,) * (rank - 1) + (dense.kernel.shape[0],)
-
-        # Built inside the scope the original was built in, so that its
-        # variables keep their paths ("block/self_attention/query/kernel"):
-        # a `LayoutMap` or a checkpoint that names them keeps finding them.
-        path = layer._query_dense.kernel.path
-        scope = path[: max(path.rfind(f"{layer.name}/"), 0)].rstrip("/")
-        with keras.name_scope(scope) if scope else contextlib.nullcontext():
-            converted.build(*(shape(getattr(layer, attribute)) for attribute in (
-                "_query_dense", "_value_dense", "_key_dense"
-            )))
-        if not by_role:  # a MultiHeadAttention: the same variables in the same order
-            converted.set_weights(layer.get_weights())
-            return converted
-        copied = set()
-        for role in _PROJECTIONS + ("_gate_dense",):
-            if getattr(layer, role, None) is not None and getattr(converted, role, None) is not None:
-                getattr(converted, role).set_weights(getattr(layer, role).get_weights())
-                copied.update(id(v) for v in getattr(layer, role).weights)
-        if converted.position_encoding is not None:  # shared, not copied
-            copied.update(id(v) for v in converted.position_encoding.weights)
-        dropped = [v.path for v in layer.weights if id(v) not in copied]
-        if dropped:
-            raise ValueError(
-                f"`{name}` holds weights the conversion would drop (QKVAttention "
-                "has the four projections, a gate and `position_encoding`). "
-                f"Received: {name}={layer.name!r} ({type(layer).__name__}) with {dropped}"
-            )
-        return converted
+        return _attention_conversion.from_grouped_query_attention(cls, gqa, kwargs)
 
     # -- call --------------------------------------------------------------
 
@@ -482,7 +397,8 @@ class QKVAttention(keras.layers.MultiHeadAttention):
             _checks.static_shape(value.shape[:-1]),
         )
         if cache is not None or cache_update_index is not None:
-            self._check_cache(query, cache, cache_update_index)
+            _kv_cache.check(query, cache, cache_update_index, self.num_key_value_heads,
+                            self._key_dim, self._value_dim)
         for name, mask, shape in (
             ("query_mask", query_mask, steps[0]),
             ("value_mask", value_mask, steps[1]),
@@ -544,12 +460,12 @@ class QKVAttention(keras.layers.MultiHeadAttention):
                 offset = 0
             else:
                 index = ops.cast(cache_update_index, "int32")
-                k = _write_steps(cache[:, 0], ops.cast(k, cache.dtype), index)
-                v = _write_steps(cache[:, 1], ops.cast(v, cache.dtype), index)
+                k = _kv_cache.write_steps(cache[:, 0], ops.cast(k, cache.dtype), index)
+                v = _kv_cache.write_steps(cache[:, 1], ops.cast(v, cache.dtype), index)
                 cache = ops.stack((k, v), axis=1)
                 if key_valid is not None:  # the new steps' padding
                     everywhere = ops.ones(ops.shape(cache)[:1] + (cache.shape[2],), "bool")
-                    key_valid = _write_steps(everywhere, ops.cast(key_valid, "bool"), index)
+                    key_valid = _kv_cache.write_steps(everywhere, ops.cast(key_valid, "bool"), index)
                 offset = index
         query_valid = None if query_mask is None else ops.cast(query_mask, "bool")
         rank = len(q.shape) - 1 + len(self._attention_axes)  # the scores'
@@ -606,76 +522,6 @@ class QKVAttention(keras.layers.MultiHeadAttention):
         if return_attention_scores:
             return output, scores
         return output
-
-    def _check_cache(self, query, cache, cache_update_index):
-        if cache is None:
-            raise ValueError(
-                "`cache_update_index` needs a `cache`. Received: cache=None, "
-                f"cache_update_index={cache_update_index!r}"
-            )
-        expected = (None, 2, None, self.num_key_value_heads, self._key_dim)
-        shape = _checks.static_shape(cache.shape)
-        if len(shape) != 5 or any(s not in (None, e) for s, e in zip(shape, expected) if e):
-            raise ValueError(
-                "`cache` must have shape (batch, 2, max_length, "
-                f"num_key_value_heads={self.num_key_value_heads}, "
-                f"key_dim={self._key_dim}). Received: cache.shape={shape}"
-            )
-        if shape[2] == 0:
-            raise ValueError(
-                f"`cache` must have room for a step (max_length >= 1). Received: cache.shape={shape}"
-            )
-        batch = _checks.static_shape(query.shape)[0]
-        if None not in (batch, shape[0]) and batch != shape[0]:
-            raise ValueError(
-                "`cache` must have the query's batch size (no broadcast). Received: "
-                f"cache.shape={shape}, query.shape={tuple(query.shape)}"
-            )
-        dtype = keras.backend.standardize_dtype(cache.dtype)
-        if "float" not in dtype:
-            raise ValueError(
-                "`cache` must hold floats (keys and values would be truncated). "
-                f"Received: cache.dtype={dtype}"
-            )
-        if cache_update_index is not None:
-            self._check_cache_index(cache_update_index, query, shape[2])
-        if len(query.shape) != 3 or self._value_dim != self._key_dim:
-            raise ValueError(
-                "A cache needs rank-3 inputs and `value_dim == key_dim` (keys "
-                f"and values share it). Received: query.shape={tuple(query.shape)}, "
-                f"key_dim={self._key_dim}, value_dim={self._value_dim}"
-            )
-
-    def _check_cache_index(self, index, query, max_length):
-        """Raises unless `index` is a scalar int and, where its value is
-        known (eager code), the query's steps fit in the cache from it."""
-        if isinstance(index, (bool, np.bool_)) or isinstance(index, float):
-            raise ValueError(
-                "`cache_update_index` must be a scalar int. "
-                f"Received: cache_update_index={index!r}"
-            )
-        if not isinstance(index, numbers.Integral):
-            if not hasattr(index, "dtype") or not hasattr(index, "shape"):  # a list, a string
-                raise ValueError(
-                    "`cache_update_index` must be a scalar int. "
-                    f"Received: cache_update_index={index!r}"
-                )
-            dtype = keras.backend.standardize_dtype(index.dtype)
-            if "int" not in dtype or len(index.shape) != 0:
-                raise ValueError(
-                    "`cache_update_index` must be a scalar int. Received: "
-                    f"cache_update_index with dtype {dtype} and shape {tuple(index.shape)}"
-                )
-            index = _checks.known_value(index)
-        steps = _checks.static_shape(query.shape)[1]
-        if index is None or None in (steps, max_length):
-            return
-        if not 0 <= int(index) <= max_length - steps:
-            raise ValueError(
-                f"`cache_update_index` must leave room for the query's {steps} step(s) "
-                f"in the cache of max_length={max_length}: 0 <= cache_update_index <= "
-                f"{max_length - steps}. Received: cache_update_index={int(index)}"
-            )
 
     def _compute_attention(
         self,
@@ -899,23 +745,6 @@ def _check_output_shape(output_shape):
             "`output_shape` should be a positive int or a non-empty tuple or "
             f"list of them. Received: output_shape={output_shape!r}"
         )
-
-
-def _write_steps(buffer, steps, index):
-    """`buffer[:, index:index + T] = steps` for `(B, T, ...)` steps, as a
-    select: a step whose slot falls outside the buffer is not written, where
-    `slice_update` would move the whole block back inside (compiled code
-    cannot raise on an index out of range; eager code has raised already)."""
-    length, count = buffer.shape[1], _checks.static_shape(steps.shape)[1]
-    if count == 0:
-        return buffer
-    if count is None:
-        count = ops.shape(steps)[1]
-    relative = ops.arange(length, dtype="int32") - index
-    inside = ops.logical_and(relative >= 0, relative < count)
-    picked = ops.take(steps, ops.minimum(ops.maximum(relative, 0), count - 1), axis=1)
-    inside = ops.reshape(inside, (1, length) + (1,) * (len(buffer.shape) - 2))
-    return ops.where(inside, picked, buffer)
 
 
 def _and_masks(*masks):
