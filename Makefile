@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-test
 
-.PHONY: test test-backends test-hub test-oldest dist demo notebooks bench clean
+.PHONY: test test-bench test-backends test-hub test-oldest dist demo notebooks bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 # PYTEST_ARGS adds pytest options, e.g. PYTEST_ARGS="-n 2" (pytest-xdist,
 # in the test extra) to run the tests in two processes.
 test: $(STAMP)
-	KERAS_BACKEND=$${KERAS_BACKEND:-tensorflow} $(PY) -m pytest -q $(PYTEST_ARGS)
+	KERAS_BACKEND=$${KERAS_BACKEND:-tensorflow} $(PY) -m pytest -q -m "not bench" $(PYTEST_ARGS)
 
 # The same suite on Keras's JAX and PyTorch backends (CPU builds). TORCH is
 # the PyTorch requirement: the CPU-only wheel, so no CUDA libraries come
@@ -32,8 +32,12 @@ $(BACKENDS_STAMP): $(STAMP)
 	touch $@
 
 test-backends: $(BACKENDS_STAMP)
-	KERAS_BACKEND=jax $(PY) -m pytest -q $(PYTEST_ARGS)
-	KERAS_BACKEND=torch $(PY) -m pytest -q $(PYTEST_ARGS)
+	KERAS_BACKEND=jax $(PY) -m pytest -q -m "not bench" $(PYTEST_ARGS)
+	KERAS_BACKEND=torch $(PY) -m pytest -q -m "not bench" $(PYTEST_ARGS)
+
+# The benchmark suite end to end at tiny sizes (its table shapes, not speed).
+test-bench: $(BACKENDS_STAMP)
+	KERAS_BACKEND=tensorflow $(PY) -m pytest -q -m bench tests/test_benchmarks.py
 
 # QKVAttention inside KerasHub (tests/test_keras_hub.py and tutorial 12;
 # skipped where KerasHub is absent). KerasHub requires TensorFlow Text, which requires its
@@ -77,7 +81,7 @@ $(OLDEST_STAMP): pyproject.toml .ci/oldest-constraints.txt
 	touch $@
 
 test-oldest: $(OLDEST_STAMP)
-	KERAS_BACKEND=tensorflow $(OLDEST)/bin/python -m pytest -q $(PYTEST_ARGS)
+	KERAS_BACKEND=tensorflow $(OLDEST)/bin/python -m pytest -q -m "not bench" $(PYTEST_ARGS)
 
 # The sdist and wheel in dist/, checked as a package index would.
 dist: $(STAMP)

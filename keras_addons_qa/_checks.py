@@ -146,3 +146,18 @@ def known_value(x):
         if torch.jit.is_tracing() or torch.compiler.is_compiling():
             return None
     return keras.ops.convert_to_numpy(x)
+
+
+def check_whole(prefix, name, x):
+    """Raises (eager code) if `x` holds values that are not whole numbers:
+    tags given as floats would be truncated where compiled code cannot
+    raise. `prefix` names the caller."""
+    known = known_value(x)
+    if known is None:
+        return
+    fractions = known[known != np.floor(known)]
+    if fractions.size:
+        raise ValueError(
+            f"{prefix}: `{name}` must be whole tags. Received: {name} values "
+            f"{sorted(set(fractions.tolist()))[:10]}"
+        )

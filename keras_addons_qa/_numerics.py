@@ -19,6 +19,31 @@ FLOAT32_MIN = -3.4028234663852886e38
 FLOAT32_TINY = 1.1754943508222875e-38
 
 
+def custom_gradient(forward):
+    """`keras.ops.custom_gradient` with one signature on every backend:
+    `forward(*args)` returns `(value, grad)`, and `grad(upstream)` the
+    gradients of the arguments. (Keras's torch backend passes the upstream
+    gradient by the keyword `upstream`, TensorFlow and JAX by position.)"""
+
+    @ops.custom_gradient
+    def wrapped(*args):
+        value, grad = forward(*args)
+
+        def backend_grad(*given, upstream=None):
+            return grad(given[0] if upstream is None else upstream)
+
+        return value, backend_grad
+
+    return wrapped
+
+
+def batch_mean(total, x):
+    """`total` (a sum over the batch of `x`) divided by `x`'s batch size,
+    0 for an empty batch (not 0 / 0)."""
+    batch = ops.cast(ops.shape(x)[0], total.dtype)
+    return total / ops.maximum(batch, 1.0)
+
+
 def widen(x):
     """Casts `x` to float32, or keeps float64: the precision we compute in.
 

@@ -1,8 +1,11 @@
-"""The one place tests touch private Keras API, plus shared test helpers.
+"""The one place tests import private Keras API, plus shared test helpers.
 
 `keras.src.testing.TestCase` is Keras's own layer harness (`run_layer_test`,
 `run_class_serialization_test`). It is private: it is imported here and only
-here, and pyproject.toml pins Keras to the 3.x line it was written against.
+here (`test_house_rules.py` checks it), and pyproject.toml pins Keras to the
+3.x line it was written against. `test_keras_mha_suite.py` runs Keras's own
+MultiHeadAttention test file from the installed wheel in a subprocess; that
+file imports Keras's private harness itself.
 """
 
 import contextlib
@@ -12,6 +15,8 @@ import os
 import keras
 import numpy as np
 import pytest
+
+import keras_addons_qa as kaq
 from keras.src.testing import TestCase  # noqa: F401  (re-exported)
 
 BACKEND = keras.backend.backend()
@@ -152,3 +157,45 @@ FIT_MODES = {
     "graph": dict(jit_compile=False),
     "xla": dict(jit_compile=True),
 }
+
+
+# The model every-component tests share (distribution, saving, determinism).
+VOCAB, GROUPS, SIZE, DIM = 12, 4, 3, 8
+
+
+def every_component_model():
+    """A compiled model with every core component: QKVAttention,
+    ActivityPenalty, MaskedAttentionPooling, a NonNegative kernel,
+    MonotoneGroupedSoftmax and AlmostOneHotEmbeddingLoss."""
+    tokens = keras.Input((6,), dtype="int32")
+    x = keras.layers.Embedding(VOCAB, DIM, mask_zero=True)(tokens)
+    x = kaq.layers.QKVAttention(2, 4)(x, x)
+    x = kaq.layers.ActivityPenalty(l1=1e-2, l2=1e-2)(x)
+    pooled = kaq.layers.MaskedAttentionPooling(5)(x)
+    hidden = keras.layers.Dense(
+        16, activation="tanh", kernel_constraint=kaq.constraints.NonNegative()
+    )(pooled)
+    groups = kaq.layers.MonotoneGroupedSoftmax(GROUPS, SIZE, name="groups")(hidden)
+    word = keras.layers.Dense(VOCAB, activation="softmax", name="word")(hidden)
+    model = keras.Model(tokens, {"groups": groups, "word": word})
+    embedding = np.random.default_rng(0).normal(size=(VOCAB, 3)).astype("float32")
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.5),
+        loss={
+            "groups": "sparse_categorical_crossentropy",
+            "word": kaq.losses.AlmostOneHotEmbeddingLoss(embedding, power=2.0),
+        },
+    )
+    return model
+
+
+def every_component_data():
+    """`(tokens, y)` for `every_component_model`: 8 examples, half padded."""
+    rng = np.random.default_rng(1)
+    tokens = rng.integers(1, VOCAB, size=(8, 6)).astype("int32")
+    tokens[::2, 4:] = 0  # padding
+    y = {
+        "groups": rng.integers(0, SIZE, size=(8, GROUPS)).astype("int32"),
+        "word": rng.normal(size=(8, 3)).astype("float32"),
+    }
+    return tokens, y

@@ -1,4 +1,9 @@
-"""The benchmark suite runs end to end (tiny sizes; speed is not asserted)."""
+"""The benchmark suite runs end to end (tiny sizes; speed is not asserted).
+
+Marked `bench`: each case starts fresh processes, so the suite takes
+minutes. `make test` leaves it out; `make test-bench` (in `.ci/run`) runs
+it.
+"""
 
 import importlib.util
 import os
@@ -11,6 +16,7 @@ import pytest
 from tests import harness
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.bench
 
 
 @pytest.mark.skipif(

@@ -10,7 +10,6 @@ import numpy as np
 import keras
 import keras_addons_qa as kaq
 from tests import harness
-from tests.test_distribution import _data
 
 
 def _run():
@@ -25,7 +24,7 @@ def _run():
     groups = kaq.layers.MonotoneGroupedSoftmax(4, 3)(hidden)
     model = keras.Model(tokens, groups)
     model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
-    data, y = _data()
+    data, y = harness.every_component_data()
     history = model.fit(data, y["groups"], batch_size=4, epochs=3, verbose=0)
     return history.history["loss"], [harness.to_numpy(w) for w in model.weights]
 

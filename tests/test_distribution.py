@@ -25,30 +25,8 @@ import keras
 import keras_addons_qa as kaq
 from tests import harness
 
-VOCAB, GROUPS, SIZE, DIM = 12, 4, 3, 8
-
-
-def _model():
-    tokens = keras.Input((6,), dtype="int32")
-    x = keras.layers.Embedding(VOCAB, DIM, mask_zero=True)(tokens)
-    x = kaq.layers.QKVAttention(2, 4)(x, x)
-    x = kaq.layers.ActivityPenalty(l1=1e-2, l2=1e-2)(x)
-    pooled = kaq.layers.MaskedAttentionPooling(5)(x)
-    hidden = keras.layers.Dense(
-        16, activation="tanh", kernel_constraint=kaq.constraints.NonNegative()
-    )(pooled)
-    groups = kaq.layers.MonotoneGroupedSoftmax(GROUPS, SIZE, name="groups")(hidden)
-    word = keras.layers.Dense(VOCAB, activation="softmax", name="word")(hidden)
-    model = keras.Model(tokens, {"groups": groups, "word": word})
-    embedding = np.random.default_rng(0).normal(size=(VOCAB, 3)).astype("float32")
-    model.compile(
-        optimizer=keras.optimizers.SGD(0.5),
-        loss={
-            "groups": "sparse_categorical_crossentropy",
-            "word": kaq.losses.AlmostOneHotEmbeddingLoss(embedding, power=2.0),
-        },
-    )
-    return model
+VOCAB, GROUPS, SIZE, DIM = harness.VOCAB, harness.GROUPS, harness.SIZE, harness.DIM
+_model, _data = harness.every_component_model, harness.every_component_data
 
 
 PRETRAINED = np.random.default_rng(3).normal(size=(VOCAB, DIM)).astype("float32")
@@ -96,17 +74,6 @@ def _core_invariants(weights):
     kernels = [w for w in weights if w.ndim == 2 and w.shape == (DIM, 16)]
     assert kernels and kernels[0].min() >= 0.0  # NonNegative held
 
-
-
-def _data():
-    rng = np.random.default_rng(1)
-    tokens = rng.integers(1, VOCAB, size=(8, 6)).astype("int32")
-    tokens[::2, 4:] = 0  # padding
-    y = {
-        "groups": rng.integers(0, SIZE, size=(8, GROUPS)).astype("int32"),
-        "word": rng.normal(size=(8, 3)).astype("float32"),
-    }
-    return tokens, y
 
 
 MODELS = {

@@ -9,7 +9,6 @@ TensorFlow Text, which would bring a second TensorFlow) and runs this file.
 import keras
 import numpy as np
 import pytest
-from keras import ops
 
 from keras_addons_qa.layers import QKVAttention
 from keras_addons_qa.layers import replace_attention

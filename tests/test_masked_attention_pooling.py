@@ -302,9 +302,32 @@ def test_stateless_call_computes_in_the_compute_dtype():
     np.testing.assert_array_equal(harness.to_numpy(got), harness.to_numpy(expected))
 
 
-def test_compiling_answers_per_backend():
-    # Outside any traced function: JAX compiles everything, the others not.
-    assert _xla.compiling() is (keras.backend.backend() == "jax")
+def test_compiling_answers_for_the_function_being_traced():
+    """Eager code and a plain graph are not compiled by XLA; a TensorFlow
+    function with `jit_compile=True` and everything `jax.jit` traces are;
+    torch never is."""
+    seen = []
+
+    def probe(x):
+        seen.append(_xla.compiling())
+        return x + 1.0
+
+    x = np.ones(2, "float32")
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        for run in (probe, tf.function(probe), tf.function(probe, jit_compile=True)):
+            run(tf.constant(x))
+        assert seen == [False, False, True]
+    elif backend == "jax":
+        import jax
+
+        jax.jit(probe)(x)
+        assert seen == [True]
+    else:
+        probe(keras.ops.convert_to_tensor(x))
+        assert seen == [False]
 
 
 def test_implicit_mask_from_embedding_equals_explicit_mask():

@@ -350,7 +350,7 @@ def test_jax_length_path_matches_a_boolean_mask(kind, causal):
     np.testing.assert_allclose(out[seen], np.asarray(reference(q, k, v))[seen], atol=1e-6)
 
     # Gradients of a loss over the rows that see a key (the others are
-    # zeroed by the layer), through the reorder's hand-written transpose.
+    # zeroed by the layer), through the hand-off's layout changes.
     weights = jnp.asarray(rng.normal(size=out.shape), "float32") * seen[:, :, None, None]
     grads = jax.grad(lambda *a: jnp.sum(ours(*a) * weights), argnums=(0, 1, 2))(q, k, v)
     expected = jax.grad(

@@ -16,16 +16,14 @@ import numpy as np
 import pytest
 
 from tests import harness
-from tests.test_distribution import _data
-from tests.test_distribution import _model
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def _trained(tmp_path):
     keras.utils.set_random_seed(3)
-    model = _model()
-    tokens, y = _data()
+    model = harness.every_component_model()
+    tokens, y = harness.every_component_data()
     model.fit(tokens, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
     path = tmp_path / "every_component.keras"
     model.save(path)
@@ -35,7 +33,7 @@ def _trained(tmp_path):
 def test_every_component_round_trip(tmp_path):
     model, path = _trained(tmp_path)
     loaded = keras.saving.load_model(path, safe_mode=True)
-    tokens, y = _data()
+    tokens, y = harness.every_component_data()
     def normalized(config):  # tuples and lists compare equal, as in JSON
         return json.loads(json.dumps(config))
 

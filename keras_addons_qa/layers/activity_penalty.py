@@ -75,9 +75,7 @@ class ActivityPenalty(keras.layers.Layer):
             total = _l1_l2(x, self.l1, self.l2)
         if len(x.shape) == 0:
             return total
-        batch_size = ops.cast(ops.shape(x)[0], x.dtype)
-        # max(batch, 1): an empty batch gives 0, not 0 / 0.
-        return total / ops.maximum(batch_size, 1.0)
+        return _numerics.batch_mean(total, x)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -96,16 +94,14 @@ def _l1_l2(x, l1, l2):
     penalty case.
     """
 
-    @ops.custom_gradient
+    @_numerics.custom_gradient
     def penalty(x):
         terms = [l1 * ops.sum(ops.abs(x))] if l1 else []
         if l2:
             terms.append(l2 * ops.sum(ops.square(x)))
         total = terms[0] if len(terms) == 1 else terms[0] + terms[1]
 
-        def grad(*args, upstream=None):
-            if upstream is None:  # TensorFlow and JAX; torch passes it by name
-                (upstream,) = args
+        def grad(upstream):
             upstream = ops.cast(upstream, x.dtype)
             if not l1:
                 return x * (2.0 * l2 * upstream)

@@ -3,7 +3,7 @@ from keras import ops
 
 from keras_addons_qa import _checks
 from keras_addons_qa import _numerics
-from keras_addons_qa.text import crf as crf_functions
+from keras_addons_qa.text import _chain
 from keras_addons_qa.text import tagging
 
 
@@ -225,26 +225,26 @@ class CRF(keras.layers.Layer):
             # projection nor any gradient.
             inputs = _numerics.sanitize(inputs, valid)
         scores = self.dense(inputs) if self.use_kernel else inputs
-        # Clipped to +-1e20 (crf_functions.SCORE_LIMIT): sums of scores
+        # Clipped to +-1e20 (`_chain.SCORE_LIMIT`): sums of scores
         # near float32's end would overflow.
-        scores = crf_functions._bounded(_numerics.widen(ops.convert_to_tensor(scores)))
-        transitions = crf_functions._bounded(ops.cast(self.chain_kernel.value, scores.dtype))
+        scores = _chain.bounded(_numerics.widen(ops.convert_to_tensor(scores)))
+        transitions = _chain.bounded(ops.cast(self.chain_kernel.value, scores.dtype))
         boundaries = {}
         if self.use_boundary:
             boundaries = {"start": self.left_boundary.value, "end": self.right_boundary.value}
-        boundaries = {k: crf_functions._bounded(ops.cast(v, scores.dtype)) for k, v in boundaries.items()}
+        boundaries = {k: _chain.bounded(ops.cast(v, scores.dtype)) for k, v in boundaries.items()}
         if self.allowed_transitions is not None:
-            ruled_out = crf_functions.RULED_OUT
+            ruled_out = _chain.RULED_OUT
             transitions = ops.where(self.allowed_chain.value > 0.5, transitions, ruled_out)
             for key, allowed in (("start", self.allowed_start), ("end", self.allowed_end)):
                 scores_of = ops.where(allowed.value > 0.5, boundaries.get(key, 0.0), ruled_out)
                 boundaries[key] = ops.cast(scores_of, scores.dtype)
-        potentials = crf_functions._chain_potentials(scores, transitions, valid, **boundaries)
+        potentials = _chain.potentials(scores, transitions, valid, **boundaries)
         # The decoding has no gradient: it records none (on torch, it would).
-        tags = crf_functions._chain_decode(ops.stop_gradient(potentials))
+        tags = _chain.decode(ops.stop_gradient(potentials))
         outputs = {"tags": tags, "potentials": potentials}
         if self.return_marginals:
-            outputs["marginals"] = crf_functions._chain_marginals(potentials)
+            outputs["marginals"] = _chain.marginals(potentials)
         return outputs
 
     def compute_mask(self, inputs, mask=None):

@@ -100,9 +100,7 @@ class GaussianSampling(keras.layers.Layer):
         """`mean_over_batch(sum_over_features(KL(N(mean, var) || N(0, 1))))`."""
         kl = 0.5 * (ops.square(mean) + ops.exp(log_var) - 1.0 - log_var)
         per_example = ops.sum(ops.reshape(kl, (ops.shape(kl)[0], -1)), axis=-1)
-        batch = ops.cast(ops.shape(kl)[0], kl.dtype)
-        # max(batch, 1): an empty batch gives 0, not 0 / 0.
-        return ops.sum(per_example) / ops.maximum(batch, 1.0)
+        return _numerics.batch_mean(ops.sum(per_example), kl)
 
     def compute_output_shape(self, input_shape):
         return tuple(_check_pair(input_shape)[0])

@@ -169,9 +169,7 @@ class MonotoneGroupedSoftmax(keras.layers.Layer):
         per_position = ops.sum(ops.square(violation), axis=-1)
         if mask is not None:
             per_position = _numerics.sanitize(per_position, mask)
-        batch_size = ops.cast(ops.shape(per_position)[0], per_position.dtype)
-        # max(batch, 1): an empty batch gives 0, not 0 / 0.
-        total = ops.sum(per_position) / ops.maximum(batch_size, 1.0)
+        total = _numerics.batch_mean(ops.sum(per_position), per_position)
         return self.penalty_weight * total
 
     def expected_index(self, probs):

@@ -32,26 +32,16 @@ class QKVAttention(keras.layers.MultiHeadAttention):
     call arguments, variables (in the same order), output shapes,
     `get_config` keys and sublayers, so LoRA, int8 quantization and dtype
     policy maps reach it as they reach MultiHeadAttention;
-    `from_multi_head_attention(mha)` converts a built layer. With the same
+    `from_multi_head_attention(mha)` converts a built layer and
+    `replace_attention(model)` swaps it into a built model. With the same
     weights it computes the same outputs and scores wherever every query
-    sees a key. What it adds:
-
-    - Padding reaches nothing: steps that `query_mask`, `value_mask` or
-      `key_mask` (by default the inputs' Keras masks) mark are zeroed
-      before the projections, so inf or NaN there reach no output and no
-      gradient. An explicit `query_mask` is honoured.
-    - A query that sees no key gets a zero context (its output is the
-      output projection's bias) and zero scores, never NaN.
-    - The softmax runs in float32 under every dtype policy.
-    - `distance_penalty` (Speech-Transformer's locality bias),
-      `num_key_value_heads` (grouped-query attention), `position_encoding`
-      (rotary positions) and a KV cache (KerasHub's
-      `CachedMultiHeadAttention` convention); `replace_attention(model)`
-      swaps it into a built model.
-    - Long sequences in bounded memory: all attention arithmetic is
-      `keras_addons_qa.ops.attention`, which runs block by block once the
-      scores pass `scores_budget_mb`, skipping the blocks causal order and
-      `sliding_window` hide.
+    sees a key. Padding (`query_mask`, `value_mask`, `key_mask`, by default
+    the inputs' Keras masks) reaches no output and no gradient, even inf or
+    NaN; a query that sees no key gets a zero context and zero scores; the
+    softmax runs in float32. It adds `distance_penalty`, grouped-query
+    heads, `position_encoding` and a KV cache, and all its attention is
+    `keras_addons_qa.ops.attention`, block by block past
+    `scores_budget_mb`.
 
     Masks are bool, True = attend, combined by AND. `query_mask` has the
     query's shape without features, `value_mask` and `key_mask` the
@@ -304,8 +294,7 @@ class QKVAttention(keras.layers.MultiHeadAttention):
             **self._get_common_kwargs_for_sublayer(),
         )
         self._gate_dense.build(query_shape)
-        self._layers.remove(self._gate_dense)
-        self._layers.insert(self._layers.index(self._value_dense), self._gate_dense)
+        _compat.move_sublayer(self, self._gate_dense, before=self._value_dense)
 
     def _group_heads(self, attribute, input_shape):
         """Rebuilds the projection `attribute` (built by MultiHeadAttention)

@@ -6,14 +6,6 @@ import keras
 from keras_addons_qa import _compat
 from keras_addons_qa.layers.qkv_attention import QKVAttention
 
-# Bookkeeping, not where a model holds its attention: Keras's lists of a
-# layer's sublayers and a graph's operations (the tracker's list is swapped
-# apart), torch's registry of submodules and TensorFlow's checkpoint
-# dependencies, both updated by `setattr`.
-_BOOKKEEPING = (
-    "_layers", "_operations", "_modules", "_self_unconditional_dependency_names",
-    "_self_unconditional_checkpoint_dependencies",
-)
 # Compiled functions a model caches (Keras's, and KerasHub's `generate`):
 # dropped, so the next call traces the new layers.
 _CACHED_FUNCTIONS = ("train_function", "test_function", "predict_function", "generate_function")
@@ -191,7 +183,7 @@ def _layers_of(model):
 def _holders(parent, layer):
     """The attributes of `parent` that hold `layer`, and whether a list or
     dict attribute holds it."""
-    names = _compat.attribute_names(parent) - set(_BOOKKEEPING)
+    names = _compat.attribute_names(parent) - set(_compat.BOOKKEEPING_ATTRIBUTES)
     attributes, contained = [], False
     for name in sorted(names):
         value = getattr(parent, name)

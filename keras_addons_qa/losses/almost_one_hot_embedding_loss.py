@@ -196,14 +196,12 @@ class AlmostOneHotEmbeddingLoss(keras.losses.Loss):
         scale = _numerics.sharpening_scale(self.power, self.iterations)
         from_logits = self.from_logits
 
-        @ops.custom_gradient
+        @_numerics.custom_gradient
         def embed(probs_or_logits):
             q = self.sharpen(probs_or_logits)
             predicted = ops.matmul(q, matrix)
 
-            def grad(*args, upstream=None):
-                if upstream is None:  # TensorFlow and JAX; torch passes it by name
-                    (upstream,) = args
+            def grad(upstream):
                 # The sharpening's scale multiplies the (..., dim) upstream,
                 # not a (..., vocab) tensor: as `q * scale`, TensorFlow's
                 # graph optimizer computes that product during the forward

@@ -3,7 +3,7 @@ import numpy as np
 from keras import ops
 
 from keras_addons_qa import _checks
-from keras_addons_qa.text import crf as crf_functions
+from keras_addons_qa.text import _chain
 
 
 @keras.saving.register_keras_serializable(package="keras_addons_qa")
@@ -73,22 +73,17 @@ class CRFLoss(keras.losses.Loss):
                 f"y_pred.shape={shape}"
             )
         # Keras hands y_true over as floats: a fraction would be truncated.
-        known = _checks.known_value(y_true)
-        if known is not None and np.any(known != np.floor(known)):
-            raise ValueError(
-                "CRFLoss: `y_true` must be whole tags. Received: y_true values "
-                f"{sorted(set(known[known != np.floor(known)].tolist()))[:10]}"
-            )
+        _checks.check_whole("CRFLoss", "y_true", y_true)
         tags = ops.cast(y_true, "int32")
         num_tags = shape[3] if shape[3] is not None else ops.shape(y_pred)[3]
         valid = y_pred[:, :, -1, 0] > 0.5
-        in_range = crf_functions._in_range(tags, num_tags, valid, "CRFLoss", "y_true", "at unmasked steps")
-        loss = -crf_functions._chain_log_likelihood(y_pred, ops.where(in_range, tags, 0))
+        in_range = _chain.in_range(tags, num_tags, valid, "CRFLoss", "y_true", "at unmasked steps")
+        loss = -_chain.log_likelihood(y_pred, ops.where(in_range, tags, 0))
         # Compiled code cannot raise: an example with a tag out of range at
         # an unmasked step gets loss 0 (and no gradient).
         loss = ops.where(ops.all(ops.logical_or(in_range, ops.logical_not(valid)), axis=1), loss, 0.0)
         known = _checks.known_value(loss)
-        broke = None if known is None else np.isfinite(known) & (known > crf_functions._BROKE_RULE)
+        broke = None if known is None else np.isfinite(known) & (known > _chain.BROKE_RULE)
         if broke is not None and np.any(broke):
             raise ValueError(
                 "CRFLoss: the gold tags of the examples at batch indices "

@@ -547,7 +547,7 @@ def _put_halves(spans, half, length):
 
 
 def _attend(parts, scale, q, k, v):
-    @ops.custom_gradient
+    @_numerics.custom_gradient
     def attend(q, k, v):
         scaled = q * ops.cast(scale, q.dtype)
         context = lse = None
@@ -562,9 +562,7 @@ def _attend(parts, scale, q, k, v):
                        + c * ops.expand_dims(ops.exp(l - merged), -1))
             lse = merged
 
-        def grad(*args, upstream=None):
-            if upstream is None:  # TensorFlow and JAX; torch passes it by name
-                (upstream,) = args
+        def grad(upstream):
             up = _numerics.widen(upstream)
             # D_i = sum_j P_ij dP_ij = dO_i . O_i, the softmax gradient's row term.
             term = ops.sum(up * context, axis=-1)

@@ -13,53 +13,27 @@ num_tags)`; `tag_indices` `(batch, time)` ints; `sequence_lengths`
 example's length change nothing.
 
 The dynamic programs, the forward and backward algorithms and Viterbi,
-are written once and shared with the `CRF` layer. They are scans over
-time (`_xla.scan`: on TensorFlow and JAX the traced graph does not grow
-with the length; on torch the loop runs in Python), each step O(1) in the
-length, in its gradient too, and compute in at least float32 (float64
-stays float64; the results are cast back to the inputs' dtype). The
-layer's log-partition has its gradient from the forward and backward
-algorithms (a custom gradient: first order only). Decoding
-picks back-pointers with comparisons, selects and sums only, so a model
-that decodes exports to SavedModel, LiteRT's builtin ops and ONNX.
+are written once, in the private `_chain` module the `CRF` layer and
+`CRFLoss` share: scans over time, each step O(1) in the length, in the
+gradient too (on TensorFlow and JAX the traced graph does not grow with
+the length; on torch the loop runs in Python). They compute in at least float32 (float64 stays float64;
+the results are cast back to the inputs' dtype). The layer's
+log-partition has its gradient from the forward and backward algorithms
+(a custom gradient: first order only). Decoding picks back-pointers with
+comparisons, selects and sums only, so a model that decodes exports to
+SavedModel, LiteRT's builtin ops and ONNX.
 """
 
 import keras
 import numpy as np
 from keras import ops
 
-from keras_addons_qa import _buffers
 from keras_addons_qa import _checks
 from keras_addons_qa import _numerics
 from keras_addons_qa import _xla
-
-
-# The score of what a constraint rules out (`CRF(allowed_transitions=...)`):
-# finite, so that no sum of scores is inf - inf, and low enough that its
-# exponential is 0 next to any allowed sequence's.
-RULED_OUT = -1e30
-# A loss above this (finite) took a ruled-out transition.
-_BROKE_RULE = -0.1 * RULED_OUT
-# Scores are clipped to +-SCORE_LIMIT (their gradient is 0 beyond it):
-# float32 ends at 3.4e38, and a chain of scores near it sums to inf, whose
-# differences are NaN. No learned score comes near it; -inf scores (ruled
-# out, `crf_filtered_inputs`) become finite, so no sum is inf - inf, and a
-# NaN score counts as the lowest, so a decoded tag is always a tag.
-SCORE_LIMIT = 1e20
-
-
-def _bounded(scores):
-    return ops.where(scores >= -SCORE_LIMIT, ops.minimum(scores, SCORE_LIMIT), -SCORE_LIMIT)
-
-
-def _tensor(x, name="inputs", function=""):
-    if x is None:
-        raise ValueError(f"{function}: `{name}` must be a tensor. Received: {name}=None")
-    x = ops.convert_to_tensor(x)
-    # A TensorFlow variable passes through `convert_to_tensor` as it is;
-    # `take_along_axis` needs a tensor.
-    return x if hasattr(x, "ndim") else ops.copy(x)
-
+from keras_addons_qa.text import _chain
+from keras_addons_qa.text._chain import RULED_OUT  # noqa: F401 (public)
+from keras_addons_qa.text._chain import SCORE_LIMIT
 
 _NOT_USED = object()
 
@@ -67,7 +41,7 @@ _NOT_USED = object()
 def _prepare(inputs, transition_params=_NOT_USED, function="", name="inputs"):
     """float32 (or float64) scores, transitions and the inputs' dtype;
     raises if the shapes do not fit (`function` names the caller)."""
-    inputs = _tensor(inputs, name, function)
+    inputs = _chain.as_tensor(inputs, name, function)
     shape = _checks.static_shape(inputs.shape)
     if len(shape) != 3 or shape[-1] is None:
         raise ValueError(
@@ -75,16 +49,10 @@ def _prepare(inputs, transition_params=_NOT_USED, function="", name="inputs"):
             f"number of tags. Received: {name}.shape={shape}"
         )
     dtype = _score_dtype(inputs, name, function)
-    scores = _bounded(_numerics.widen(inputs))
+    scores = _chain.bounded(_numerics.widen(inputs))
     if transition_params is not _NOT_USED:
         transition_params = _transitions(transition_params, shape[-1], function)
     return scores, transition_params, dtype
-
-
-def _empty(scores):
-    """Whether `(batch, time, ...)` scores have no step or no example, as
-    far as their static shape tells: the loops and maxima are skipped."""
-    return 0 in _checks.static_shape(scores.shape)[:2]
 
 
 def _score_dtype(x, name, function):
@@ -98,7 +66,7 @@ def _score_dtype(x, name, function):
 
 
 def _transitions(transition_params, num_tags, function):
-    transition_params = _tensor(transition_params, "transition_params", function)
+    transition_params = _chain.as_tensor(transition_params, "transition_params", function)
     _score_dtype(transition_params, "transition_params", function)
     transitions = _numerics.widen(transition_params)
     shape = _checks.static_shape(transitions.shape)
@@ -107,7 +75,7 @@ def _transitions(transition_params, num_tags, function):
             f"{function}: `transition_params` must have shape (num_tags, num_tags) = "
             f"({num_tags}, {num_tags}). Received: transition_params.shape={shape}"
         )
-    return _bounded(transitions)
+    return _chain.bounded(transitions)
 
 
 def _lengths(sequence_lengths, scores=None, function=""):
@@ -115,7 +83,7 @@ def _lengths(sequence_lengths, scores=None, function=""):
     scores' (or tags') batch, a dtype that is not a number, and (eager
     code) a negative or fractional length. A length past the steps counts
     them all, as in TensorFlow Addons."""
-    given = _tensor(sequence_lengths, "sequence_lengths", function)
+    given = _chain.as_tensor(sequence_lengths, "sequence_lengths", function)
     dtype = keras.backend.standardize_dtype(given.dtype)
     shape = _checks.static_shape(given.shape)
     batch = None if scores is None else _checks.static_shape(scores.shape)[0]
@@ -141,7 +109,7 @@ def _tags(tag_indices, scores, function, name="tag_indices"):
     """int32 `(batch, time)` tags; raises on another batch size, fewer
     steps than the scores, another rank, bool tags and (eager code) tags
     that are not whole numbers (compiled code truncates them)."""
-    tags = _tensor(tag_indices, name, function)
+    tags = _chain.as_tensor(tag_indices, name, function)
     dtype = keras.backend.standardize_dtype(tags.dtype)
     shape = _checks.static_shape(tags.shape)
     batch, steps = _checks.static_shape(scores.shape)[:2]
@@ -154,27 +122,8 @@ def _tags(tag_indices, scores, function, name="tag_indices"):
     if "int" not in dtype and "float" not in dtype:
         raise ValueError(f"{function}: `{name}` must hold int tags. Received: {name}.dtype={dtype}")
     if "float" in dtype:
-        known = _checks.known_value(tags)
-        if known is not None and np.any(known != np.floor(known)):
-            raise ValueError(
-                f"{function}: `{name}` must be whole tags. Received: {name} values "
-                f"{sorted(set(known[known != np.floor(known)].tolist()))[:10]}"
-            )
+        _checks.check_whole(function, name, tags)
     return ops.cast(tags, "int32")
-
-
-def _in_range(tags, num_tags, valid, function, name="tag_indices", where="within each length"):
-    """Bool: where `tags` are tags; raises (eager code) if one at a `valid`
-    step is not. Compiled code cannot raise: there such a tag scores 0."""
-    in_range = ops.logical_and(tags >= 0, tags < num_tags)
-    known = _checks.known_value(ops.logical_and(valid, ops.logical_not(in_range)))
-    if known is not None and np.any(known):
-        bad = _checks.known_value(tags)[known]
-        raise ValueError(
-            f"{function}: `{name}` must be tags in [0, {num_tags}) {where}. "
-            f"Received: {name} values {sorted(set(bad.tolist()))[:10]}"
-        )
-    return in_range
 
 
 def _valid(scores, lengths):
@@ -194,10 +143,10 @@ def _with_ends(scores, lengths, start, end, function=""):
         (steps == ops.expand_dims(lengths - 1, 1), end, "end_transitions"),
     ):
         if extra is not None:
-            extra = _tensor(extra, name, function)
+            extra = _chain.as_tensor(extra, name, function)
             _score_dtype(extra, name, function)
             _checks.check_shape(name, extra.shape, (num_tags,))
-            extra = _bounded(_numerics.widen(extra))
+            extra = _chain.bounded(_numerics.widen(extra))
             scores = scores + ops.where(ops.expand_dims(at, -1), ops.cast(extra, scores.dtype), 0.0)
     return scores
 
@@ -219,7 +168,7 @@ def crf_unary_score(tag_indices, sequence_lengths, inputs):
     # Tags beyond the inputs' steps are ignored, as in TensorFlow Addons.
     tags = _tags(tag_indices, scores, function)[:, : ops.shape(scores)[1]]
     valid = _valid(scores, _lengths(sequence_lengths, scores, function))
-    valid = ops.logical_and(valid, _in_range(tags, scores.shape[-1], valid, function))
+    valid = ops.logical_and(valid, _chain.in_range(tags, scores.shape[-1], valid, function))
     return ops.cast(_unary(scores, tags, valid), dtype)
 
 
@@ -243,15 +192,15 @@ def crf_binary_score(tag_indices, sequence_lengths, transition_params):
         `(batch,)`: each example's sum over its `length - 1` transitions.
     """
     function = "crf_binary_score"
-    given = _tensor(transition_params, "transition_params", function)
+    given = _chain.as_tensor(transition_params, "transition_params", function)
     dtype = _score_dtype(given, "transition_params", function)
     num_tags = _checks.static_shape(given.shape)[-1:] or (None,)
     transitions = _transitions(given, num_tags[0], function)
-    tags = _tensor(tag_indices, "tag_indices", function)
+    tags = _chain.as_tensor(tag_indices, "tag_indices", function)
     tags = _tags(tags, tags, function)
     lengths = _lengths(sequence_lengths, tags, function)
     valid = ops.expand_dims(ops.arange(ops.shape(tags)[1], dtype="int32"), 0) < ops.expand_dims(lengths, 1)
-    in_range = _in_range(tags, transitions.shape[0], valid, function)
+    in_range = _chain.in_range(tags, transitions.shape[0], valid, function)
     return ops.cast(_binary(transitions, tags, valid, in_range), dtype)
 
 
@@ -295,7 +244,7 @@ def _sequence_score(scores, tags, lengths, transitions, function):
     """`crf_sequence_score` of prepared scores (start and end included)."""
     tags = tags[:, : ops.shape(scores)[1]]
     valid = _valid(scores, lengths)
-    in_range = _in_range(tags, scores.shape[-1], valid, function)
+    in_range = _chain.in_range(tags, scores.shape[-1], valid, function)
     unary = _unary(scores, tags, ops.logical_and(valid, in_range))
     return unary + _binary(transitions, tags, valid, in_range)
 
@@ -316,10 +265,10 @@ def crf_forward(inputs, state, transition_params, sequence_lengths):
         length is 0 or 1).
     """
     scores, transitions, dtype = _prepare(inputs, transition_params, "crf_forward", "inputs")
-    state = _tensor(state, "state", "crf_forward")
+    state = _chain.as_tensor(state, "state", "crf_forward")
     _checks.check_shape("state", state.shape, (scores.shape[0], scores.shape[-1]))
     lengths = _lengths(sequence_lengths, scores, "crf_forward")
-    return ops.cast(_forward_from(_bounded(_numerics.widen(state)), scores, transitions, lengths), dtype)
+    return ops.cast(_forward_from(_chain.bounded(_numerics.widen(state)), scores, transitions, lengths), dtype)
 
 
 def _forward_from(alpha, scores, transitions, lengths):
@@ -327,126 +276,12 @@ def _forward_from(alpha, scores, transitions, lengths):
     if scores.shape[1] == 0:  # one step in all: nothing to loop over
         return alpha
     steps = ops.shape(scores)[1]
-    return _forward(
+    return _chain.forward(
         alpha,
         ops.broadcast_to(transitions, (steps,) + tuple(transitions.shape)),
         ops.transpose(_valid(scores, lengths - 1)),
         unary=ops.transpose(scores, (1, 0, 2)),
     )
-
-
-def _forward(alpha, edges, active, unary=None, keep=False):
-    """The forward algorithm over time-major log-potentials `edges`
-    `(time, [batch,] previous, next)`, plus `unary` `(time, batch, next)`
-    if given (added after the sum over the previous tag: one pass over
-    `(batch, previous, next)` fewer).
-
-    `alpha` `(batch, num_tags)` are the log-scores before the first step;
-    `active` `(time, batch)` bool, False where a step is skipped (`alpha`
-    passes it unchanged). Returns `alpha` after the last step and, with
-    `keep`, the `(time, batch, num_tags)` log-scores after each step.
-    """
-    xs = (edges, ops.expand_dims(active, -1)) + (() if unary is None else (unary,))
-
-    def step(alpha, x):
-        new = ops.logsumexp(ops.expand_dims(alpha, 2) + x[0], axis=1)
-        if unary is not None:
-            new = new + x[2]
-        alpha = ops.where(x[1], new, alpha)
-        return alpha, (alpha,) if keep else ()
-
-    outputs = ((keras.backend.standardize_dtype(alpha.dtype), alpha),) if keep else ()
-    alpha, kept = _xla.scan(step, alpha, xs, outputs=outputs)
-    return (alpha, *kept) if keep else alpha
-
-
-def _backward(edges, active, unary=None):
-    """The backward algorithm (`_forward`'s arguments): the `(time, batch,
-    num_tags)` log-scores of the steps after each step given its tag (0
-    after the last)."""
-    num_tags = edges.shape[-1]
-    beta = ops.zeros((ops.shape(active)[1], num_tags), edges.dtype)
-    xs = (edges, ops.expand_dims(active, -1)) + (() if unary is None else (unary,))
-
-    def step(beta, x):
-        after = beta if unary is None else beta + x[2]
-        new = ops.logsumexp(x[0] + ops.expand_dims(after, -2), axis=-1)
-        return ops.where(x[1], new, beta), (beta,)
-
-    dtype = keras.backend.standardize_dtype(beta.dtype)
-    _, (betas,) = _xla.scan(step, beta, xs, outputs=((dtype, beta),), reverse=True)
-    return betas
-
-
-def _tag_probs(alpha, edges, active, unary=None):
-    """`(time, batch, num_tags)` posterior probability of each tag at each
-    active step (0 at the others), from the forward and backward
-    algorithms (`_forward`'s arguments)."""
-    last, after = _forward(alpha, edges, active, unary, keep=True)
-    log_z = ops.logsumexp(last, axis=-1)
-    # Normalized at each step (the same as subtracting log_z, exactly):
-    # with scores of 1e10 and more, rounding moves the log-scores by more
-    # than 1, and the probabilities must still sum to 1.
-    probs = ops.softmax(after + _backward(edges, active, unary), axis=-1)
-    keep = ops.logical_and(active, ops.expand_dims(log_z > _numerics.FLOAT32_MIN, 0))
-    return ops.where(ops.expand_dims(keep, -1), probs, 0.0)
-
-
-def _viterbi(alpha, edges, active, unary=None):
-    """Viterbi decoding: `_forward` with max for log-sum-exp, over
-    time-major log-potentials `edges` `(time, [batch,] next, previous)`,
-    plus `unary` `(time, batch, next)` if given; `alpha` is the virtual
-    start (`_virtual_start`), which the first step must leave. Returns
-    `(path, alpha)`: the int32 `(batch, time)` best tags (at a skipped
-    step, the tag of the next active one) and the final scores. Ties go to
-    the smaller tag.
-    """
-    num_tags = alpha.shape[-1]
-    tags_axis = ops.arange(num_tags, dtype="int32")
-    # Shapes are made once, outside the loops: on torch, which runs them
-    # in Python, each operation inside costs about as much as its work.
-    active = ops.expand_dims(active, -1)
-    xs = (edges, active, ops.expand_dims(active, -1))
-    xs += () if unary is None else (ops.expand_dims(unary, 2),)
-
-    def forward(scores, x):
-        # scores[b, 0, j] <- max_i(scores[b, 0, i] + edges[b, j, i]), and
-        # the first i that gives it. A skipped step keeps the scores and
-        # points each tag to itself.
-        candidates = scores + x[0]
-        top = ops.max(candidates, axis=-1, keepdims=True)
-        came = ops.min(ops.where(candidates >= top, tags_axis, num_tags), axis=-1)
-        top = ops.reshape(top, (-1, 1, num_tags))
-        if unary is not None:
-            top = top + x[3]
-        return ops.where(x[2], top, scores), (ops.where(x[1], came, tags_axis),)
-
-    scores, (pointers,) = _xla.scan(
-        forward, ops.expand_dims(alpha, 1), xs, outputs=(("int32", alpha),)
-    )
-    alpha = ops.reshape(scores, (-1, num_tags))
-    last = ops.expand_dims(_buffers.first_argmax(alpha, tags_axis, num_tags), 1)
-
-    def backward(tag, x):
-        # The tag at step t - 1 is the pointer of step t's tag (a select
-        # and a sum, not a gather, for LiteRT's builtins and ONNX).
-        tag = ops.sum(ops.where(tag == tags_axis, x[0], 0), axis=-1, keepdims=True)
-        return tag, (tag,)
-
-    # The tags of steps -1 (the virtual start) to time - 2, then the last.
-    _, (path,) = _xla.scan(
-        backward, last, (pointers,), outputs=(("int32", last),), reverse=True
-    )
-    path = ops.concatenate([path[1:, :, 0], ops.transpose(last)], axis=0)
-    return ops.transpose(path), alpha
-
-
-def _virtual_start(batch, num_tags, dtype):
-    """The log-scores before the first step: 0 for a virtual tag 0, the
-    lowest float32 for the others. A first step whose rows are all the
-    same (its unary scores alone) leaves it for every tag alike."""
-    before = ops.where(ops.arange(num_tags) == 0, 0.0, _numerics.FLOAT32_MIN)
-    return ops.zeros((batch, num_tags), dtype) + ops.cast(before, dtype)
 
 
 def crf_log_norm(inputs, sequence_lengths, transition_params,
@@ -466,7 +301,7 @@ def crf_log_norm(inputs, sequence_lengths, transition_params,
     """
     scores, transitions, dtype = _prepare(inputs, transition_params, "crf_log_norm", "inputs")
     lengths = _lengths(sequence_lengths, scores, "crf_log_norm")
-    if _empty(scores):  # no step (or no example): one empty sequence, of score 0
+    if _chain.is_empty(scores):  # no step (or no example): one empty sequence, of score 0
         return ops.zeros(ops.shape(scores)[:1], dtype)
     scores = _with_ends(scores, lengths, start_transitions, end_transitions, "crf_log_norm")
     return ops.cast(_log_norm(scores, lengths, transitions), dtype)
@@ -497,7 +332,7 @@ def crf_log_likelihood(inputs, tag_indices, sequence_lengths, transition_params=
         `(log_likelihood, transition_params)`, the first `(batch,)`.
     """
     function = "crf_log_likelihood"
-    inputs = _tensor(inputs, "inputs", function)
+    inputs = _chain.as_tensor(inputs, "inputs", function)
     if transition_params is None:
         num_tags = inputs.shape[-1]
         transition_params = keras.Variable(
@@ -507,7 +342,7 @@ def crf_log_likelihood(inputs, tag_indices, sequence_lengths, transition_params=
     scores, transitions, dtype = _prepare(inputs, transition_params, function)
     tags = _tags(tag_indices, scores, function)
     lengths = _lengths(sequence_lengths, scores, function)
-    if _empty(scores):  # no step (or no example): probability 1
+    if _chain.is_empty(scores):  # no step (or no example): probability 1
         return ops.zeros(ops.shape(scores)[:1], dtype), transition_params
     scores = _with_ends(scores, lengths, start_transitions, end_transitions, function)
     score = _sequence_score(scores, tags, lengths, transitions, function)
@@ -534,13 +369,13 @@ def crf_marginals(inputs, sequence_lengths, transition_params,
     """
     scores, transitions, dtype = _prepare(inputs, transition_params, "crf_marginals", "inputs")
     lengths = _lengths(sequence_lengths, scores, "crf_marginals")
-    if _empty(scores):  # no step (or no example)
+    if _chain.is_empty(scores):  # no step (or no example)
         return ops.zeros(ops.shape(scores), dtype)
     scores = _with_ends(scores, lengths, start_transitions, end_transitions, "crf_marginals")
     # From the virtual start, whose first step has no transition.
     chained = ops.arange(ops.shape(scores)[1]) > 0
-    probs = _tag_probs(
-        _virtual_start(ops.shape(scores)[0], scores.shape[-1], scores.dtype),
+    probs = _chain.tag_probs(
+        _chain.virtual_start(ops.shape(scores)[0], scores.shape[-1], scores.dtype),
         ops.where(ops.reshape(chained, (-1, 1, 1)), transitions, 0.0),
         ops.transpose(_valid(scores, lengths)),
         unary=ops.transpose(scores, (1, 0, 2)),
@@ -559,9 +394,9 @@ def crf_filtered_inputs(inputs, tag_bitmap):
     Returns:
         The filtered scores, `inputs`' shape.
     """
-    inputs = _tensor(inputs, "inputs", "crf_filtered_inputs")
+    inputs = _chain.as_tensor(inputs, "inputs", "crf_filtered_inputs")
     inputs = ops.cast(inputs, _score_dtype(inputs, "inputs", "crf_filtered_inputs"))
-    tag_bitmap = _tensor(tag_bitmap, "tag_bitmap", "crf_filtered_inputs")
+    tag_bitmap = _chain.as_tensor(tag_bitmap, "tag_bitmap", "crf_filtered_inputs")
     _checks.check_shape("tag_bitmap", tag_bitmap.shape, inputs.shape)
     return ops.where(ops.cast(tag_bitmap, "bool"), inputs, ops.cast(float("-inf"), inputs.dtype))
 
@@ -604,7 +439,7 @@ def crf_decode(potentials, transition_params, sequence_length,
     """
     scores, transitions, dtype = _prepare(potentials, transition_params, "crf_decode", "potentials")
     lengths = _lengths(sequence_length, scores, "crf_decode")
-    if _empty(scores):  # no step (or no example): the empty sequence, of score 0
+    if _chain.is_empty(scores):  # no step (or no example): the empty sequence, of score 0
         return ops.zeros(ops.shape(scores)[:2], "int32"), ops.zeros(ops.shape(scores)[:1], dtype)
     scores = _with_ends(scores, lengths, start_transitions, end_transitions, "crf_decode")
     valid = _valid(scores, lengths)
@@ -615,8 +450,8 @@ def crf_decode(potentials, transition_params, sequence_length,
     # `(time, num_tags, num_tags)`): a select inside the loop costs more.
     chained = ops.arange(ops.shape(scores)[1]) > 0
     into = ops.where(ops.reshape(chained, (-1, 1, 1)), ops.transpose(transitions), 0.0)
-    path, alpha = _viterbi(
-        _virtual_start(ops.shape(scores)[0], scores.shape[-1], scores.dtype),
+    path, alpha = _chain.viterbi(
+        _chain.virtual_start(ops.shape(scores)[0], scores.shape[-1], scores.dtype),
         into,
         ops.transpose(ops.logical_or(valid, ops.expand_dims(ops.logical_not(chained), 0))),
         unary=ops.transpose(scores, (1, 0, 2)),
@@ -653,7 +488,7 @@ def crf_top_k_decode(potentials, transition_params, sequence_length, k,
     k = _checks.integer_at_least("k", k, 1)
     scores, transitions, dtype = _prepare(potentials, transition_params, "crf_top_k_decode", "potentials")
     lengths = _lengths(sequence_length, scores, "crf_top_k_decode")
-    if _empty(scores):  # no step (or no example): the empty sequence, of score 0, and no other
+    if _chain.is_empty(scores):  # no step (or no example): the empty sequence, of score 0, and no other
         batch, steps = ops.shape(scores)[0], ops.shape(scores)[1]
         first = ops.cast(ops.where(ops.arange(k) == 0, 0.0, float("-inf")), dtype)
         return ops.zeros((batch, k, steps), "int32"), ops.zeros((batch, 1), dtype) + first
@@ -770,136 +605,3 @@ def viterbi_decode(score, transition_params):
     return viterbi[::-1], np.max(best)
 
 
-# The potentials the `CRF` layer outputs and `CRFLoss` reads: one float32
-# tensor `(batch, time, num_tags + 1, num_tags)` that holds the whole chain
-# of each example, so the loss needs nothing but `y_pred` and `y_true`.
-# Rows `[:num_tags]` of step t are the log-potentials `[previous, next]`:
-# transitions plus the unary scores of step t (plus the start scores at an
-# example's first unmasked step, where every row is the same, and the end
-# scores at its last). Row `num_tags` is 1 at unmasked steps, 0 at masked
-# ones, which the chain skips: masked steps change nothing, wherever they
-# are (right or left padding, or holes).
-
-
-def _chain_potentials(unary, transitions, valid, start=None, end=None):
-    """The layer's potentials from float32 `(batch, time, num_tags)` unary
-    scores, `(num_tags, num_tags)` transitions, `(batch, time)` bool
-    `valid` and optional `(num_tags,)` start and end scores."""
-    counted = ops.cast(valid, "int32")
-    first = ops.logical_and(valid, ops.cumsum(counted, axis=1) == 1)
-    last = ops.logical_and(valid, ops.flip(ops.cumsum(ops.flip(counted, 1), axis=1), 1) == 1)
-    if start is not None:
-        unary = unary + ops.where(ops.expand_dims(first, -1), start, 0.0)
-    if end is not None:
-        unary = unary + ops.where(ops.expand_dims(last, -1), end, 0.0)
-    unary = ops.expand_dims(unary, 2)
-    first, valid = (ops.expand_dims(ops.expand_dims(m, -1), -1) for m in (first, valid))
-    edges = ops.where(valid, ops.where(first, unary, transitions + unary), 0.0)
-    flags = ops.cast(valid, edges.dtype) + ops.zeros_like(unary)
-    return ops.concatenate([edges, flags], axis=2)
-
-
-def _chain(potentials):
-    """Time-first edges `(time, batch, n, n)`, `valid` `(time, batch)` and
-    the log-scores before the first step: 0 for a virtual tag 0, which the
-    first unmasked step's identical rows make irrelevant."""
-    potentials = _numerics.widen(_tensor(potentials))
-    num_tags = potentials.shape[-1]
-    # A split, not a slice: TensorFlow's gradient of a strided slice of a
-    # 4-d tensor is several times slower.
-    edges, flags = ops.split(ops.transpose(potentials, (1, 0, 2, 3)), [num_tags], axis=2)
-    alpha = _virtual_start(ops.shape(potentials)[0], num_tags, potentials.dtype)
-    return edges, flags[:, :, 0, 0] > 0.5, alpha
-
-
-def _chain_log_likelihood(potentials, tags):
-    """`(batch,)` log-likelihood of the `(batch, time)` int tags."""
-    if _empty(potentials):  # no step (or no example): probability 1
-        return ops.zeros(ops.shape(potentials)[:1], _numerics.widen(potentials).dtype)
-    edges, valid, alpha = _chain(potentials)
-    # Masked steps' tags are never read, whatever they hold (-1, num_tags).
-    tags = ops.where(valid, ops.transpose(ops.cast(tags, "int32")), 0)
-    # The gold path's potentials, entry [previous tag, tag] of each step.
-    num_tags = edges.shape[-1]
-    flat = ops.reshape(edges, (ops.shape(edges)[0], -1, num_tags * num_tags))
-    pairs = _previous_tags(tags, valid) * num_tags + tags
-    # Picked by a comparison and a select, whose gradient is a select too
-    # (a gather's is a scatter, slower in a TensorFlow graph).
-    chosen = ops.logical_and(
-        ops.expand_dims(valid, -1),
-        ops.expand_dims(pairs, -1) == ops.arange(num_tags * num_tags, dtype="int32"),
-    )
-    score = ops.sum(ops.where(chosen, flat, 0.0), axis=(0, 2))
-    return score - _chain_log_norm(edges, valid, alpha)
-
-
-def _previous_tags(tags, valid):
-    """The tag of the last valid step before each step of `(time, batch)`
-    `tags` (0 before the first): the valid steps' tags in order (a sort of
-    the step indices, valid ones first), read one back."""
-    steps = ops.shape(tags)[0]
-    index = ops.expand_dims(ops.arange(steps, dtype="int32"), 1)
-    order = ops.argsort(ops.where(valid, index, index + steps), axis=0)
-    in_order = ops.take_along_axis(tags, ops.cast(order, "int32"), axis=0)
-    before = ops.cumsum(ops.cast(valid, "int32"), axis=0) - ops.cast(valid, "int32")
-    previous = ops.take_along_axis(in_order, ops.maximum(before - 1, 0), axis=0)
-    return ops.where(before > 0, previous, 0)
-
-
-def _chain_log_norm(edges, valid, alpha):
-    """`(batch,)` log-partition of the chain from the log-scores `alpha`.
-
-    Its gradient is the probability of each transition, from the forward
-    and backward algorithms (`_transition_probs`): one loop back over the
-    steps and one vectorized pass, where the autodiff of the forward loop
-    writes each step's gradient through its own loop.
-    """
-
-    @ops.custom_gradient
-    def log_norm(edges):
-        last, after = _forward(alpha, edges, valid, keep=True)
-        log_z = ops.logsumexp(last, axis=-1)
-
-        def grad(*args, upstream=None):
-            if upstream is None:  # TensorFlow and JAX; torch passes it by name
-                (upstream,) = args
-            before = ops.concatenate([ops.expand_dims(alpha, 0), after[:-1]], axis=0)
-            probs = _transition_probs(edges, valid, before, _backward(edges, valid), log_z)
-            return probs * ops.reshape(upstream, (1, -1, 1, 1))
-
-        return log_z, grad
-
-    return log_norm(edges)
-
-
-def _transition_probs(edges, valid, alphas, betas, log_z):
-    """`(time, batch, previous, next)` posterior probability of each
-    transition (0 at skipped steps and where no sequence is possible)."""
-    keep = ops.logical_and(valid, ops.expand_dims(log_z > _numerics.FLOAT32_MIN, 0))
-    # log_z and the skipped steps folded into the small (time, batch,
-    # previous) term (-inf: probability 0; the edges and betas are finite),
-    # so the (time, batch, n, n) work is two sums, a min and an exp.
-    before = ops.where(ops.expand_dims(keep, -1), alphas - ops.reshape(log_z, (1, -1, 1)), float("-inf"))
-    log_p = ops.expand_dims(before, 3) + edges + ops.expand_dims(betas, 2)
-    # At most 0: with scores of 1e10 and more, rounding can lift a
-    # log-probability above 0, and its exponential to inf.
-    return ops.exp(ops.minimum(log_p, 0.0))
-
-
-def _chain_marginals(potentials):
-    """The float32 `(batch, time, num_tags)` tag posteriors, 0 at masked
-    steps."""
-    if _empty(potentials):  # no step (or no example)
-        return ops.zeros(ops.shape(potentials)[:3], _numerics.widen(potentials).dtype)[:, :, :-1]
-    edges, valid, alpha = _chain(potentials)
-    return ops.transpose(_tag_probs(alpha, edges, valid), (1, 0, 2))
-
-
-def _chain_decode(potentials):
-    """The int32 `(batch, time)` Viterbi tags, 0 at masked steps."""
-    if _empty(potentials):  # no step (or no example)
-        return ops.zeros(ops.shape(potentials)[:2], "int32")
-    edges, valid, alpha = _chain(potentials)
-    edges = ops.transpose(edges, (0, 1, 3, 2))  # [next, previous]
-    path, _ = _viterbi(alpha, edges, valid)
-    return ops.where(ops.transpose(valid), path, 0)
