@@ -222,14 +222,35 @@ def _pad(x, axis, length):
     return ops.pad(x, pad)
 
 
-def _blocks(x, axis, size):
-    """`(count, ...)`: `x` padded along `axis` and cut into blocks of `size`
-    there, the block index first."""
-    count = -(-x.shape[axis] // size)
-    x = _pad(x, axis, count * size)
-    shape = list(ops.shape(x))
-    x = ops.reshape(x, shape[:axis] + [count, size] + shape[axis + 1:])
-    return ops.moveaxis(x, axis, 0)
+class _Blocks:
+    """`x` cut into blocks of `size` along `axis` (zero-padded to whole
+    blocks), with `column` (None, a number, or `_Blocks` of `x`'s shape
+    less its last axis) appended along the last axis. A block is read by a
+    dynamic slice when it is used, so no stacked copy of `x` exists; a
+    single block is built once."""
+
+    def __init__(self, x, axis, size, column=None):
+        self.count = -(-x.shape[axis] // size)
+        self.axis, self.size = axis, size
+        self.x = _pad(x, axis, self.count * size)
+        if self.count == 1 and column is not None:
+            self.x = _with_column(self.x, column if isinstance(column, float) else column[0])
+            column = None
+        self.column = column
+        self.dtype = x.dtype
+        self.width = self.x.shape[-1] + (column is not None)
+
+    def __getitem__(self, i):
+        x = self.x
+        if self.count != 1:
+            start = [0] * len(x.shape)
+            start[self.axis] = i * self.size
+            shape = list(ops.shape(x))
+            shape[self.axis] = self.size
+            x = ops.slice(x, start, shape)
+        if self.column is None:
+            return x
+        return _with_column(x, self.column if isinstance(self.column, float) else self.column[i])
 
 
 def _unblock(x, axis, length):
@@ -249,7 +270,7 @@ def _fold(problem, qi, i, k_blocks, v_blocks, first, count, value_dtype):
     stats = (
         ops.full(tuple(shape[:4]) + (1,), _numerics.FLOAT32_MIN, "float32"),
         ops.zeros(tuple(shape[:4]) + (1,), "float32"),
-        ops.zeros(tuple(shape[:4]) + (v_blocks.shape[-1],), "float32"),
+        ops.zeros(tuple(shape[:4]) + (v_blocks.width,), "float32"),
     )
 
     def step(j, stats):
@@ -404,9 +425,9 @@ def _forward_part(part, scaled, k, v):
     problem = part.problem
     contexts, lses = _forward(
         problem,
-        _blocks(part.take_queries(scaled, 3), 3, problem.rows),
-        _blocks(part.take_keys(k, 2), 2, problem.cols),
-        _blocks(part.take_keys(v, 2), 2, problem.cols),
+        _Blocks(part.take_queries(scaled, 3), 3, problem.rows),
+        _Blocks(part.take_keys(k, 2), 2, problem.cols),
+        _Blocks(part.take_keys(v, 2), 2, problem.cols),
     )
     return (
         part.put_queries(_unblock(contexts, 3, problem.q_len), 3, 0.0),
@@ -428,11 +449,12 @@ def _backward_part(part, scaled, k, v, up, lse, term):
     take_q, take_k = part.take_queries, part.take_keys
     # A row that sees no key has no visible entry: its shift is moot.
     shift = ops.where(lse > _numerics.FLOAT32_MIN, lse, 0.0)
-    queries = [take_q(x, 3) for x in (scaled, up, _with_column(scaled, -shift),
-                                      _with_column(up, -term))]
-    keys = [take_k(x, 2) for x in (k, _with_column(k, 1.0), _with_column(v, 1.0))]
-    q_, up_, qs, ups = (_blocks(x, 3, rows) for x in queries)
-    k_, ks, vs = (_blocks(x, 2, cols) for x in keys)
+    scaled, up, shift, term = (take_q(x, 3) for x in (scaled, up, shift, term))
+    k, v = take_k(k, 2), take_k(v, 2)
+    q_, up_ = _Blocks(scaled, 3, rows), _Blocks(up, 3, rows)
+    qs = _Blocks(scaled, 3, rows, column=_Blocks(-shift, 3, rows))
+    ups = _Blocks(up, 3, rows, column=_Blocks(-term, 3, rows))
+    k_, ks, vs = _Blocks(k, 2, cols), _Blocks(k, 2, cols, 1.0), _Blocks(v, 2, cols, 1.0)
     d_q, d_k, d_v = _backward(back, (q_, k_, up_), (qs, ks, vs, ups))
     return (
         part.put_queries(_unblock(d_q, 3, back.q_len), 3, 0.0),
