@@ -174,18 +174,22 @@ def plot(rows, path):
         lengths = [r["length"] for r in points]
         memory.plot(lengths, [r["peak"] / 2**30 for r in points], "o-", label=label)
         seconds.plot(lengths, [r["step"] for r in points], "o-", label=label)
+    ticks = {memory: [0.5, 1, 2, 3, 4, 8], seconds: [0.1, 1, 10, 100]}
     for axis, title in ((memory, "peak resident memory (GiB)"), (seconds, "training step (s)")):
         axis.set_xscale("log", base=2)
         axis.set_yscale("log")
         axis.set_xlabel("sequence length")
         axis.set_title(title)
-        axis.grid(True, which="both", alpha=0.3)
-        axis.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-        axis.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        axis.grid(True, which="major", alpha=0.3)
+        # Labelled ticks only where they read; no minor labels.
+        axis.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(ticks[axis]))
+        axis.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        axis.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     memory.axhline(3, color="gray", linestyle="--", linewidth=1)
-    memory.legend()
+    handles, names = memory.get_legend_handles_labels()
+    figure.legend(handles, names, loc="lower center", ncol=3, frameon=False)
     figure.suptitle("Self-attention, batch 1, 8 heads of 64, 2 CPU cores")
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.12, 1, 1))
     figure.savefig(path, dpi=120)
     plt.close(figure)
 
