@@ -6,7 +6,9 @@ under it. Griffe's Google parser knows `Examples:` with indented content, so
 this extension renames the heading and indents its block (up to the next
 `References:` / `Reference:` heading). `Call arguments:`, `Input shape:` and
 `Output shape:` become titled boxes (griffe's admonitions); the items of
-`Call arguments:` become a list there.
+`Call arguments:` become a list there. `Returns:` becomes a box titled
+"Return value" too: its text describes the value (shape, dtype), which
+mkdocstrings' Returns list would show after an empty name, as "– ...".
 Only the rendered text changes; the source and the doctests do not.
 """
 
@@ -18,6 +20,7 @@ _EXAMPLE = re.compile(r"^(Example|Examples):\s*$")
 _NEXT_SECTION = re.compile(r"^(Reference|References):\s*$")
 _CALL_ARGUMENTS = re.compile(r"^Call arguments:\s*$")
 _ITEM = re.compile(r"^    (\*{0,2}\w+): (.*)$")
+_RETURNS = re.compile(r"^Returns:\s*$")
 
 
 def call_arguments_as_list(lines):
@@ -47,6 +50,9 @@ def keras_to_google(text):
     out = []
     inside = False
     for line in lines:
+        if _RETURNS.match(line):
+            out.append("Return value:")
+            continue
         if _EXAMPLE.match(line):
             out.append("Examples:")
             inside = True
