@@ -39,6 +39,7 @@ import statistics
 import sys
 import time
 
+from benchmarks import long_attention
 from benchmarks import protocol
 
 HEADS, HEAD_DIM, WINDOW = 8, 64, 512
@@ -154,18 +155,7 @@ def _layer_step(which, backend, length, features=512):
                 w.value.grad = None
 
         return run
-    import tensorflow as tf
-
-    @tf.function
-    def step(x, m):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            out = forward(x, m)
-            loss = tf.reduce_sum(out * out)
-        return tape.gradient(loss, [x] + layer.trainable_variables)
-
-    x, mask = tf.constant(x), tf.constant(mask)
-    return lambda: [g.numpy() for g in step(x, mask)]
+    return long_attention.tensorflow_step(layer, forward, x, mask)
 
 
 def _matmul_rate():

@@ -70,18 +70,7 @@ def _worker(length, which, features=512, heads=8, head_size=64):
 
     backend = keras.backend.backend()
     if backend == "tensorflow":
-        import tensorflow as tf
-
-        @tf.function
-        def step(x, m):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                out = forward(x, m)
-                loss = tf.reduce_sum(out * out)
-            return loss, tape.gradient(loss, [x] + layer.trainable_variables)
-
-        x, mask = tf.constant(x), tf.constant(mask)
-        run = lambda: step(x, mask)[0].numpy()  # noqa: E731
+        run = tensorflow_step(layer, forward, x, mask)
     else:
         import jax
 
@@ -105,6 +94,24 @@ def _worker(length, which, features=512, heads=8, head_size=64):
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return dict(length=length, which=which, backend=backend, first=first,
                 step=sum(times) / len(times), peak=peak)
+
+
+def tensorflow_step(layer, forward, x, mask):
+    """A `tf.function` training step of `forward(x, mask)`: the gradients of
+    `sum(out ** 2)` with respect to `x` and `layer`'s weights, run and read
+    by the returned function."""
+    import tensorflow as tf
+
+    @tf.function
+    def step(x, m):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = forward(x, m)
+            loss = tf.reduce_sum(out * out)
+        return tape.gradient(loss, [x] + layer.trainable_variables)
+
+    x, mask = tf.constant(x), tf.constant(mask)
+    return lambda: [g.numpy() for g in step(x, mask)]
 
 
 def _prefill(length, x, mask, heads, head_size):
