@@ -75,13 +75,21 @@ def test_cpu_suite_runs_at_tiny_sizes(tmp_path):
     kernel_cases, goals = kernel.split("| target |")
     kernel_cases = [l for l in kernel_cases.splitlines() if l.startswith("| ")]
     # blockwise and full at 3 lengths, JAX at 2 (and its full path at 1),
-    # causal and blockwise at the long length, the window at 2, torch at 2
-    assert len(kernel_cases) == 2 + 6 + 3 * jax + 2 + 2 + 2 * torch
+    # causal and blockwise at the long length, the window at 2, torch at 2;
+    # the layers (QKVAttention, MultiHeadAttention) on TF at 1 length and on
+    # torch at 3
+    assert len(kernel_cases) == 2 + 6 + 3 * jax + 2 + 2 + 2 * torch + 2 + 6 * torch
     for row in kernel_cases[2:]:
         cells = [c.strip() for c in row.strip("|").split("|")]
-        assert all(float(c.split()[0]) > 0 for c in cells[1:])  # s, GiB, GFLOP/s, share
+        assert all(float(c.split()[0]) > 0 for c in cells[1:3])  # s, GiB
+        if row.startswith("| layer"):  # no attention FLOPs counted for a layer
+            assert cells[3:] == ["", ""]
+        else:
+            assert all(float(c.split()[0]) > 0 for c in cells[3:])  # GFLOP/s, share
     goals = [l for l in goals.splitlines() if l.startswith("| ")]
-    assert len(goals) == 1 + 3 + 2 * jax + 3 + 2 * torch
+    # ... and QKVAttention / MultiHeadAttention: TF time, torch time and
+    # memory at 3 lengths
+    assert len(goals) == 1 + 3 + 2 * jax + 3 + 2 * torch + 1 + 6 * torch
     assert all(row.rstrip().endswith(("| yes |", "| no |")) for row in goals[1:])
     long = [l for l in long.splitlines() if l.startswith("| ")]
     # 2 lengths: ours (per backend), causal, causal window, MHA; full at 128;

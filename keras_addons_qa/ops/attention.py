@@ -236,8 +236,8 @@ def _torch_attention(query, key, value, key_mask, is_causal, scale, groups, budg
 
     torch cannot take causal order and a mask together: causal order with a
     key mask becomes one `(B, 1, T, S)` mask, handed over only where one
-    head's float32 scores fit the budget (beyond, the blockwise path, which
-    skips the hidden blocks, holds less and costs about the same).
+    head's float32 scores fit the budget (beyond, the blockwise path takes
+    the call: it skips the hidden blocks and holds no `T x S` tensor).
     """
     if groups > 1:
         key, value = ops.repeat(key, groups, axis=2), ops.repeat(value, groups, axis=2)
