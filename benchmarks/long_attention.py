@@ -72,17 +72,7 @@ def _worker(length, which, features=512, heads=8, head_size=64):
     if backend == "tensorflow":
         run = tensorflow_step(layer, forward, x, mask)
     else:
-        import jax
-
-        weights = [v.value for v in layer.trainable_variables]
-
-        def loss(weights, x, m):
-            with keras.StatelessScope(state_mapping=list(zip(layer.trainable_variables, weights))):
-                out = forward(x, m)
-            return (out * out).sum()
-
-        step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
-        run = lambda: jax.block_until_ready(step(weights, x, mask))  # noqa: E731
+        run = jax_step(layer, forward, x, mask)
     start = time.perf_counter()
     run()
     first = time.perf_counter() - start
@@ -112,6 +102,22 @@ def tensorflow_step(layer, forward, x, mask):
 
     x, mask = tf.constant(x), tf.constant(mask)
     return lambda: [g.numpy() for g in step(x, mask)]
+
+
+def jax_step(layer, forward, x, mask):
+    """`tensorflow_step` on JAX: a jitted step of the same gradients."""
+    import jax
+    import keras
+
+    weights = [v.value for v in layer.trainable_variables]
+
+    def loss(weights, x, m):
+        with keras.StatelessScope(state_mapping=list(zip(layer.trainable_variables, weights))):
+            out = forward(x, m)
+        return (out * out).sum()
+
+    step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+    return lambda: jax.block_until_ready(step(weights, x, mask))
 
 
 def _prefill(length, x, mask, heads, head_size):

@@ -19,6 +19,9 @@ every layer supports XLA); the check reads TensorFlow's private
 `control_flow_util`, and answers False if that ever moves, which costs speed
 under XLA, never correctness. On torch it is False.
 
+`after` orders independent computations and `read` turns a variable into
+a tensor, both no-ops off TensorFlow.
+
 `scan` is a scan over time-major sequences whose reads and writes cost
 O(1) per step in every mode (the CRF's dynamic programs).
 `serial_fori_loop` is `keras.ops.fori_loop`, and `serial_scan` a scan over
@@ -74,7 +77,12 @@ def serial_scan(step, init, count, dtypes):
         parallel_iterations=1,
         maximum_iterations=count,
     )
-    return carry, tuple(a.stack() for a in arrays)
+    # One output stacked at a time: each holds its array and the copy.
+    stacked = []
+    for a in arrays:
+        with tf.control_dependencies(stacked[-1:]):
+            stacked.append(a.stack())
+    return carry, tuple(stacked)
 
 
 def scan(step, init, xs, outputs, reverse=False):
@@ -174,6 +182,17 @@ def after(tensors, done):
 
     with tf.control_dependencies([done]):
         return tuple(tf.identity(t) for t in tensors)
+
+
+def read(x):
+    """`x` as a tensor: a TensorFlow variable is read (a custom gradient
+    that reads a variable itself must take the variables as an argument).
+    Elsewhere `x` as it is."""
+    if keras.backend.backend() != "tensorflow":
+        return x
+    import tensorflow as tf
+
+    return tf.convert_to_tensor(x)
 
 
 def fori_loop(lower, upper, body_fun, init_val, parallel_iterations=10):

@@ -30,6 +30,14 @@ loops have a traced trip count; every block has the same static shape.
   the causal diagonal blocks. The parts' results are merged by their
   log-sum-exps (`_attend`).
 
+Tensors stay in the caller's layout, `(B, T, N, H)`: each block is sliced
+from it and transposed to the head-major layout the products take
+(`Layout`) when it is read, and each result block is transposed back as it
+is written, so no whole-size copy of an input, the output or a gradient in
+another layout exists. The scale is applied to each query block as it is
+read (and to each key block of dQ's products), not to a scaled copy of the
+queries.
+
 The masks of a block come from `logits`: the key mask and a user mask are
 sliced, causal order, the window and the distance penalty are computed from
 the block's positions. Rows with no visible key get zero probabilities:
@@ -45,9 +53,9 @@ from keras_addons_qa import _xla
 class Problem:
     """The static facts of one attention call, and its block arithmetic.
 
-    Tensors are head-major: `q` `(B, K, G, T, H)` (`K` key/value heads,
-    `G` query heads per key head), `k` `(B, K, S, H)`, `v` `(B, K, S, Hv)`,
-    the mask `(B|1, K|1, G|1, T|1, S|1)`, `key_valid` `(B, S)`.
+    Blocks are head-major: `q` `(B, K, G, rows, H)` (`K` key/value heads,
+    `G` query heads per key head), `k` `(B, K, cols, H)`, `v` `(B, K, cols,
+    Hv)`; the mask is `(B|1, K|1, G|1, T|1, S|1)`, `key_valid` `(B, S)`.
     """
 
     def __init__(self, q_len, k_len, *, scale, causal, window, distance_penalty,
@@ -224,21 +232,26 @@ def _pad(x, axis, length):
 
 class _Blocks:
     """`x` cut into blocks of `size` along `axis` (zero-padded to whole
-    blocks), with `column` (None, a number, or `_Blocks` of `x`'s shape
-    less its last axis) appended along the last axis. A block is read by a
-    dynamic slice when it is used, so no stacked copy of `x` exists; a
-    single block is built once."""
+    blocks), each block passed through `view` (None, or a function: to the
+    head-major layout, scaled, widened) and `column` (None, a number, or
+    `_Blocks` of the viewed blocks' shape less their last axis) appended
+    along the last axis. A block is read by a dynamic slice and viewed when
+    it is used, so no copy of `x` in another layout exists; a single block
+    is built once."""
 
-    def __init__(self, x, axis, size, column=None):
+    def __init__(self, x, axis, size, column=None, view=None):
         self.count = -(-x.shape[axis] // size)
         self.axis, self.size = axis, size
+        self.view, self.column = view or _same, column
         self.x = _pad(x, axis, self.count * size)
-        if self.count == 1 and column is not None:
-            self.x = _with_column(self.x, column if isinstance(column, float) else column[0])
-            column = None
-        self.column = column
-        self.dtype = x.dtype
-        self.width = self.x.shape[-1] + (column is not None)
+        self.bare = None
+        if self.count == 1:
+            self.bare = self.view(self.x)
+            self.x = self.bare if column is None else _with_column(self.bare, _first(column))
+            self.view, self.column = _same, None
+        # `_fold` reads the values' dtype; its views do not cast.
+        self.dtype = self.x.dtype
+        self.width = x.shape[-1] + (column is not None)
 
     def __getitem__(self, i):
         x = self.x
@@ -248,13 +261,78 @@ class _Blocks:
             shape = list(ops.shape(x))
             shape[self.axis] = self.size
             x = ops.slice(x, start, shape)
+        x = self.view(x)
         if self.column is None:
             return x
         return _with_column(x, self.column if isinstance(self.column, float) else self.column[i])
 
+    def without_column(self, block):
+        """`block` (read from here) less its column: a single block's
+        copy without it (built once), else a slice of `block`."""
+        if self.bare is not None:
+            return self.bare
+        return block if self.column is None else block[..., :-1]
+
+
+def _first(column):
+    return column if isinstance(column, float) else column[0]
+
+
+def _same(x):
+    return x
+
+
+class Layout:
+    """The caller's layout, `(B, T, N, H)` with `N = kv_heads * groups`
+    query heads, and the head-major blocks the arithmetic runs on:
+    `(B, K, G, rows, H)` for queries, `(B, K, cols, H)` for keys and
+    values. Blocks are transposed one at a time, as they are read."""
+
+    def __init__(self, kv_heads, groups):
+        self.kv_heads, self.groups = kv_heads, groups
+
+    def queries(self, block):
+        """`(B, rows, N, H)` -> `(B, K, G, rows, H)`."""
+        shape = ops.shape(block)
+        block = ops.reshape(block, (shape[0], shape[1], self.kv_heads, self.groups, shape[3]))
+        return ops.transpose(block, (0, 2, 3, 1, 4))
+
+    def keys(self, block):
+        """`(B, cols, K, H)` -> `(B, K, cols, H)`, and back."""
+        return ops.transpose(block, (0, 2, 1, 3))
+
+    def from_queries(self, block):
+        """`(B, K, G, rows, H)` -> `(B, rows, N, H)`, the inverse of
+        `queries`."""
+        shape = ops.shape(block)
+        block = ops.transpose(block, (0, 3, 1, 2, 4))
+        return ops.reshape(block, (shape[0], shape[3], shape[1] * shape[2], shape[4]))
+
+    def rows(self, x):
+        """Per-query statistics `(B, K, G, T)` -> `(B, T, N)`."""
+        shape = ops.shape(x)
+        x = ops.transpose(x, (0, 3, 1, 2))
+        return ops.reshape(x, (shape[0], shape[3], self.kv_heads * self.groups))
+
+    def head_rows(self, x):
+        """`(B, T, N)` -> `(B, K, G, T)`, the inverse of `rows`."""
+        shape = ops.shape(x)
+        x = ops.reshape(x, (shape[0], shape[1], self.kv_heads, self.groups))
+        return ops.transpose(x, (0, 2, 3, 1))
+
+
+def _unstack(x, length):
+    """Stacked blocks in the caller's layout, `(n, B, size, ...)` ->
+    `(B, length, ...)`, the padding cut off. (With one example the move
+    is free: TensorFlow's transpose of a unit axis only reshapes.)"""
+    shape = list(ops.shape(x))
+    x = ops.reshape(ops.moveaxis(x, 0, 1), [shape[1], shape[0] * shape[2]] + shape[3:])
+    return x if x.shape[1] == length else x[:, :length]
+
 
 def _unblock(x, axis, length):
-    """Inverse of `_blocks`, the padding cut off."""
+    """Stacked blocks `(n, ...)` -> one tensor along `axis`, the padding
+    cut off."""
     x = ops.moveaxis(x, 0, axis)
     shape = list(ops.shape(x))
     x = ops.reshape(x, shape[:axis] + [-1] + shape[axis + 2:])
@@ -315,17 +393,18 @@ def _whole_rows(problem, qi, i, k, v, value_dtype):
     return ops.where(seen, context, 0.0), ops.where(seen, lse, _numerics.FLOAT32_MIN)[..., 0]
 
 
-def _forward(problem, q_blocks, k_blocks, v_blocks):
+def _forward(problem, layout, q_blocks, k_blocks, v_blocks):
     value_dtype = v_blocks.dtype
 
     def step(carry, i):
         first, count = problem.key_range(i)
-        return carry, _fold(problem, q_blocks[i], i, k_blocks, v_blocks, first, count, value_dtype)
+        context, lse = _fold(problem, q_blocks[i], i, k_blocks, v_blocks, first, count, value_dtype)
+        return carry, (layout.from_queries(context), lse)
 
     _, (contexts, lses) = _xla.serial_scan(
         step, (ops.zeros((), "int32"),), problem.q_blocks, ("float32", "float32")
     )
-    return contexts, lses  # float32 (nq, B, K, G, rows, Hv), (nq, B, K, G, rows)
+    return contexts, lses  # float32 (nq, B, rows, N, Hv), (nq, B, K, G, rows)
 
 
 def _probs_and_dlogits(problem, qi, kj, vj, up, i, j):
@@ -340,26 +419,31 @@ def _probs_and_dlogits(problem, qi, kj, vj, up, i, j):
     return p, p * ops.einsum("bkgrh,bkch->bkgrc", up, vj)
 
 
-def _backward(problem, plain, shifted):
-    """float32 `(dq, dk, dv)` blocks: `(nq, ...)`, `(nk, ...)`, `(nk, ...)`.
+def _backward(problem, layout, scaled_keys, shifted):
+    """float32 `(dq, dk, dv)` blocks in the caller's layout: `(nq, B, rows,
+    N, H)`, `(nk, B, cols, K, H)`, `(nk, B, cols, K, Hv)`.
 
-    `plain` holds the blocks of `(q, k, dO)`, `shifted` those of
-    `([q, -lse], [k, 1], [v, 1], [dO, -D])` (`_backward_part`).
+    `shifted` holds the blocks of `([q, -lse], [k, 1], [v, 1], [dO, -D])`
+    (`_backward_part`; `q` scaled); the gradients' products take them less
+    the column (`without_column`: a block pair reads and transposes two
+    query blocks, not four). `scaled_keys` (`k * scale`) give the one-pass
+    backward's dQ.
     """
-    q_blocks, k_blocks, up_blocks = plain
     qs_blocks, ks_blocks, vs_blocks, ups_blocks = shifted
-    q_shape = ops.shape(q_blocks[0])
-    k_shape = ops.shape(k_blocks[0])
-    v_shape = ops.shape(up_blocks[0])[:2] + ops.shape(k_blocks[0])[2:3] + ops.shape(up_blocks[0])[-1:]
+    k_shape = ops.shape(ks_blocks[0])
+    k_shape = tuple(k_shape[:-1]) + (k_shape[-1] - 1,)
+    v_shape = tuple(ops.shape(ups_blocks[0])[:2]) + (k_shape[2], ops.shape(ups_blocks[0])[-1] - 1)
 
     def key_step(d_q, j):
-        kj, ksj, vsj = k_blocks[j], ks_blocks[j], vs_blocks[j]
+        ksj, vsj = ks_blocks[j], vs_blocks[j]
+        kj = None if problem.banded else scaled_keys[j]
 
         def query_step(i, grads):
             d_k, d_v, d_q = grads
-            p, d_logits = _probs_and_dlogits(problem, qs_blocks[i], ksj, vsj, ups_blocks[i], i, j)
-            d_v = d_v + ops.einsum("bkgrc,bkgrh->bkch", p, up_blocks[i])
-            d_k = d_k + ops.einsum("bkgrc,bkgrh->bkch", d_logits, q_blocks[i])
+            qsi, upsi = qs_blocks[i], ups_blocks[i]
+            p, d_logits = _probs_and_dlogits(problem, qsi, ksj, vsj, upsi, i, j)
+            d_v = d_v + ops.einsum("bkgrc,bkgrh->bkch", p, ups_blocks.without_column(upsi))
+            d_k = d_k + ops.einsum("bkgrc,bkgrh->bkch", d_logits, qs_blocks.without_column(qsi))
             if problem.banded:
                 return d_k, d_v, d_q
             # One query block (`rows` is every query): dQ's share is added.
@@ -369,39 +453,43 @@ def _backward(problem, plain, shifted):
 
         grads = (ops.zeros(k_shape, "float32"), ops.zeros(v_shape, "float32"), d_q)
         first, count = problem.query_range(j)
-        grads = _xla.serial_fori_loop(first, first + count, query_step, grads)
-        d_k, d_v, d_q = grads
-        return d_q, (d_k, d_v)
+        d_k, d_v, d_q = _xla.serial_fori_loop(first, first + count, query_step, grads)
+        return d_q, (layout.keys(d_k), layout.keys(d_v))
 
     if problem.banded:
         d_q = ops.zeros((), "float32")  # unused: `_query_gradients` below
     else:  # every query in one block
-        d_q = ops.zeros((1,) + tuple(q_shape), "float32")
+        q_shape = ops.shape(qs_blocks[0])
+        d_q = ops.zeros((1,) + tuple(q_shape[:-1]) + (q_shape[-1] - 1,), "float32")
     d_q, (d_k, d_v) = _xla.serial_scan(
         key_step, d_q, problem.k_blocks, ("float32", "float32")
     )
-    if problem.banded:
-        d_q = _query_gradients(problem, plain, shifted)
-    return d_q * problem.scale, d_k, d_v
+    if problem.banded:  # after dK and dV, not beside them (`_xla.after`)
+        d_q = _query_gradients(problem, layout, shifted, after=d_v)
+    else:
+        d_q = ops.expand_dims(layout.from_queries(d_q[0]), 0)
+    return d_q, d_k, d_v
 
 
-def _query_gradients(problem, plain, shifted):
-    q_blocks, k_blocks, _ = plain
+def _query_gradients(problem, layout, shifted, after):
     qs_blocks, ks_blocks, vs_blocks, ups_blocks = shifted
-    q_shape = ops.shape(q_blocks[0])
+    q_shape = ops.shape(qs_blocks[0])
+    q_shape = tuple(q_shape[:-1]) + (q_shape[-1] - 1,)
 
     def step(carry, i):
         qsi, upsi = qs_blocks[i], ups_blocks[i]
 
         def key_step(j, d_q):
-            _, d_logits = _probs_and_dlogits(problem, qsi, ks_blocks[j], vs_blocks[j], upsi, i, j)
-            return d_q + ops.einsum("bkgrc,bkch->bkgrh", d_logits, k_blocks[j])
+            ksj = ks_blocks[j]
+            _, d_logits = _probs_and_dlogits(problem, qsi, ksj, vs_blocks[j], upsi, i, j)
+            return d_q + ops.einsum("bkgrc,bkch->bkgrh", d_logits, ks_blocks.without_column(ksj))
 
         first, count = problem.key_range(i)
         d_q = _xla.serial_fori_loop(first, first + count, key_step, ops.zeros(q_shape, "float32"))
-        return carry, (d_q,)
+        return carry, (layout.from_queries(d_q * problem.scale),)
 
-    _, (d_q,) = _xla.serial_scan(step, (ops.zeros((), "int32"),), problem.q_blocks, ("float32",))
+    start = _xla.after((ops.zeros((), "int32"),), after)
+    _, (d_q,) = _xla.serial_scan(step, start, problem.q_blocks, ("float32",))
     return d_q
 
 
@@ -420,46 +508,65 @@ class _Part:
         self.put_keys = put_keys or (lambda x, axis, fill: x)
 
 
-def _forward_part(part, scaled, k, v):
-    """float32 `(context, lse)` of one part over its queries."""
+def _forward_part(part, layout, scale, q, k, v):
+    """float32 `(context, lse)` of one part over its queries: `(B, T, N,
+    Hv)` and `(B, K, G, T)`."""
     problem = part.problem
+
+    def queries(block):
+        return layout.queries(block) * ops.cast(scale, block.dtype)
+
     contexts, lses = _forward(
-        problem,
-        _Blocks(part.take_queries(scaled, 3), 3, problem.rows),
-        _Blocks(part.take_keys(k, 2), 2, problem.cols),
-        _Blocks(part.take_keys(v, 2), 2, problem.cols),
+        problem, layout,
+        _Blocks(part.take_queries(q, 1), 1, problem.rows, view=queries),
+        _Blocks(part.take_keys(k, 1), 1, problem.cols, view=layout.keys),
+        _Blocks(part.take_keys(v, 1), 1, problem.cols, view=layout.keys),
     )
     return (
-        part.put_queries(_unblock(contexts, 3, problem.q_len), 3, 0.0),
+        part.put_queries(_unstack(contexts, problem.q_len), 1, 0.0),
         part.put_queries(_unblock(lses, 3, problem.q_len), 3, _numerics.FLOAT32_MIN),
     )
 
 
-def _backward_part(part, scaled, k, v, up, lse, term):
+def _backward_part(part, layout, scale, q, k, v, up, lse, term):
     """float32 `(dq, dk, dv)` of one part, given the whole call's `lse`
-    and softmax row term `D`.
+    and softmax row term `D` (both `(B, K, G, T)`).
 
     Both statistics ride in an extra column of the operands of the two
     products that recompute a block (`[q, -lse] . [k, 1]`,
     `[dO, -D] . [v, 1]`), which subtract them instead of two passes over
-    every block; the gradients' products take the plain operands.
+    every block; the gradients' products take the same operands
+    (`_backward`).
     """
     back = part.back
     rows, cols = back.rows, back.cols
     take_q, take_k = part.take_queries, part.take_keys
     # A row that sees no key has no visible entry: its shift is moot.
     shift = ops.where(lse > _numerics.FLOAT32_MIN, lse, 0.0)
-    scaled, up, shift, term = (take_q(x, 3) for x in (scaled, up, shift, term))
-    k, v = take_k(k, 2), take_k(v, 2)
-    q_, up_ = _Blocks(scaled, 3, rows), _Blocks(up, 3, rows)
-    qs = _Blocks(scaled, 3, rows, column=_Blocks(-shift, 3, rows))
-    ups = _Blocks(up, 3, rows, column=_Blocks(-term, 3, rows))
-    k_, ks, vs = _Blocks(k, 2, cols), _Blocks(k, 2, cols, 1.0), _Blocks(v, 2, cols, 1.0)
-    d_q, d_k, d_v = _backward(back, (q_, k_, up_), (qs, ks, vs, ups))
+    shift, term = take_q(-shift, 3), take_q(-term, 3)
+    q, up = take_q(q, 1), take_q(up, 1)
+    k, v = take_k(k, 1), take_k(v, 1)
+
+    def queries(block):
+        return _numerics.widen(layout.queries(block) * ops.cast(scale, block.dtype))
+
+    def upstream(block):
+        return _numerics.widen(layout.queries(block))
+
+    def keys(block):
+        return _numerics.widen(layout.keys(block))
+
+    def scaled_keys(block):  # dQ's products: the scale applied once per block
+        return keys(block) * scale
+
+    qs = _Blocks(q, 1, rows, column=_Blocks(shift, 3, rows), view=queries)
+    ups = _Blocks(up, 1, rows, column=_Blocks(term, 3, rows), view=upstream)
+    ks, vs = _Blocks(k, 1, cols, 1.0, view=keys), _Blocks(v, 1, cols, 1.0, view=keys)
+    d_q, d_k, d_v = _backward(back, layout, _Blocks(k, 1, cols, view=scaled_keys), (qs, ks, vs, ups))
     return (
-        part.put_queries(_unblock(d_q, 3, back.q_len), 3, 0.0),
-        part.put_keys(_unblock(d_k, 2, back.k_len), 2, 0.0),
-        part.put_keys(_unblock(d_v, 2, back.k_len), 2, 0.0),
+        part.put_queries(_unstack(d_q, back.q_len), 1, 0.0),
+        part.put_keys(_unstack(d_k, back.k_len), 1, 0.0),
+        part.put_keys(_unstack(d_v, back.k_len), 1, 0.0),
     )
 
 
@@ -473,19 +580,20 @@ def _with_column(x, column):
     return ops.concatenate([x, column], axis=-1)
 
 
-def attention(problem, q, k, v, backward_cols):
-    """Blockwise attention of head-major `q`, `k`, `v` (see `Problem`);
-    returns the `(B, K, G, T, Hv)` context in `v`'s dtype.
+def attention(problem, layout, q, k, v, backward_cols):
+    """Blockwise attention of `q` `(B, T, N, H)`, `k` `(B, S, K, H)`, `v`
+    `(B, S, K, Hv)` (`layout` says how heads group); returns the `(B, T,
+    N, Hv)` context in `v`'s dtype.
 
     Without causal order or a window, the backward pass takes every query
     at once against `backward_cols` keys per block (the one-pass backward);
     otherwise it uses the forward's blocks.
     """
     back = problem if problem.banded else problem.with_blocks(problem.q_len, backward_cols)
-    return _attend([_Part(problem, back)], problem.scale, q, k, v)
+    return _attend([_Part(problem, back)], layout, problem.scale, q, k, v)
 
 
-def causal_attention(problem, q, k, v, budget, heads):
+def causal_attention(problem, layout, q, k, v, budget, heads):
     """Causal self-attention (`T == S`, no offset, window or user mask) as
     unbanded rectangles and small causal leaves.
 
@@ -527,7 +635,7 @@ def causal_attention(problem, q, k, v, budget, heads):
             put_queries=_put_halves(spans, 1, t),
             put_keys=_put_halves(spans, 0, t),
         ))
-    return _attend(parts, problem.scale, q, k, v)
+    return _attend(parts, layout, problem.scale, q, k, v)
 
 
 def fit(budget, heads, length):
@@ -568,31 +676,30 @@ def _put_halves(spans, half, length):
     return put
 
 
-def _attend(parts, scale, q, k, v):
+def _attend(parts, layout, scale, q, k, v):
     @_numerics.custom_gradient
     def attend(q, k, v):
-        scaled = q * ops.cast(scale, q.dtype)
         context = lse = None
         for part in parts:  # one after the other (each holds large blocks)
-            inputs = (scaled, k, v) if context is None else _xla.after((scaled, k, v), lse)
-            c, l = _forward_part(part, *inputs)
+            inputs = (q, k, v) if context is None else _xla.after((q, k, v), lse)
+            c, l = _forward_part(part, layout, scale, *inputs)
             if context is None:
                 context, lse = c, l
                 continue
             merged = ops.logaddexp(lse, l)
-            context = (context * ops.expand_dims(ops.exp(lse - merged), -1)
-                       + c * ops.expand_dims(ops.exp(l - merged), -1))
+            context = (context * ops.expand_dims(layout.rows(ops.exp(lse - merged)), -1)
+                       + c * ops.expand_dims(layout.rows(ops.exp(l - merged)), -1))
             lse = merged
 
         def grad(upstream):
-            up = _numerics.widen(upstream)
             # D_i = sum_j P_ij dP_ij = dO_i . O_i, the softmax gradient's row term.
-            term = ops.sum(up * context, axis=-1)
-            wide = [_numerics.widen(x) for x in (scaled, k, v)]
+            term = layout.head_rows(ops.sum(_numerics.widen(upstream) * context, axis=-1))
             grads = None
             for part in parts:
-                inputs = (*wide, up) if grads is None else _xla.after((*wide, up), grads[0])
-                part_grads = _backward_part(part, *inputs, lse, term)
+                inputs = (q, k, v, upstream)
+                if grads is not None:
+                    inputs = _xla.after(inputs, grads[0])
+                part_grads = _backward_part(part, layout, scale, *inputs, lse, term)
                 grads = part_grads if grads is None else [
                     a + b for a, b in zip(grads, part_grads)
                 ]
@@ -603,4 +710,4 @@ def _attend(parts, scale, q, k, v):
 
         return ops.cast(context, v.dtype), grad
 
-    return attend(q, k, v)
+    return attend(*(_xla.read(x) for x in (q, k, v)))

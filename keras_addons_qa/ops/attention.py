@@ -114,18 +114,12 @@ def attention(
         if context is not None:
             return context
 
-    # Head-major layout: q (B, K, G, T, H), k and v (B, K, S, H).
-    steps = ops.shape(query)[:2]
-    q = ops.reshape(query, (steps[0], steps[1], kv_heads, groups, depth))
-    q = ops.transpose(q, (0, 2, 3, 1, 4))
-    k = ops.transpose(key, (0, 2, 1, 3))
-    v = ops.transpose(value, (0, 2, 1, 3))
     key_valid = None
     if key_mask is not None:
         key_valid = ops.cast(key_mask, "bool")
         # Masked keys may hold anything: zeroed, for values and gradients.
-        k = _numerics.sanitize(k, ops.expand_dims(key_valid, 1))
-        v = _numerics.sanitize(v, ops.expand_dims(key_valid, 1))
+        key = _numerics.sanitize(key, key_valid)
+        value = _numerics.sanitize(value, key_valid)
     mask5 = None
     if mask is not None:
         mask5 = _grouped_mask(ops.cast(mask, "bool"), (batch, heads, q_len, k_len), kv_heads)
@@ -145,34 +139,26 @@ def attention(
         or not isinstance(k_len, int)
         or heads * q_len * k_len * 4 <= scores_budget_mb * 2**20
     )
-    weights = None
+    layout = _blockwise.Layout(kv_heads, groups)
     if full:
         lengths = [n if isinstance(n, int) else ops.shape(x)[1] for n, x in ((q_len, query), (k_len, key))]
         spec = _blockwise.Problem(*lengths, rows=lengths[0], cols=lengths[1], **problem)
-        context, weights = _full(spec, q, k, v, dropout, seed)
-    else:
-        budget = scores_budget_mb * 2**20
-        block = min(block_size or BLOCK_SIZE, q_len, k_len)
-        fit = _blockwise.fit
-        if is_causal and q_len == k_len and not (
-            sliding_window or query_offset is not None or mask5 is not None
-        ):  # causal self-attention: unbanded rectangles and causal leaves
-            spec = _blockwise.Problem(q_len, k_len, rows=block, cols=block, **problem)
-            context = _blockwise.causal_attention(spec, q, k, v, budget, heads)
-        else:
-            if is_causal or sliding_window:
-                rows = cols = block
-            else:  # one key block: a plain softmax per query block
-                rows, cols = fit(budget, heads, k_len), k_len
-            spec = _blockwise.Problem(q_len, k_len, rows=rows, cols=cols, **problem)
-            context = _blockwise.attention(spec, q, k, v, fit(budget, heads, q_len))
-    # (B, K, G, T, Hv) -> (B, T, N, Hv)
-    context = ops.transpose(context, (0, 3, 1, 2, 4))
-    context = ops.reshape(context, (steps[0], steps[1], heads, value.shape[-1]))
-    if return_weights:
-        shape = ops.shape(weights)
-        return context, ops.reshape(weights, (shape[0], heads, shape[3], shape[4]))
-    return context
+        return _full(spec, layout, query, key, value, dropout, seed, return_weights)
+    budget = scores_budget_mb * 2**20
+    block = min(block_size or BLOCK_SIZE, q_len, k_len)
+    fit = _blockwise.fit
+    if is_causal and q_len == k_len and not (
+        sliding_window or query_offset is not None or mask5 is not None
+    ):  # causal self-attention: unbanded rectangles and causal leaves
+        spec = _blockwise.Problem(q_len, k_len, rows=block, cols=block, **problem)
+        return _blockwise.causal_attention(spec, layout, query, key, value, budget, heads)
+    if is_causal or sliding_window:
+        rows = cols = block
+    else:  # one key block: a plain softmax per query block
+        rows, cols = fit(budget, heads, k_len), k_len
+    spec = _blockwise.Problem(q_len, k_len, rows=rows, cols=cols, **problem)
+    # The backward holds about twice the forward's block temporaries.
+    return _blockwise.attention(spec, layout, query, key, value, fit(budget / 2, heads, q_len))
 
 
 def position_mask(q_len, k_len, *, is_causal=False, sliding_window=None, query_offset=None):
@@ -272,16 +258,25 @@ def _sees_a_key(key_valid, is_causal, q_len):
     return ops.expand_dims(ops.expand_dims(sees, -1), -1)
 
 
-def _full(spec, q, k, v, dropout, seed):
+def _full(spec, layout, query, key, value, dropout, seed, return_weights):
     """Attention with the whole `(B, K, G, T, S)` scores, by autodiff."""
-    logits, visible = spec.logits(q * ops.cast(spec.scale, q.dtype), k, 0, 0)
+    q = layout.queries(query) * ops.cast(spec.scale, query.dtype)
+    k, v = layout.keys(key), layout.keys(value)
+    logits, visible = spec.logits(q, k, 0, 0)
     weights = _numerics.masked_softmax(logits, visible)
     weights = ops.cast(weights, v.dtype)
     dropped = weights
     if dropout:
         dropped = keras.random.dropout(weights, dropout, seed=seed)
     context = ops.einsum("bkgrc,bkch->bkgrh", dropped, v)
-    return context, weights
+    # (B, K, G, T, Hv) -> (B, T, N, Hv)
+    shape = ops.shape(context)
+    context = ops.transpose(context, (0, 3, 1, 2, 4))
+    context = ops.reshape(context, (shape[0], shape[3], shape[1] * shape[2], shape[4]))
+    if return_weights:
+        shape = ops.shape(weights)
+        return context, ops.reshape(weights, (shape[0], shape[1] * shape[2], shape[3], shape[4]))
+    return context
 
 
 def _check_inputs(query, key, value):
