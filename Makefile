@@ -1,18 +1,33 @@
 # `make test`, `make demo` and `make notebooks` work on a fresh machine: the
-# first run creates .venv and installs the package with its extras; later
+# first run creates .venv and installs the package with the extras that
+# target needs (`test`; `tensorflow,demo`; `tensorflow,notebooks`); later
 # runs reuse it and reinstall only when pyproject.toml changes.
 PYTHON ?= python3
+comma := ,
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-test
+DEMO_STAMP := $(VENV)/.installed-demo
+NOTEBOOKS_STAMP := $(VENV)/.installed-notebooks
 
 .PHONY: test test-bench test-backends test-hub test-oldest dist demo notebooks bench clean
 
-$(STAMP): pyproject.toml
+# $(call install,EXTRAS): .venv with the package and EXTRAS installed.
+define install
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[$(1)]"
 	touch $@
+endef
+
+$(STAMP): pyproject.toml
+	$(call install,test)
+
+$(DEMO_STAMP): pyproject.toml
+	$(call install,tensorflow$(comma)demo)
+
+$(NOTEBOOKS_STAMP): pyproject.toml
+	$(call install,tensorflow$(comma)notebooks)
 
 # PYTEST_ARGS adds pytest options, e.g. PYTEST_ARGS="-n 2" (pytest-xdist,
 # in the test extra) to run the tests in two processes.
@@ -45,11 +60,11 @@ test-bench: $(BACKENDS_STAMP)
 # imports that .venv lacks, so that .venv keeps one TensorFlow.
 HUB_STAMP := $(VENV)/.installed-hub
 
-$(HUB_STAMP): $(STAMP)
+$(HUB_STAMP): $(DEMO_STAMP)
 	$(PY) -m pip install --quiet --no-deps keras-hub==0.32.0 regex==2026.12.2 tokenizers==0.23.3
 	touch $@
 
-test-hub: $(HUB_STAMP)
+test-hub: $(STAMP) $(HUB_STAMP)
 	KERAS_BACKEND=$${KERAS_BACKEND:-tensorflow} $(PY) -m pytest -q $(PYTEST_ARGS) \
 		tests/test_keras_hub.py "tests/test_examples.py::test_tutorial_quick_run[12_long_context_gpt2]"
 
@@ -58,7 +73,7 @@ demo: $(HUB_STAMP)
 	KERAS_BACKEND=$${KERAS_BACKEND:-tensorflow} $(PY) examples/run_all.py
 
 # The tutorials as .ipynb notebooks in examples/notebooks/.
-notebooks: $(STAMP)
+notebooks: $(NOTEBOOKS_STAMP)
 	$(PY) examples/to_notebooks.py
 
 # The CPU ratio suite; rewrites benchmarks/results/ and docs/benchmarks.md.
