@@ -286,7 +286,11 @@ class Layout:
     """The caller's layout, `(B, T, N, H)` with `N = kv_heads * groups`
     query heads, and the head-major blocks the arithmetic runs on:
     `(B, K, G, rows, H)` for queries, `(B, K, cols, H)` for keys and
-    values. Blocks are transposed one at a time, as they are read."""
+    values. Blocks are transposed one at a time, as they are read.
+
+    Reshapes give the batch as -1: an ONNX export through tf2onnx wires a
+    reshape whose dynamic batch is read from the tensor's shape to the
+    wrong input (`tests/test_deploy.py`)."""
 
     def __init__(self, kv_heads, groups):
         self.kv_heads, self.groups = kv_heads, groups
@@ -294,7 +298,7 @@ class Layout:
     def queries(self, block):
         """`(B, rows, N, H)` -> `(B, K, G, rows, H)`."""
         shape = ops.shape(block)
-        block = ops.reshape(block, (shape[0], shape[1], self.kv_heads, self.groups, shape[3]))
+        block = ops.reshape(block, (-1, shape[1], self.kv_heads, self.groups, shape[3]))
         return ops.transpose(block, (0, 2, 3, 1, 4))
 
     def keys(self, block):
@@ -306,18 +310,18 @@ class Layout:
         `queries`."""
         shape = ops.shape(block)
         block = ops.transpose(block, (0, 3, 1, 2, 4))
-        return ops.reshape(block, (shape[0], shape[3], shape[1] * shape[2], shape[4]))
+        return ops.reshape(block, (-1, shape[3], shape[1] * shape[2], shape[4]))
 
     def rows(self, x):
         """Per-query statistics `(B, K, G, T)` -> `(B, T, N)`."""
         shape = ops.shape(x)
         x = ops.transpose(x, (0, 3, 1, 2))
-        return ops.reshape(x, (shape[0], shape[3], self.kv_heads * self.groups))
+        return ops.reshape(x, (-1, shape[3], self.kv_heads * self.groups))
 
     def head_rows(self, x):
         """`(B, T, N)` -> `(B, K, G, T)`, the inverse of `rows`."""
         shape = ops.shape(x)
-        x = ops.reshape(x, (shape[0], shape[1], self.kv_heads, self.groups))
+        x = ops.reshape(x, (-1, shape[1], self.kv_heads, self.groups))
         return ops.transpose(x, (0, 2, 3, 1))
 
 

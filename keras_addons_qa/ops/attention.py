@@ -275,7 +275,7 @@ def _full(spec, layout, query, key, value, dropout, seed, return_weights):
     context = ops.reshape(context, (shape[0], shape[3], shape[1] * shape[2], shape[4]))
     if return_weights:
         shape = ops.shape(weights)
-        return context, ops.reshape(weights, (shape[0], shape[1] * shape[2], shape[3], shape[4]))
+        return context, ops.reshape(weights, (-1, shape[1] * shape[2], shape[3], shape[4]))
     return context
 
 
