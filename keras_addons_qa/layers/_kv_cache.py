@@ -100,3 +100,20 @@ def write_steps(buffer, steps, index):
     picked = ops.take(steps, ops.minimum(ops.maximum(relative, 0), count - 1), axis=1)
     inside = ops.reshape(inside, (1, length) + (1,) * (len(buffer.shape) - 2))
     return ops.where(inside, picked, buffer)
+
+
+def update(cache, k, v, key_valid, index):
+    """`(keys, values, cache, key_valid, offset)` for attention over the
+    whole cache: the new steps' `k` and `v` written at `index`, the cache
+    rebuilt from them, their padding `key_valid` (or None) placed on the
+    cache's steps, and the first query's position. With `index` None the
+    cache is read as it is (every step valid, queries from position 0)."""
+    if index is None:
+        return cache[:, 0], cache[:, 1], cache, None, 0
+    index = ops.cast(index, "int32")
+    k = write_steps(cache[:, 0], ops.cast(k, cache.dtype), index)
+    v = write_steps(cache[:, 1], ops.cast(v, cache.dtype), index)
+    if key_valid is not None:
+        everywhere = ops.ones(ops.shape(cache)[:1] + (cache.shape[2],), "bool")
+        key_valid = write_steps(everywhere, ops.cast(key_valid, "bool"), index)
+    return k, v, ops.stack((k, v), axis=1), key_valid, index

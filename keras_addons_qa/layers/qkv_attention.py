@@ -1,28 +1,20 @@
-import inspect
 import math
-import numbers
 
 import keras
-import numpy as np
 from keras import ops
 
 from keras_addons_qa import _checks
 from keras_addons_qa import _compat
 from keras_addons_qa import _numerics
 from keras_addons_qa import ops as kaq_ops
+from keras_addons_qa.layers import _attention_axes
 from keras_addons_qa.layers import _attention_conversion
 from keras_addons_qa.layers import _kv_cache
+from keras_addons_qa.layers import _mha_arguments
 
-_MultiHeadAttention = keras.layers.MultiHeadAttention
-# MultiHeadAttention's arguments newer than the oldest supported Keras
-# (`use_gate`: Keras 3.14, `sliding_window`: 3.15), with their defaults.
-# Where the installed MultiHeadAttention lacks one, this layer provides it,
-# with the same meaning, config entry and weights.
-_PROVIDED = {
-    name: default
-    for name, default in (("use_gate", False), ("sliding_window", None))
-    if name not in inspect.signature(_MultiHeadAttention.__init__).parameters
-}
+_PROVIDED = _mha_arguments.PROVIDED
+
+
 @keras.saving.register_keras_serializable(package="keras_addons_qa")
 class QKVAttention(keras.layers.MultiHeadAttention):
     """Multi-head attention, exact under masks: a drop-in for
@@ -145,45 +137,7 @@ class QKVAttention(keras.layers.MultiHeadAttention):
         position_encoding=None,
         **kwargs,
     ):
-        # MultiHeadAttention's own signature, positional arguments included,
-        # so every argument it has (and any it gains) means the same here.
-        provided = {
-            name: kwargs.pop(name, default) for name, default in _PROVIDED.items()
-        }
-        try:
-            arguments = inspect.signature(_MultiHeadAttention.__init__).bind(
-                None, *args, **kwargs
-            ).arguments
-        except TypeError as error:  # a missing or unknown argument
-            raise TypeError(f"QKVAttention: {error}") from None
-        arguments.pop("self")
-        arguments.update(arguments.pop("kwargs", {}))
-        for name in ("num_heads", "key_dim", "value_dim"):
-            arguments[name] = _as_int(name, arguments.get(name))
-        _check_output_shape(arguments.get("output_shape"))
-        if output_dim is not None:
-            output_dim = _checks.integer_at_least("output_dim", output_dim, 1)
-            given = arguments.get("output_shape")
-            if given not in (None, output_dim, (output_dim,), [output_dim]):
-                raise ValueError(
-                    "`output_dim` is another name for an int `output_shape`; "
-                    f"give one of them. Received: output_dim={output_dim}, "
-                    f"output_shape={given!r}"
-                )
-            arguments["output_shape"] = output_dim
-        # A NumPy int is an int; True is not (Keras's own check reads both
-        # the other way).
-        for given in (arguments, provided):
-            if given.get("sliding_window") is not None:
-                given["sliding_window"] = _checks.integer_at_least(
-                    "sliding_window", given["sliding_window"], 1
-                )
-        dropout = arguments.get("dropout", 0.0)
-        if _checks.non_negative_float("dropout", dropout) >= 1.0:
-            raise ValueError(
-                "Argument `dropout` must be in [0, 1). "
-                f"Received: dropout={dropout!r}"
-            )
+        arguments, provided = _mha_arguments.bind(args, kwargs, output_dim)
         self.distance_penalty = _checks.non_negative_float(
             "distance_penalty", distance_penalty
         )
@@ -254,7 +208,7 @@ class QKVAttention(keras.layers.MultiHeadAttention):
                 f"query.shape={tuple(query_shape)}, "
                 f"value.shape={tuple(value_shape)}"
             )
-        if self.distance_penalty and len(_attention_axes(
+        if self.distance_penalty and len(_attention_axes.resolve(
             self._attention_axes, len(query_shape)
         )) != 1:
             raise ValueError(
@@ -404,9 +358,10 @@ class QKVAttention(keras.layers.MultiHeadAttention):
                 f"query.shape={tuple(query.shape)}"
             )
         if attention_mask is not None:
-            self._check_attention_mask(
+            _attention_axes.check_attention_mask(
                 attention_mask.shape,
                 steps if cache is None else (steps[0], (steps[1][0], cache.shape[2])),
+                axes, self._num_heads,
             )
 
         # Padding may hold anything (inf, NaN): zero it before projecting.
@@ -440,27 +395,14 @@ class QKVAttention(keras.layers.MultiHeadAttention):
             k = ops.cast(self.position_encoding(k, start_index=start), k.dtype)
         offset = None  # the first query's position, when decoding
         if cache is not None:
-            # KerasHub's convention: the new steps' keys and values go into
-            # the cache at `cache_update_index`; attention runs over all of
-            # it, `(B, max_length)` steps.
-            if cache_update_index is None:
-                k, v = cache[:, 0], cache[:, 1]
-                key_valid = None
-                offset = 0
-            else:
-                index = ops.cast(cache_update_index, "int32")
-                k = _kv_cache.write_steps(cache[:, 0], ops.cast(k, cache.dtype), index)
-                v = _kv_cache.write_steps(cache[:, 1], ops.cast(v, cache.dtype), index)
-                cache = ops.stack((k, v), axis=1)
-                if key_valid is not None:  # the new steps' padding
-                    everywhere = ops.ones(ops.shape(cache)[:1] + (cache.shape[2],), "bool")
-                    key_valid = _kv_cache.write_steps(everywhere, ops.cast(key_valid, "bool"), index)
-                offset = index
+            k, v, cache, key_valid, offset = _kv_cache.update(
+                cache, k, v, key_valid, cache_update_index
+            )
         query_valid = None if query_mask is None else ops.cast(query_mask, "bool")
-        rank = len(q.shape) - 1 + len(self._attention_axes)  # the scores'
+        rank = len(q.shape) - 1 + len(axes)  # the scores'
         mask = None
         if attention_mask is not None:
-            mask = self._expand_mask(ops.cast(attention_mask, "bool"), rank)
+            mask = _attention_axes.expand_mask(ops.cast(attention_mask, "bool"), rank, axes)
         if type(self)._compute_attention is QKVAttention._compute_attention:
             context, scores = self._attend(
                 q, k, v, key_valid=key_valid, mask=mask, causal=bool(use_causal_mask),
@@ -480,27 +422,22 @@ class QKVAttention(keras.layers.MultiHeadAttention):
             groups = self._num_heads // self.num_key_value_heads
             if groups > 1:
                 k, v = ops.repeat(k, groups, axis=-2), ops.repeat(v, groups, axis=-2)
-            parts = [
-                mask,
-                self._steps_to_scores(key_valid, keys=True),
-                self._steps_to_scores(query_valid, keys=False),
-            ]
+            positions = None
             if use_causal_mask or self._sliding_window:
-                axis = self._attention_axes[0]
+                axis = axes[0]
                 positions = kaq_ops.position_mask(
                     ops.shape(q)[axis], ops.shape(k)[axis], is_causal=bool(use_causal_mask),
                     sliding_window=self._sliding_window, query_offset=offset,
                 )
-                parts.append(self._expand_mask(positions, rank))
+            mask = _attention_axes.one_mask(mask, key_valid, query_valid, positions, rank, axes)
             context, scores = self._compute_attention(
-                q, k, v, _and_masks(*parts), training, return_attention_scores
+                q, k, v, mask, training, return_attention_scores
             )
         if query_valid is not None:
             context = _numerics.sanitize(context, query_valid)
             if scores is not None:
-                scores = ops.where(
-                    self._steps_to_scores(query_valid, keys=False), scores, 0.0
-                )
+                query_rows = _attention_axes.steps_to_scores(query_valid, axes, keys=False)
+                scores = ops.where(query_rows, scores, 0.0)
         if self._use_gate:  # the gate's sublayer has a sigmoid activation
             context = context * _project(self._gate_dense, query)
         output = _project(self._output_dense, context, contracted=2)
@@ -535,7 +472,7 @@ class QKVAttention(keras.layers.MultiHeadAttention):
         mask = None
         if attention_mask is not None:
             rank = len(query.shape) - 1 + len(self._attention_axes)
-            mask = self._expand_mask(ops.cast(attention_mask, "bool"), rank)
+            mask = _attention_axes.expand_mask(ops.cast(attention_mask, "bool"), rank, self._attention_axes)
         return self._attend(
             query, key, value, key_valid=None, mask=mask, causal=bool(use_causal_mask),
             window=None, offset=None, training=training,
@@ -544,14 +481,9 @@ class QKVAttention(keras.layers.MultiHeadAttention):
 
     def _attend(self, q, k, v, *, key_valid, mask, causal, window, offset,
                 training, return_scores):
-        """`ops.attention` over the attention axes of projected heads.
-
-        `q`, `k`, `v` are `(B, *steps, heads, dim)`, `key_valid` has the
-        key's steps, `mask` is in the scores' layout (`_expand_mask`). With
-        several attention axes or other axes between the batch and the
-        heads, those are folded: the other axes into the batch, the
-        attention axes into one.
-        """
+        """`ops.attention` over the attention axes of projected heads `(B,
+        *steps, heads, dim)` with this layer's options; `key_valid` has the
+        key's steps, `mask` is in the scores' layout."""
         if self._flash_attention and return_scores:
             raise ValueError(
                 "Returning attention scores is not supported when flash "
@@ -559,98 +491,14 @@ class QKVAttention(keras.layers.MultiHeadAttention):
                 " attention scores."
             )
         dropout = self._dropout if (self._dropout > 0 and bool(training)) else 0.0
-        options = dict(
-            is_causal=causal, sliding_window=window, distance_penalty=self.distance_penalty,
-            query_offset=offset, scale=float(self._inverse_sqrt_key_dim), dropout=dropout,
+        return _attention_axes.attention(
+            q, k, v, axes=self._attention_axes, key_valid=key_valid, mask=mask,
+            return_weights=return_scores, is_causal=causal, sliding_window=window,
+            distance_penalty=self.distance_penalty, query_offset=offset,
+            scale=float(self._inverse_sqrt_key_dim), dropout=dropout,
             seed=self._dropout_layer.seed_generator if dropout else None,
-            return_weights=return_scores, scores_budget_mb=self.scores_budget_mb,
+            scores_budget_mb=self.scores_budget_mb,
         )
-        if len(q.shape) == 4:
-            outputs = kaq_ops.attention(q, k, v, key_mask=key_valid, mask=mask, **options)
-            return outputs if return_scores else (outputs, None)
-        rank = len(q.shape)
-        axes = list(self._attention_axes)
-        free = [i for i in range(1, rank - 2) if i not in axes]
-        order = [0] + free + axes + [rank - 2, rank - 1]
-        q_steps, k_steps = ops.shape(q), ops.shape(k)
-        lead = [q_steps[i] for i in [0] + free]
-
-        def fold(x, steps):
-            x = ops.transpose(x, order)
-            return ops.reshape(x, [-1, math.prod(steps[i] for i in axes)] + list(steps[-2:]))
-
-        if key_valid is not None:
-            valid = ops.transpose(key_valid, order[:-2])
-            key_valid = ops.reshape(valid, (-1, math.prod(k_steps[i] for i in axes)))
-        if mask is not None:
-            full = lead + [self._num_heads] + [q_steps[i] for i in axes] + [k_steps[i] for i in axes]
-            mask = ops.reshape(
-                ops.broadcast_to(mask, full),
-                (-1, self._num_heads, math.prod(full[-2 * len(axes):-len(axes)]),
-                 math.prod(full[-len(axes):])),
-            )
-        outputs = kaq_ops.attention(
-            fold(q, q_steps), fold(k, k_steps), fold(v, ops.shape(v)),
-            key_mask=key_valid, mask=mask, **options,
-        )
-        context, scores = outputs if return_scores else (outputs, None)
-        unfolded = lead + [q_steps[i] for i in axes] + [self._num_heads, ops.shape(v)[-1]]
-        context = ops.transpose(ops.reshape(context, unfolded), list(np.argsort(order)))
-        if scores is not None:
-            scores = ops.reshape(
-                scores, lead + [self._num_heads] + [q_steps[i] for i in axes]
-                + [k_steps[i] for i in axes]
-            )
-        return context, scores
-
-    def _expand_mask(self, mask, rank):
-        """`mask` with MultiHeadAttention's broadcasting to the scores' rank:
-        unit axes inserted where the heads axis goes."""
-        axis = -2 * len(self._attention_axes) - 1
-        for _ in range(rank - len(mask.shape)):
-            mask = ops.expand_dims(mask, axis)
-        return mask
-
-    def _steps_to_scores(self, steps, keys):
-        """A step mask (the input's shape without features) in the scores'
-        layout: `(B, 1, T, 1)` for queries, `(B, 1, 1, S)` for keys (rank-3
-        inputs); non-attention axes stay where the scores have them."""
-        if steps is None:
-            return None
-        steps = ops.cast(steps, "bool")
-        axes = self._attention_axes
-        free = [i for i in range(len(steps.shape)) if i not in axes]
-        if free + list(axes) != list(range(len(steps.shape))):
-            steps = ops.transpose(steps, free + list(axes))
-        steps = ops.expand_dims(steps, len(free))  # the heads axis
-        for _ in axes:  # the other side's attention axes
-            steps = ops.expand_dims(steps, len(free) + 1 if keys else -1)
-        return steps
-
-    def _check_attention_mask(self, shape, steps):
-        """Raises unless `attention_mask` broadcasts to the scores as
-        MultiHeadAttention broadcasts it (unit axes only)."""
-        query_steps, value_steps = steps
-        axes = self._attention_axes
-        free = [query_steps[i] for i in range(len(query_steps)) if i not in axes]
-        full = tuple(free) + tuple(query_steps[i] for i in axes) + tuple(
-            value_steps[i] for i in axes
-        )
-        heads_at = len(free)
-        with_heads = full[:heads_at] + (self._num_heads,) + full[heads_at:]
-        shape = _checks.static_shape(shape)
-        expected = with_heads if len(shape) == len(with_heads) else full[-len(shape):]
-        ok = 2 <= len(shape) <= len(with_heads) and all(
-            s is None or e is None or s == e or s == 1
-            for s, e in zip(shape, expected)
-        )
-        if not ok:
-            raise ValueError(
-                "`attention_mask` must broadcast to the attention scores: shape "
-                f"{full[-2:]} (queries, keys), {full} or {with_heads} (with "
-                f"heads), size-1 axes allowed. Received: "
-                f"attention_mask.shape={shape}"
-            )
 
     def compute_output_spec(
         self,
@@ -679,61 +527,11 @@ class QKVAttention(keras.layers.MultiHeadAttention):
         # The scores' layout: non-attention axes, heads, query attention
         # axes, key attention axes (MultiHeadAttention's spec gives
         # (B, N, T, T) whatever the key length).
-        axes = _attention_axes(self._attention_axes, len(query.shape))
-        free = [query.shape[i] for i in range(len(query.shape) - 1) if i not in axes]
-        shape = (
-            tuple(free) + (self._num_heads,)
-            + tuple(query.shape[i] for i in axes)
-            + (tuple(value.shape[i] for i in axes) if cache is None else (cache.shape[2],))
-        )
+        axes = _attention_axes.resolve(self._attention_axes, len(query.shape))
+        keys = tuple(value.shape[i] for i in axes) if cache is None else (cache.shape[2],)
+        shape = _attention_axes.scores_shape(query.shape, keys, axes, self._num_heads)
         scores = keras.KerasTensor(shape, dtype=self.compute_dtype)
         return (output, scores) if cache is None else (output, scores, cache_spec)
-
-
-def _attention_axes(axes, input_rank):
-    """The attention axes of inputs of `input_rank`, as build resolves them."""
-    projected = input_rank + 1
-    if axes is None:
-        return tuple(range(1, projected - 2))
-    return tuple(a if a >= 0 else (projected - 1) + a for a in axes)
-
-
-def _as_int(name, value):
-    """`value` as a Python int (NumPy integers included), checked in
-    MultiHeadAttention's words: a positive integer (`value_dim` may be
-    None). Older MultiHeadAttention (Keras 3.10) checks none of them."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        value = int(value)
-        if value > 0:
-            return value
-    elif value is None and name == "value_dim":
-        return value
-    expected = "a positive integer or `None`" if name == "value_dim" else "a positive integer"
-    raise ValueError(
-        f"Received an invalid value for argument `{name}`, expected "
-        f"{expected}. Received: {name}={value}"
-    )
-
-
-def _check_output_shape(output_shape):
-    """MultiHeadAttention treats a falsy `output_shape` (0, ()) as None and
-    accepts negative sizes; those raise here."""
-    if output_shape is None:
-        return
-    sizes = (output_shape,) if isinstance(output_shape, numbers.Number) else output_shape
-    try:
-        sizes = tuple(sizes)
-    except TypeError:
-        sizes = ()
-    if not sizes or not all(
-        isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1
-        for s in sizes
-    ):
-        raise ValueError(
-            f"Invalid `output_shape`: {output_shape!r}. When specified, the "
-            "`output_shape` should be a positive int or a non-empty tuple or "
-            f"list of them. Received: output_shape={output_shape!r}"
-        )
 
 
 def _and_masks(*masks):
