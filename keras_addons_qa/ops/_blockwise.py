@@ -247,7 +247,7 @@ class _Blocks:
         self.bare = None
         if self.count == 1:
             self.bare = self.view(self.x)
-            self.x = self.bare if column is None else _with_column(self.bare, _first(column))
+            self.x = self.bare if column is None else _with_column(self.bare, _column_block(column, 0))
             self.view, self.column = _same, None
         # `_fold` reads the values' dtype; its views do not cast.
         self.dtype = self.x.dtype
@@ -264,7 +264,7 @@ class _Blocks:
         x = self.view(x)
         if self.column is None:
             return x
-        return _with_column(x, self.column if isinstance(self.column, float) else self.column[i])
+        return _with_column(x, _column_block(self.column, i))
 
     def without_column(self, block):
         """`block` (read from here) less its column: a single block's
@@ -274,8 +274,9 @@ class _Blocks:
         return block if self.column is None else block[..., :-1]
 
 
-def _first(column):
-    return column if isinstance(column, float) else column[0]
+def _column_block(column, i):
+    """Block `i` of a `_Blocks` column; a number is every block's."""
+    return column if isinstance(column, float) else column[i]
 
 
 def _same(x):
@@ -305,6 +306,11 @@ class Layout:
         """`(B, cols, K, H)` -> `(B, K, cols, H)`, and back."""
         return ops.transpose(block, (0, 2, 1, 3))
 
+    def scaled_queries(self, scale):
+        """A view (for `_Blocks`): a `(B, rows, N, H)` block to `(B, K, G,
+        rows, H)`, times `scale`, in the block's dtype."""
+        return lambda block: self.queries(block) * ops.cast(scale, block.dtype)
+
     def from_queries(self, block):
         """`(B, K, G, rows, H)` -> `(B, rows, N, H)`, the inverse of
         `queries`."""
@@ -312,14 +318,14 @@ class Layout:
         block = ops.transpose(block, (0, 3, 1, 2, 4))
         return ops.reshape(block, (-1, shape[3], shape[1] * shape[2], shape[4]))
 
-    def rows(self, x):
+    def statistics(self, x):
         """Per-query statistics `(B, K, G, T)` -> `(B, T, N)`."""
         shape = ops.shape(x)
         x = ops.transpose(x, (0, 3, 1, 2))
         return ops.reshape(x, (-1, shape[3], self.kv_heads * self.groups))
 
-    def head_rows(self, x):
-        """`(B, T, N)` -> `(B, K, G, T)`, the inverse of `rows`."""
+    def head_statistics(self, x):
+        """`(B, T, N)` -> `(B, K, G, T)`, the inverse of `statistics`."""
         shape = ops.shape(x)
         x = ops.reshape(x, (-1, shape[1], self.kv_heads, self.groups))
         return ops.transpose(x, (0, 2, 3, 1))
@@ -516,13 +522,9 @@ def _forward_part(part, layout, scale, q, k, v):
     """float32 `(context, lse)` of one part over its queries: `(B, T, N,
     Hv)` and `(B, K, G, T)`."""
     problem = part.problem
-
-    def queries(block):
-        return layout.queries(block) * ops.cast(scale, block.dtype)
-
     contexts, lses = _forward(
         problem, layout,
-        _Blocks(part.take_queries(q, 1), 1, problem.rows, view=queries),
+        _Blocks(part.take_queries(q, 1), 1, problem.rows, view=layout.scaled_queries(scale)),
         _Blocks(part.take_keys(k, 1), 1, problem.cols, view=layout.keys),
         _Blocks(part.take_keys(v, 1), 1, problem.cols, view=layout.keys),
     )
@@ -551,8 +553,10 @@ def _backward_part(part, layout, scale, q, k, v, up, lse, term):
     q, up = take_q(q, 1), take_q(up, 1)
     k, v = take_k(k, 1), take_k(v, 1)
 
+    scaled = layout.scaled_queries(scale)
+
     def queries(block):
-        return _numerics.widen(layout.queries(block) * ops.cast(scale, block.dtype))
+        return _numerics.widen(scaled(block))
 
     def upstream(block):
         return _numerics.widen(layout.queries(block))
@@ -691,13 +695,13 @@ def _attend(parts, layout, scale, q, k, v):
                 context, lse = c, l
                 continue
             merged = ops.logaddexp(lse, l)
-            context = (context * ops.expand_dims(layout.rows(ops.exp(lse - merged)), -1)
-                       + c * ops.expand_dims(layout.rows(ops.exp(l - merged)), -1))
+            context = (context * ops.expand_dims(layout.statistics(ops.exp(lse - merged)), -1)
+                       + c * ops.expand_dims(layout.statistics(ops.exp(l - merged)), -1))
             lse = merged
 
         def grad(upstream):
             # D_i = sum_j P_ij dP_ij = dO_i . O_i, the softmax gradient's row term.
-            term = layout.head_rows(ops.sum(_numerics.widen(upstream) * context, axis=-1))
+            term = layout.head_statistics(ops.sum(_numerics.widen(upstream) * context, axis=-1))
             grads = None
             for part in parts:
                 inputs = (q, k, v, upstream)
