@@ -56,17 +56,22 @@ def one_mask(mask, key_valid, query_valid, positions, rank, axes):
     """The scores' mask (`mask`, already in their layout) AND the key and
     query step masks AND the `(T, S)` `positions` mask, each broadcast to
     the scores' layout; None if all are None."""
-    parts = [
+    return and_masks(
         mask,
         steps_to_scores(key_valid, axes, keys=True),
         steps_to_scores(query_valid, axes, keys=False),
         None if positions is None else expand_mask(positions, rank, axes),
-    ]
+    )
+
+
+def and_masks(*masks):
+    """The bool AND of the masks given (None ones skipped), broadcast; None
+    if every one is None."""
     out = None
-    for part in parts:
-        if part is not None:
-            part = ops.cast(part, "bool")
-            out = part if out is None else ops.logical_and(out, part)
+    for mask in masks:
+        if mask is not None:
+            mask = ops.cast(mask, "bool")
+            out = mask if out is None else ops.logical_and(out, mask)
     return out
 
 

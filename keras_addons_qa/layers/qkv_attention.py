@@ -368,7 +368,7 @@ class QKVAttention(keras.layers.MultiHeadAttention):
         # A key step either mask marks gets no weight, so both masks zero
         # the value and the key there. (Self-attention with one mask:
         # sanitize the shared tensor once.)
-        key_valid = _and_masks(value_mask, key_mask)
+        key_valid = _attention_axes.and_masks(value_mask, key_mask)
         same = query is value and query_mask is value_mask and key_mask is None
         key_is_value = key is value
         if key_valid is not None:
@@ -532,16 +532,6 @@ class QKVAttention(keras.layers.MultiHeadAttention):
         shape = _attention_axes.scores_shape(query.shape, keys, axes, self._num_heads)
         scores = keras.KerasTensor(shape, dtype=self.compute_dtype)
         return (output, scores) if cache is None else (output, scores, cache_spec)
-
-
-def _and_masks(*masks):
-    present = [ops.cast(m, "bool") for m in masks if m is not None]
-    if not present:
-        return None
-    out = present[0]
-    for m in present[1:]:
-        out = ops.logical_and(out, m)
-    return out
 
 
 def _project(dense, inputs, contracted=1):
