@@ -70,10 +70,16 @@ def serial_scan(step, init, count, dtypes):
         return i + 1, carry, tuple(a.write(i, y) for a, y in zip(arrays, ys))
 
     arrays = tuple(tf.TensorArray(dtype, size=count) for dtype in dtypes)
+    # The counter starts once `init` is computed: a lowered loop's body runs
+    # as soon as its counter is ready, so a counter independent of `init`
+    # would let the loop start before what `init` was made to wait for
+    # (`after`).
+    with tf.control_dependencies(tf.nest.flatten(init)):
+        start = tf.constant(0, name="serial_scan_start")
     _, carry, arrays = tf.while_loop(
         lambda i, *_: i < count,
         body,
-        (tf.constant(0), init, arrays),
+        (start, init, arrays),
         parallel_iterations=1,
         maximum_iterations=count,
     )

@@ -337,6 +337,42 @@ def test_only_visible_blocks_are_computed(monkeypatch, causal, window, offset, k
         assert sum(c[2] for c in backward) == -(-key_end // backward[0][2]) * backward[0][2]
 
 
+def test_a_loop_over_blocks_starts_once_its_carry_is_ready():
+    """The banded gradient runs its dQ loop after the dK/dV loop
+    (`_xla.after` on the loop's carry), so that the two loops' blocks are
+    not held at once. In a TensorFlow graph a loop's body runs as soon as
+    its counter is ready: the counter must wait for the carry too."""
+    if harness.BACKEND != "tensorflow":
+        pytest.skip("orders ops in a TensorFlow graph; elsewhere `after` is a no-op")
+    import tensorflow as tf
+
+    from keras_addons_qa import _xla
+
+    @tf.function
+    def scan(x):
+        done = tf.reduce_sum(x)
+        start = _xla.after((tf.zeros((), tf.int32),), done)
+
+        def step(carry, i):
+            return carry, (x * tf.cast(i, x.dtype),)
+
+        return _xla.serial_scan(step, start, 3, ("float32",))[1][0]
+
+    x = tf.constant([1.0, 2.0])
+    np.testing.assert_allclose(scan(x), [[0, 0], [1, 2], [2, 4]])
+    graph = scan.get_concrete_function(x).graph
+    (loop,) = [op for op in graph.get_operations() if op.type in ("While", "StatelessWhile")]
+    (done,) = [op for op in graph.get_operations() if op.type == "Sum"]
+    (counter,) = [t.op for t in loop.inputs if t.op.name.endswith("serial_scan_start")]
+    ancestors, todo = set(), [counter]
+    while todo:
+        op = todo.pop()
+        if op not in ancestors:
+            ancestors.add(op)
+            todo += [t.op for t in op.inputs] + list(op.control_inputs)
+    assert done in ancestors
+
+
 @pytest.mark.parametrize("bad,match", [
     (dict(query=np.zeros((2, 3, 4))), "batch, steps, heads, head_dim"),
     (dict(key=np.zeros((2, 5, 3, 4))), "divide"),
