@@ -77,8 +77,11 @@ def test_cpu_suite_runs_at_tiny_sizes(tmp_path):
     # blockwise and full at 3 lengths, JAX at 2 (and its full path at 1),
     # causal and blockwise at the long length, the window at 2, torch at 2;
     # the layers (QKVAttention, MultiHeadAttention) on TF at 1 length and on
-    # torch at 3; QKVAttention at the long length on TF and JAX
-    assert len(kernel_cases) == 2 + 6 + 3 * jax + 2 + 2 + 2 * torch + 2 + 6 * torch + 1 + jax
+    # torch at 3; QKVAttention at the long length on TF and JAX; blockwise
+    # with oneDNN on at the long length (and at torch's other length)
+    assert len(kernel_cases) == (
+        2 + 6 + 3 * jax + 2 + 2 + 2 * torch + 2 + 6 * torch + 1 + jax + 1 + torch
+    )
     for row in kernel_cases[2:]:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert all(float(c.split()[0]) > 0 for c in cells[1:3])  # s, GiB
@@ -89,8 +92,11 @@ def test_cpu_suite_runs_at_tiny_sizes(tmp_path):
     goals = [l for l in goals.splitlines() if l.startswith("| ")]
     # ... and QKVAttention / MultiHeadAttention: TF time, torch time and
     # memory at 3 lengths; peak memory of the longest window and of
-    # QKVAttention at the long length (TF, JAX)
-    assert len(goals) == 1 + 3 + 2 * jax + 3 + 2 * torch + 1 + 6 * torch + 1 + 1 + jax
+    # QKVAttention at the long length (TF, JAX); the share of the matmul
+    # rate, and the rows against torch again, with oneDNN on
+    assert len(goals) == (
+        1 + 3 + 2 * jax + 3 + 2 * torch + 1 + 6 * torch + 1 + 1 + jax + 2 + 2 * torch
+    )
     assert all(row.rstrip().endswith(("| yes |", "| no |")) for row in goals[1:])
     long = [l for l in long.splitlines() if l.startswith("| ")]
     # 2 lengths: ours (per backend), causal, causal window, MHA; full at 128;
