@@ -76,8 +76,9 @@ demo: $(HUB_STAMP)
 notebooks: $(NOTEBOOKS_STAMP)
 	$(PY) examples/to_notebooks.py
 
-# The CPU ratio suite; rewrites benchmarks/results/ and docs/benchmarks.md.
-bench: $(STAMP)
+# The CPU ratio suite (TensorFlow, and JAX and torch beside it); rewrites
+# benchmarks/results/ and docs/benchmarks.md.
+bench: $(BACKENDS_STAMP)
 	$(PY) -m benchmarks --update-docs
 
 # The suite on the oldest supported combination: Python 3.10 (the newest

@@ -43,6 +43,17 @@ def test_cpu_suite_runs_at_tiny_sizes(tmp_path):
         ours_ms, theirs_ms, ratio = (float(c) for c in cells[5:8])
         assert ours_ms > 0 and theirs_ms > 0 and ratio > 0
     assert len(combos) == 8  # size x gradients x mode
+    jax = importlib.util.find_spec("jax") is not None
+    torch = importlib.util.find_spec("torch") is not None
+    others = text.split("on JAX (`jax.jit`) and torch")[1].split("Whole models")[0]
+    others = [l for l in others.splitlines() if l.startswith("| ")]
+    if jax or torch:
+        # 4 layers x 2 sizes x 2 gradient scenarios + 3 losses x 2 sizes
+        assert len(others) == 2 + 4 * 4 + 3 * 2
+        for row in others[2:]:
+            cells = [c.strip() for c in row.strip("|").split("|")]
+            ratios = [float(cells[4 + 2 * i]) for i in range(jax + torch)]
+            assert all(r > 0 for r in ratios) and cells[-2] in ("yes", "NO")
     whole = text.split("Whole models")[1].split("Monotone decoding")[0]
     whole = [l for l in whole.splitlines() if l.startswith("| ") and "---" not in l]
     assert len(whole) == 1 + 4  # header + (HAN, Transformer) x (graph, XLA)
@@ -54,8 +65,6 @@ def test_cpu_suite_runs_at_tiny_sizes(tmp_path):
     decode, kernel = decode.split("`ops.attention`, training step")
     decode, crf = decode.split("CRF functions")
     decode = [l for l in decode.splitlines() if l.startswith("| ")]
-    jax = importlib.util.find_spec("jax") is not None
-    torch = importlib.util.find_spec("torch") is not None
     assert len(decode) == 2 + 2 + jax
     assert all(row.rstrip().endswith("| yes |") for row in decode[2:])  # exact paths
     crf, crf_scaling = crf.split("CRF against the length")
