@@ -65,8 +65,14 @@ def _run_both(full, chunked, query, value, key=None, **call):
 def _assert_same(results, tolerance=1e-5):
     (out_a, grads_a), (out_b, grads_b) = results
     np.testing.assert_allclose(out_b, out_a, rtol=tolerance, atol=tolerance)
+    # A gradient that is zero in exact arithmetic (a key's, when one key is
+    # all a query sees: its softmax is 1 whatever the logit) comes out as
+    # float32 rounding of terms the size of the largest gradient, which
+    # differs between the two paths: the absolute tolerance grows with
+    # that size (about 8 float32 ulps of it).
+    scale = max(float(np.max(np.abs(a), initial=0.0)) for a in grads_a)
     for a, b in zip(grads_a, grads_b):
-        np.testing.assert_allclose(b, a, rtol=tolerance, atol=tolerance)
+        np.testing.assert_allclose(b, a, rtol=tolerance, atol=tolerance + 1e-6 * scale)
 
 
 @settings(max_examples=harness.examples(30), deadline=None)
