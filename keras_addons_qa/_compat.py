@@ -18,8 +18,9 @@
   in the instance's `__dict__`.
 - `QKVAttention` is a subclass of `MultiHeadAttention`, and reads and sets
   its state by MultiHeadAttention's private names, as its own methods and
-  KerasHub's `CachedMultiHeadAttention` do; the converters read the same
-  names on the layers they convert. They are listed in
+  KerasHub's `CachedMultiHeadAttention` do (its call-argument checks, in
+  `layers/_mha_arguments.py`, read them from the layer); the converters read
+  the same names on the layers they convert. They are listed in
   `MULTI_HEAD_ATTENTION_STATE` (Keras 3.10 to 3.15; `_use_gate` from 3.14
   and `_sliding_window` from 3.15, which the layer sets itself on older
   Keras), and `tests/test_house_rules.py` fails on any other private Keras
@@ -33,7 +34,8 @@ except ImportError:  # pragma: no cover
 
 
 # MultiHeadAttention's private state and override points, used by
-# `layers/qkv_attention.py` and `layers/_attention_conversion.py` only.
+# `layers/qkv_attention.py`, `layers/_mha_arguments.py` and
+# `layers/_attention_conversion.py` only.
 MULTI_HEAD_ATTENTION_STATE = frozenset({
     "_attention_axes", "_compute_attention", "_dropout", "_dropout_layer",
     "_flash_attention", "_get_common_kwargs_for_sublayer",
@@ -43,6 +45,7 @@ MULTI_HEAD_ATTENTION_STATE = frozenset({
 })
 MULTI_HEAD_ATTENTION_MODULES = (
     "keras_addons_qa.layers.qkv_attention",
+    "keras_addons_qa.layers._mha_arguments",
     "keras_addons_qa.layers._attention_conversion",
 )
 # Bookkeeping, not where a model holds its layers: Keras's lists of a

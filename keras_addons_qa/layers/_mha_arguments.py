@@ -1,5 +1,5 @@
-"""MultiHeadAttention's constructor arguments, read and checked for
-`QKVAttention`.
+"""MultiHeadAttention's constructor and call arguments, read and checked
+for `QKVAttention`.
 
 The layer takes MultiHeadAttention's own signature, so every argument it
 has (and any it gains) means the same there. Arguments newer than the
@@ -14,6 +14,8 @@ import numbers
 import keras
 
 from keras_addons_qa import _checks
+from keras_addons_qa.layers import _attention_axes
+from keras_addons_qa.layers import _kv_cache
 
 _MultiHeadAttention = keras.layers.MultiHeadAttention
 
@@ -100,4 +102,42 @@ def _check_output_shape(output_shape):
             f"Invalid `output_shape`: {output_shape!r}. When specified, the "
             "`output_shape` should be a positive int or a non-empty tuple or "
             f"list of them. Received: output_shape={output_shape!r}"
+        )
+
+
+def check_call(layer, query, value, key, masks, attention_mask, use_causal_mask,
+               cache, cache_update_index):
+    """Checks a call's inputs against the built `layer`: the ranks it was
+    built for, the cache, the masks' shapes (`masks`: the query's, the
+    value's and the key's), and what needs a single attention axis."""
+    rank = getattr(layer, "_qkv_rank", None)
+    for name, tensor in (("query", query), ("value", value), ("key", key)):
+        if rank is not None and len(tensor.shape) != rank:
+            raise ValueError(
+                f"QKVAttention was built for `{name}` of rank {rank}. "
+                f"Received: {name}.shape={tuple(tensor.shape)}"
+            )
+    steps = (
+        _checks.static_shape(query.shape[:-1]),
+        _checks.static_shape(value.shape[:-1]),
+    )
+    if cache is not None or cache_update_index is not None:
+        _kv_cache.check(query, cache, cache_update_index, layer.num_key_value_heads,
+                        layer._key_dim, layer._value_dim)
+    for name, mask, shape in zip(("query_mask", "value_mask", "key_mask"), masks,
+                                 (steps[0], steps[1], steps[1])):
+        if mask is not None:
+            _checks.check_shape(name, mask.shape, shape)
+    axes = layer._attention_axes  # resolved by build
+    if (use_causal_mask or layer._sliding_window) and len(axes) != 1:
+        raise ValueError(
+            "`use_causal_mask` and `sliding_window` need attention over a "
+            f"single axis. Received: attention_axes={axes} for "
+            f"query.shape={tuple(query.shape)}"
+        )
+    if attention_mask is not None:
+        _attention_axes.check_attention_mask(
+            attention_mask.shape,
+            steps if cache is None else (steps[0], (steps[1][0], cache.shape[2])),
+            axes, layer._num_heads,
         )

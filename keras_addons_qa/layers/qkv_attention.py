@@ -12,8 +12,6 @@ from keras_addons_qa.layers import _attention_conversion
 from keras_addons_qa.layers import _kv_cache
 from keras_addons_qa.layers import _mha_arguments
 
-_PROVIDED = _mha_arguments.PROVIDED
-
 
 @keras.saving.register_keras_serializable(package="keras_addons_qa")
 class QKVAttention(keras.layers.MultiHeadAttention):
@@ -173,7 +171,7 @@ class QKVAttention(keras.layers.MultiHeadAttention):
     def get_config(self):
         config = {
             **super().get_config(),
-            **{name: getattr(self, "_" + name) for name in _PROVIDED},
+            **{name: getattr(self, "_" + name) for name in _mha_arguments.PROVIDED},
             "distance_penalty": self.distance_penalty,
             "num_key_value_heads": self.num_key_value_heads,
             "scores_budget_mb": self.scores_budget_mb,
@@ -225,7 +223,7 @@ class QKVAttention(keras.layers.MultiHeadAttention):
         if self.position_encoding is not None and not self.position_encoding.built:
             self.position_encoding.build((None, None, self._num_heads, self._key_dim))
         self._qkv_rank = len(query_shape)  # what the projections' equations were made for
-        if "use_gate" in _PROVIDED and self._use_gate:
+        if "use_gate" in _mha_arguments.PROVIDED and self._use_gate:
             self._build_gate(query_shape)
         if self.num_key_value_heads != self._num_heads:
             # Grouped-query attention: keys and values get fewer heads.
@@ -281,27 +279,13 @@ class QKVAttention(keras.layers.MultiHeadAttention):
     def from_grouped_query_attention(cls, gqa, **kwargs):
         """A `QKVAttention` with the configuration and weights of `gqa`.
 
-        `gqa` is a built attention layer with `EinsumDense` projections
-        `_query_dense`, `_key_dense`, `_value_dense` (kernels `(features,
-        heads, head_dim)`) and `_output_dense` (`(heads, head_dim,
-        features)`), biases on all four or none, optionally a `_gate_dense`
-        and a rotary layer, and no other weights: Keras's
-        `GroupQueryAttention` and KerasHub's `LlamaAttention`. A layer with
-        other weights (norms on queries and keys) raises; what a layer does
-        without weights (soft-capping, a window under another name) the
-        converter cannot see, so compare outputs after converting any other
-        class.
-
-        Heads, sizes and biases are read from the kernels; initializers,
-        regularizers, constraints, `dropout` (which drops attention weights
-        here, as in MultiHeadAttention), `seed`, `use_gate`,
-        `sliding_window` and the dtype policy from the attributes of those
-        names. A rotary layer held as `rotary_embedding_layer` (KerasHub's)
-        becomes `position_encoding`, shared. So
-        `keras.layers.GroupQueryAttention(head_dim=d, num_query_heads=H,
-        num_key_value_heads=K)` becomes `QKVAttention(num_heads=H,
-        key_dim=d, num_key_value_heads=K)`. The result is called as
-        `layer(x, x, ...)`, with MultiHeadAttention's arguments.
+        `gqa` is a built layer with `EinsumDense` projections `_query_dense`,
+        `_key_dense`, `_value_dense` and `_output_dense`, optionally a
+        `_gate_dense` and a rotary layer (`rotary_embedding_layer`, which
+        becomes `position_encoding`), and no other weights: Keras's
+        `GroupQueryAttention` and KerasHub's `LlamaAttention`; a layer with
+        other weights raises. What the converter reads, and what it cannot
+        see, is on the API page. The result is called as `layer(x, x, ...)`.
 
         Args:
             gqa: The built layer.
@@ -326,43 +310,13 @@ class QKVAttention(keras.layers.MultiHeadAttention):
         cache=None,
         cache_update_index=None,
     ):
-        rank = getattr(self, "_qkv_rank", None)
-        for name, tensor in (("query", query), ("value", value), ("key", key)):
-            if tensor is not None and rank is not None and len(tensor.shape) != rank:
-                raise ValueError(
-                    f"QKVAttention was built for `{name}` of rank {rank}. "
-                    f"Received: {name}.shape={tuple(tensor.shape)}"
-                )
         if key is None:
             key, key_mask = value, None  # the value mask covers the key
-        steps = (
-            _checks.static_shape(query.shape[:-1]),
-            _checks.static_shape(value.shape[:-1]),
+        _mha_arguments.check_call(
+            self, query, value, key, (query_mask, value_mask, key_mask),
+            attention_mask, use_causal_mask, cache, cache_update_index,
         )
-        if cache is not None or cache_update_index is not None:
-            _kv_cache.check(query, cache, cache_update_index, self.num_key_value_heads,
-                            self._key_dim, self._value_dim)
-        for name, mask, shape in (
-            ("query_mask", query_mask, steps[0]),
-            ("value_mask", value_mask, steps[1]),
-            ("key_mask", key_mask, steps[1]),
-        ):
-            if mask is not None:
-                _checks.check_shape(name, mask.shape, shape)
         axes = self._attention_axes  # resolved by build
-        single_axis = len(axes) == 1
-        if (use_causal_mask or self._sliding_window) and not single_axis:
-            raise ValueError(
-                "`use_causal_mask` and `sliding_window` need attention over a "
-                f"single axis. Received: attention_axes={axes} for "
-                f"query.shape={tuple(query.shape)}"
-            )
-        if attention_mask is not None:
-            _attention_axes.check_attention_mask(
-                attention_mask.shape,
-                steps if cache is None else (steps[0], (steps[1][0], cache.shape[2])),
-                axes, self._num_heads,
-            )
 
         # Padding may hold anything (inf, NaN): zero it before projecting.
         # A key step either mask marks gets no weight, so both masks zero
