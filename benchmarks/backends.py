@@ -18,11 +18,8 @@ per-repeat ratios). A step is a forward and backward pass:
 
 import argparse
 import itertools
-import json
 import os
-import statistics
 import sys
-import time
 
 from benchmarks import protocol
 
@@ -70,23 +67,7 @@ def measure(backend, case_fn, kwargs, repeats, min_seconds, input_gradients):
         steps[name]()  # compile, warm up
         steps[name]()
 
-    def timed(step, n):
-        start = time.perf_counter()
-        for _ in range(n):
-            step()
-        return (time.perf_counter() - start) / n
-
-    slow = max(timed(step, 1) for step in steps.values())
-    n = max(1, int(min_seconds / max(slow, 1e-6)))
-    times = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():  # interleaved
-            times[name].append(timed(step, n))
-    return {
-        **{name: statistics.median(t) for name, t in times.items()},
-        "ratio": statistics.median(a / b for a, b in zip(times["ours"], times["theirs"])),
-        "peak": peak,
-    }
+    return {**protocol.interleaved(steps, repeats, min_seconds), "peak": peak}
 
 
 def _worker(backend, name, tiny, repeats, min_seconds):

@@ -27,6 +27,7 @@ and before the other side runs (ours first).
 
 import argparse
 import datetime
+import functools
 import glob
 import itertools
 import json
@@ -168,19 +169,9 @@ def measure(case_fn, kwargs, jit, repeats, min_seconds, input_gradients=True):
         # allocator's chunk figure of ours never starts from the free chunks
         # the other side left (the requested bytes do not depend on them).
         peak[name] = peak_bytes(*steps[name])
-    # Steps per repeat: enough for min_seconds on the slower side.
-    slow = max(_run(s, i, 1) for s, i in steps.values())
-    n = max(1, int(min_seconds / max(slow, 1e-6)))
-    times = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, (step, inputs) in steps.items():  # interleaved
-            times[name].append(_run(step, inputs, n))
-    result = {name: statistics.median(t) for name, t in times.items()}
-    # The ratio is the median of paired ratios (each repeat's two sides ran
-    # back to back), which cancels slow drifts of a shared machine.
-    result["ratio"] = statistics.median(
-        a / b for a, b in zip(times["ours"], times["theirs"])
-    )
+    result = protocol.interleaved(
+        {name: functools.partial(step, *inputs) for name, (step, inputs) in steps.items()},
+        repeats, min_seconds)
     result["peak"] = peak
     return result
 

@@ -4,8 +4,10 @@ result as one `RESULT <json>` line (its other output is free)."""
 
 import json
 import os
+import statistics
 import subprocess
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MARKER = "RESULT "
@@ -33,3 +35,33 @@ def run_worker(module, *args, env=None, what=None):
             f"{done.stdout[-2000:]}{done.stderr[-3000:]}"
         )
     return values
+
+
+def interleaved(steps, repeats, min_seconds):
+    """Times `steps`, a dict of side name -> step callable (`"ours"` and
+    `"theirs"` among them), each call running one step to completion.
+
+    The sides run interleaved (ours, theirs, ours, ...), each repeat the
+    same number of steps per side, enough for `min_seconds` on the slower
+    side. Returns each side's median over repeats of its mean time per step,
+    and `"ratio"`: the median of the paired per-repeat ratios ours / theirs
+    (the two sides of a repeat ran back to back, which cancels the slow
+    drifts of a shared machine).
+    """
+
+    def timed(step, n):
+        start = time.perf_counter()
+        for _ in range(n):
+            step()
+        return (time.perf_counter() - start) / n
+
+    slow = max(timed(step, 1) for step in steps.values())
+    n = max(1, int(min_seconds / max(slow, 1e-6)))
+    times = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            times[name].append(timed(step, n))
+    return {
+        **{name: statistics.median(t) for name, t in times.items()},
+        "ratio": statistics.median(a / b for a, b in zip(times["ours"], times["theirs"])),
+    }
