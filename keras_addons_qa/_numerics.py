@@ -99,6 +99,16 @@ def sanitize(x, mask):
     return ops.where(mask, x, ops.zeros((), x.dtype))
 
 
+def all_finite(x):
+    """A bool scalar: True if `x` holds no inf or NaN.
+
+    Read off the sums over the last axis (one pass over `x`, no temporary
+    of its size). A sum that overflows answers False too, which a caller
+    must treat as "maybe not finite".
+    """
+    return ops.all(ops.isfinite(ops.sum(x, axis=-1)))
+
+
 def masked_softmax(logits, mask=None, axis=-1):
     """Softmax over the entries where `mask` is True, in float32.
 

@@ -101,6 +101,73 @@ def test_padded_equals_truncated(batch, time, features, units, seed, pad):
         )
 
 
+@pytest.mark.parametrize("pad", [0.0, 1e30, np.inf, np.nan])
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_padding_reaches_no_gradient_in_a_graph(pad, jit_compile):
+    """In a TensorFlow graph the layer zeroes the padding only when the
+    inputs hold inf or NaN (both branches of a `cond` run here, in the
+    graph `fit` runs) and always under XLA; values and gradients are those
+    of the clean inputs either way."""
+    if harness.BACKEND != "tensorflow":
+        pytest.skip("the TensorFlow graph's branches; test_padding_reaches_no_gradient runs eagerly")
+    import tensorflow as tf
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 6, 3)).astype("float32")
+    mask = np.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], bool)
+    layer = MaskedAttentionPooling(4)
+    layer.build(x.shape)
+
+    @tf.function(jit_compile=jit_compile)
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(tf.square(layer(x, mask=mask)))
+        return loss, tape.gradient(loss, [x] + layer.trainable_weights)
+
+    clean_loss, clean = step(tf.constant(x))
+    x_padded = x.copy()
+    x_padded[0, 4:] = pad
+    loss, padded = step(tf.constant(x_padded))
+    np.testing.assert_allclose(loss, clean_loss, rtol=1e-6)
+    for a, b in zip(padded, clean):
+        harness.assert_finite(a.numpy())
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert np.all(padded[0].numpy()[0, 4:] == 0.0)
+
+
+def test_finite_padding_whose_hidden_units_overflow_reaches_nothing():
+    """Finite padding that sums to a finite number over its features, but
+    whose hidden units are inf - inf in float32 (NaN on TensorFlow's CPU
+    products, which add blocks of the features' terms): without a copy of
+    the inputs, the layer must drop those hidden units, in values and
+    gradients."""
+    features = 600
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(2, 5, features)).astype("float32")
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+    layer = MaskedAttentionPooling(3)
+    layer.build(x.shape)
+    layer.kernel.assign(np.full((features, 3), 10.0, "float32"))
+
+    def run(data):
+        inputs = keras.Variable(data)
+        value, grads = harness.gradients(
+            lambda: keras.ops.sum(keras.ops.square(layer(inputs, mask=mask))),
+            [inputs] + layer.trainable_weights,
+        )
+        return harness.to_numpy(value), [harness.to_numpy(g) for g in grads]
+
+    clean_value, clean = run(x)
+    x_padded = x.copy()
+    x_padded[0, 3:] = np.repeat(np.float32([1e36, -1e36]), features // 2)
+    value, padded = run(x_padded)
+    np.testing.assert_allclose(value, clean_value, rtol=1e-6)
+    for a, b in zip(padded, clean):
+        harness.assert_finite(a)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("pad", [1e30, np.inf, np.nan])
 def test_padding_reaches_no_gradient(pad, weighted_sum):
     rng = np.random.default_rng(0)
