@@ -109,7 +109,8 @@ def test_padding_reaches_no_gradient_in_a_graph(pad, jit_compile):
     graph `fit` runs) and always under XLA; values and gradients are those
     of the clean inputs either way."""
     if harness.BACKEND != "tensorflow":
-        pytest.skip("the TensorFlow graph's branches; test_padding_reaches_no_gradient runs eagerly")
+        pytest.skip("TensorFlow graph and XLA compilation; on JAX and torch "
+                    "test_padding_reaches_no_gradient checks the same padding")
     import tensorflow as tf
 
     rng = np.random.default_rng(1)
