@@ -29,6 +29,7 @@ import argparse
 import datetime
 import functools
 import glob
+import importlib.util
 import itertools
 import json
 import os
@@ -350,6 +351,14 @@ def main(argv=None):
     markdown += ("\n\nThe same cases on JAX (`jax.jit`) and torch (eager), each case and "
                  "backend in a fresh process (`benchmarks/backends.py`):\n\n"
                  + backends.run(args.tiny, args.repeats, args.min_seconds, args.only))
+    if importlib.util.find_spec("torch") is not None:
+        from benchmarks import penalty_floor
+
+        print("the penalty's floor on torch:", flush=True)
+        markdown += ("\n\nThe penalty's floor on torch: a Keras layer after the same "
+                     "`Dense`, step / `Dense` alone, runs one after another "
+                     "(`benchmarks/penalty_floor.py`):\n\n"
+                     + penalty_floor.run(runs=1 if args.tiny else 3, tiny=args.tiny))
     from benchmarks import end_to_end
 
     print("whole models in fit:", flush=True)

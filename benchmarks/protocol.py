@@ -46,7 +46,7 @@ def interleaved(steps, repeats, min_seconds):
     side. Returns each side's median over repeats of its mean time per step,
     and `"ratio"`: the median of the paired per-repeat ratios ours / theirs
     (the two sides of a repeat ran back to back, which cancels the slow
-    drifts of a shared machine).
+    drifts of a shared machine), and `"ratios"`: the same for every side.
     """
 
     def timed(step, n):
@@ -61,7 +61,10 @@ def interleaved(steps, repeats, min_seconds):
     for _ in range(repeats):
         for name, step in steps.items():
             times[name].append(timed(step, n))
+    ratios = {name: statistics.median(a / b for a, b in zip(t, times["theirs"]))
+              for name, t in times.items()}
     return {
         **{name: statistics.median(t) for name, t in times.items()},
-        "ratio": statistics.median(a / b for a, b in zip(times["ours"], times["theirs"])),
+        "ratio": ratios["ours"],
+        "ratios": ratios,
     }

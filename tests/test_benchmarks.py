@@ -46,6 +46,12 @@ def test_cpu_suite_runs_at_tiny_sizes(tmp_path):
     jax = importlib.util.find_spec("jax") is not None
     torch = importlib.util.find_spec("torch") is not None
     others = text.split("on JAX (`jax.jit`) and torch")[1].split("Whole models")[0]
+    others, *floor = others.split("The penalty's floor on torch")
+    assert len(floor) == torch
+    for part in floor:  # a row per batch: Dense alone (ms), then 3 sides' ratios
+        rows = [l for l in part.splitlines() if l.startswith("| ")]
+        assert len(rows) == 2 + 1
+        assert all(float(c) > 0 for c in rows[2].strip("| ").split("|"))
     others = [l for l in others.splitlines() if l.startswith("| ")]
     if jax or torch:
         # 4 layers x 2 sizes x 2 gradient scenarios + 3 losses x 2 sizes
