@@ -161,16 +161,16 @@ def _pool(inputs, kernel, bias, context, mask):
     0. Only inf or NaN (`0 * inf` is NaN) needs the padding zeroed, which
     writes a copy of the inputs that the gradient keeps; a `cond` takes that
     path only when the inputs hold one. Under XLA the padding is always
-    zeroed (`_zeroed`): there both branches' saved tensors are allocated
-    (the untaken one's as zeros), and the copy earns >= 10% of time and
-    memory on `make bench`'s pooling case against the `cond`.
+    zeroed: there both branches' saved tensors are allocated (the untaken
+    one's as zeros), and the copy earns >= 10% of time and memory on `make
+    bench`'s pooling case against the `cond`.
     """
 
-    def pool(inputs, zeroed=False):
+    def pool(inputs):
         hidden = ops.matmul(inputs, kernel)
         if bias is not None:
             hidden = hidden + bias
-        if mask is not None and not zeroed:  # zeroed padding: finite units
+        if mask is not None:
             hidden = _numerics.sanitize(hidden, mask)
         scores = ops.matmul(_numerics.tanh(hidden), context)  # (batch, time)
         weights = _numerics.masked_softmax(scores, mask)
@@ -179,32 +179,12 @@ def _pool(inputs, kernel, bias, context, mask):
     if mask is None:
         return pool(inputs)
     if _xla.compiling():
-        return pool(_zeroed(inputs, mask), zeroed=True)
+        return pool(_numerics.sanitize(inputs, mask))
     return ops.cond(
         _numerics.all_finite(inputs),
         lambda: pool(inputs),
         lambda: pool(_numerics.sanitize(inputs, mask)),
     )
-
-
-def _zeroed(inputs, mask):
-    """`inputs` with the padded steps zeroed, whose gradient passes the
-    upstream one through as it is.
-
-    `pool` gives every padded step of its input an exactly-zero gradient:
-    the step's weight is exactly 0, and the masked softmax passes its score
-    a zero gradient, so both terms are a finite value times 0. The select
-    that `where`'s own gradient would add changes nothing; without it, XLA
-    writes the inputs' gradient straight from the product that makes it:
-    one `(batch, time, features)` buffer and one pass fewer in a training
-    step that needs that gradient.
-    """
-
-    @_numerics.custom_gradient
-    def zeroed(inputs):
-        return _numerics.sanitize(inputs, mask), lambda upstream: upstream
-
-    return zeroed(inputs)
 
 
 def _weighted_sum(inputs, weights):
